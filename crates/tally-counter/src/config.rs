@@ -1,0 +1,96 @@
+//! Tuning knobs of a [`crate::Counter`].
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How a [`crate::Counter`] batches, caches and bounds its memory.
+///
+/// `Default` gives the production defaults of the tally server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterConfig {
+    /// Label for this counter's metrics (`counter="..."`), e.g. `visits` or `stats`.
+    pub name: String,
+    /// A shard's pending deltas are written at least this often (default 5 s).
+    pub batch_interval: Duration,
+    /// A shard's batch goes out early once this many distinct keys are pending (default 1000).
+    pub batch_size_limit: usize,
+    /// How long a stored value read or written is trusted without asking the store
+    /// (default 5 s). Other instances' writes show after at most this plus their
+    /// `batch_interval`.
+    pub cache_ttl: Duration,
+    /// Most entries the read cache holds (default 100,000).
+    pub cache_capacity: u64,
+    /// Most distinct keys pending or in flight across all shards; beyond it
+    /// [`crate::Counter::increment`] returns [`Error::Overloaded`] (default 1,000,000).
+    pub max_pending_keys: usize,
+    /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
+    pub retry_backoff_min: Duration,
+    /// Longest wait between retries of a failed batch (default 5 s).
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        Self {
+            name: "counter".to_owned(),
+            batch_interval: Duration::from_secs(5),
+            batch_size_limit: 1000,
+            cache_ttl: Duration::from_secs(5),
+            cache_capacity: 100_000,
+            max_pending_keys: 1_000_000,
+            retry_backoff_min: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CounterConfig {
+    /// Checks that every value is usable.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, problem| Err(Error::Config { field, problem });
+        if self.batch_interval.is_zero() {
+            return bad("batch_interval", "must be greater than zero");
+        }
+        if self.batch_size_limit == 0 {
+            return bad("batch_size_limit", "must be at least 1");
+        }
+        if self.max_pending_keys == 0 {
+            return bad("max_pending_keys", "must be at least 1");
+        }
+        if self.retry_backoff_min.is_zero() {
+            return bad("retry_backoff_min", "must be greater than zero");
+        }
+        if self.retry_backoff_max < self.retry_backoff_min {
+            return bad("retry_backoff_max", "must not be below retry_backoff_min");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert!(CounterConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_interval_is_rejected_with_field_name() {
+        let config = CounterConfig { batch_interval: Duration::ZERO, ..Default::default() };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("batch_interval"), "{err}");
+    }
+
+    #[test]
+    fn backoff_max_below_min_is_rejected() {
+        let config = CounterConfig {
+            retry_backoff_min: Duration::from_secs(2),
+            retry_backoff_max: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(matches!(config.validate(), Err(Error::Config { field: "retry_backoff_max", .. })));
+    }
+}

@@ -1,0 +1,43 @@
+//! The crate's error type.
+
+use crate::store::{ShardId, StoreError};
+
+/// Errors from [`crate::Counter`] and [`crate::CounterConfig`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Too many distinct keys are waiting to be written (`max_pending_keys`); the increment
+    /// was refused and not counted. Callers should shed load (HTTP 503 + Retry-After).
+    #[error("counter overloaded: {pending} keys are waiting to be written (limit {limit}); the increment was not counted")]
+    Overloaded {
+        /// Keys pending or in flight when the increment was refused.
+        pending: usize,
+        /// The configured bound.
+        limit: usize,
+    },
+    /// The store failed to answer a read or reset for a shard.
+    #[error("store shard {shard} ({name}) is unavailable")]
+    Store {
+        /// The shard that failed.
+        shard: ShardId,
+        /// Its credential-free name.
+        name: String,
+        /// What the store reported.
+        #[source]
+        source: StoreError,
+    },
+    /// The counter is shutting down and takes no more work.
+    #[error("counter is shut down")]
+    ShutDown,
+    /// A [`crate::CounterConfig`] value is out of range.
+    #[error("invalid counter config: {field} {problem}")]
+    Config {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

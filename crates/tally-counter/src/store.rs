@@ -1,0 +1,139 @@
+//! The storage contract: what a backend must do for the counter to be exact.
+
+use std::fmt;
+use std::future::Future;
+use std::time::SystemTime;
+
+/// Index of a store shard, in `0..Store::shard_count()`.
+pub type ShardId = usize;
+
+/// Boxed error a [`Store`] reports; the counter keeps it as the cause of
+/// [`crate::Error::Store`].
+pub type StoreError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Identity of one [`crate::Counter`] for the lifetime of its process, random at start.
+///
+/// Stores keep one high-water mark per instance and shard, so two counters (two processes,
+/// or the visit and stats counters of one process) never share a sequence.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(u64);
+
+impl InstanceId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random::<u64>())
+    }
+
+    /// An id with a chosen value (tests and tools that replay a batch).
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The raw value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    /// Sixteen lowercase hex digits: the form stores use as a field name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceId({self})")
+    }
+}
+
+/// Identity of one batch: the counter instance plus a per-shard sequence number.
+///
+/// Sequence numbers start at 1 and increase by one for every new batch sent to a shard; a
+/// retry re-sends the same id. Since a counter has at most one batch in flight per shard, a
+/// store that remembers the highest applied sequence per (instance, shard) can tell a retry
+/// from a new batch with constant memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BatchId {
+    /// The counter that built the batch.
+    pub instance: InstanceId,
+    /// Position of the batch in this instance's sequence for the shard.
+    pub seq: u64,
+}
+
+/// A batch of increments for one shard, applied all or nothing and at most once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Identity used for exactly-once application.
+    pub id: BatchId,
+    /// `(key, delta)` pairs; each key appears once, every delta is positive.
+    pub deltas: Vec<(Box<str>, u64)>,
+}
+
+/// What a store returns for a read: the stored values and how far this instance's batches
+/// are reflected in them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredValues {
+    /// One value per requested key, in request order; 0 for a key never written.
+    pub values: Vec<u64>,
+    /// The highest batch sequence of the asking instance applied on this shard at the time
+    /// of the read (0 when none). The counter uses it to know whether its in-flight batch is
+    /// already included in `values`, so a read never counts a delta twice or misses one.
+    pub applied_seq: u64,
+}
+
+/// Health of one shard as a store sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHealth {
+    /// Credential-free name of the shard (for Redis, `host:port`).
+    pub name: String,
+    /// Whether the shard answered its last command or check.
+    pub up: bool,
+    /// When `up` last changed (or when the store started).
+    pub since: SystemTime,
+}
+
+/// A backend the counter writes batches to and reads totals from.
+///
+/// Implementations must honour one rule for exactness: [`Store::apply`] applies a batch id
+/// at most once. If the batch's `seq` is not above the highest sequence already applied for
+/// `(batch.id.instance, shard)`, the store must not apply it again and must answer with the
+/// current totals. The counter retries a failed batch unchanged, so this is what turns "at
+/// least once" delivery into "exactly once" counting.
+///
+/// Futures must be `Send`: the counter drives them from tokio tasks.
+pub trait Store: Send + Sync + 'static {
+    /// Number of shards; shard ids are `0..shard_count()`. At least 1.
+    fn shard_count(&self) -> usize;
+
+    /// The shard that owns `key`. Must be a pure function of the key for the store's life.
+    fn shard_of(&self, key: &str) -> ShardId;
+
+    /// Credential-free display name of a shard (for Redis nodes, `host:port`).
+    fn shard_name(&self, shard: ShardId) -> &str;
+
+    /// Applies `batch` on `shard` at most once and returns the new total of every key in
+    /// `batch.deltas`, in order. A repeated id returns current totals without applying.
+    fn apply(
+        &self,
+        shard: ShardId,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Reads the stored values of `keys` (all owned by `shard`) and the highest sequence of
+    /// `instance` applied on that shard, in one consistent read.
+    fn get(
+        &self,
+        shard: ShardId,
+        instance: InstanceId,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<StoredValues, StoreError>> + Send;
+
+    /// Sets `key` (owned by `shard`) back to zero.
+    fn reset(&self, shard: ShardId, key: &str)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Health of every shard, indexed by shard id.
+    fn health(&self) -> Vec<ShardHealth>;
+}
