@@ -1,1 +1,122 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for the project's checks.
+//!
+//! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
+//!   running as root), then runs the whole test suite.
+//! - `cargo xtask ci`: formatting, clippy, cargo-deny, then the same tests. `.ci/run` calls it.
+//! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <test|ci|bench [cargo bench args]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result = std::result::Result<(), String>;
+
+fn ci() -> Result {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    ensure_cargo_deny()?;
+    // Advisories need the network, which CI machines do not have.
+    cargo(&["deny", "check", "licenses", "bans", "sources"])?;
+    test()
+}
+
+fn test() -> Result {
+    ensure_redis_server()?;
+    cargo(&["test", "--workspace", "--no-fail-fast"])
+}
+
+fn bench(extra: &[String]) -> Result {
+    ensure_redis_server()?;
+    let mut args = vec!["bench", "-p", "tally-benches"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn cargo(args: &[&str]) -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(&cargo, args)
+}
+
+fn run(program: &str, args: &[&str]) -> Result {
+    println!("xtask: running {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| format!("could not start {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {} failed ({status})", args.join(" ")))
+    }
+}
+
+fn found(program: &str, version_flag: &str) -> bool {
+    Command::new(program)
+        .arg(version_flag)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn ensure_redis_server() -> Result {
+    if found("redis-server", "--version") {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(
+            "redis-server is not installed and the tests need it: install it with \
+                    `sudo apt-get install -y redis-server` (or your platform's package), \
+                    then run `cargo xtask test` again"
+                .to_owned(),
+        );
+    }
+    println!("xtask: redis-server is missing; installing it with apt-get");
+    run("apt-get", &["update"])?;
+    run("apt-get", &["install", "-y", "redis-server"])?;
+    // The package starts a system-wide server on 6379; the tests start their own on free
+    // ports and do not need it.
+    if found("redis-server", "--version") {
+        Ok(())
+    } else {
+        Err("apt-get installed redis-server but it still cannot be run".to_owned())
+    }
+}
+
+fn ensure_cargo_deny() -> Result {
+    if found("cargo-deny", "--version") {
+        return Ok(());
+    }
+    println!("xtask: cargo-deny is missing; installing it");
+    cargo(&["install", "cargo-deny", "--locked"])
+}

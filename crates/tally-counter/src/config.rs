@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn zero_interval_is_rejected_with_field_name() {
-        let config = CounterConfig { batch_interval: Duration::ZERO, ..Default::default() };
+        let config = CounterConfig {
+            batch_interval: Duration::ZERO,
+            ..Default::default()
+        };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("batch_interval"), "{err}");
     }
@@ -91,6 +94,12 @@ mod tests {
             retry_backoff_max: Duration::from_secs(1),
             ..Default::default()
         };
-        assert!(matches!(config.validate(), Err(Error::Config { field: "retry_backoff_max", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(Error::Config {
+                field: "retry_backoff_max",
+                ..
+            })
+        ));
     }
 }

@@ -8,7 +8,9 @@ use crate::store::{ShardId, StoreError};
 pub enum Error {
     /// Too many distinct keys are waiting to be written (`max_pending_keys`); the increment
     /// was refused and not counted. Callers should shed load (HTTP 503 + Retry-After).
-    #[error("counter overloaded: {pending} keys are waiting to be written (limit {limit}); the increment was not counted")]
+    #[error(
+        "counter overloaded: {pending} keys are waiting to be written (limit {limit}); the increment was not counted"
+    )]
     Overloaded {
         /// Keys pending or in flight when the increment was refused.
         pending: usize,

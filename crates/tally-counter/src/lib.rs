@@ -1,1 +1,78 @@
-//! placeholder
+//! tally-counter: a batched, cache-through counter that never loses or double-counts an
+//! acknowledged increment.
+//!
+//! [`Counter::increment`] records a delta in memory (no I/O, no `.await`); a flusher per
+//! store shard writes the deltas in batches to a [`Store`]; [`Counter::get`] answers from a
+//! short-lived read cache (or the store on a miss) plus this instance's own unwritten
+//! deltas. The crate knows nothing of Redis or HTTP: a store is anything implementing
+//! [`Store`]. [`MemoryStore`] is the embedded one; `tally-redis` provides Redis.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tally_counter::Error> {
+//! let counter = Counter::new(MemoryStore::new(), CounterConfig::default())?;
+//! counter.increment("page1", 1)?;
+//! counter.increment("page1", 2)?;
+//! // Read your own writes before anything is flushed.
+//! assert_eq!(counter.get("page1").await?.value, 3);
+//! counter.flush().await;
+//! assert_eq!(counter.store().value("page1"), 3);
+//! // The flush refreshed the cache with the stored total.
+//! assert_eq!(counter.get("page1").await?.served_via, ServedVia::Cache);
+//! let report = counter.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!(report.keys_unwritten, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Exactly once.** An increment that returned `Ok` is written exactly once, provided
+//!   the process lives until its batch is acknowledged (at most `batch_interval` plus the
+//!   store's outage) or until [`Counter::shutdown`] has flushed it. A failed batch is
+//!   retried unchanged, with the same [`BatchId`], and stores apply an id at most once, so
+//!   a retry after a lost reply cannot count twice. A shard has at most one batch in
+//!   flight; newer deltas wait for the next batch. One failing shard never holds others.
+//! - **Read your writes.** [`Counter::get`] adds this instance's pending and in-flight
+//!   deltas to the stored value, using the store's record of which of our batches it holds,
+//!   so a delta is never added twice or missed, even while a batch is on the wire.
+//! - **Staleness.** Other instances' writes show after at most their `batch_interval` plus
+//!   this instance's `cache_ttl`.
+//! - **Reset.** [`Counter::reset`] waits for the shard's in-flight batch, so a delta
+//!   recorded before the reset is never applied after it.
+//! - **Bounded memory.** At most `max_pending_keys` distinct keys are buffered; past that
+//!   [`Counter::increment`] returns [`Error::Overloaded`] and records nothing.
+//! - **What a crash loses.** If the process dies without [`Counter::shutdown`], the
+//!   increments not yet written (at most one `batch_interval` of them, more while a shard
+//!   is down) are lost. A store that loses data it acknowledged (Redis without AOF) loses
+//!   it; the counter cannot know.
+//!
+//! # Layout
+//!
+//! - `store`: the [`Store`] contract and its types.
+//! - `counter`: [`Counter`], the write buffer, the read cache and the flushers.
+//! - `memory`: [`MemoryStore`].
+//! - `config`: [`CounterConfig`]; `error`: [`Error`]; `metrics`: the `tally_counter_*`
+//!   metrics emitted through the `metrics` facade.
+#![deny(missing_docs)]
+
+mod config;
+mod counter;
+mod error;
+mod hash;
+mod memory;
+mod metrics;
+mod store;
+
+pub use config::CounterConfig;
+pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
+pub use error::{Error, Result};
+pub use memory::MemoryStore;
+pub use store::{
+    Batch, BatchId, InstanceId, ShardHealth, ShardId, Store, StoreError, StoredValues,
+};

@@ -131,8 +131,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<StoredValues, StoreError>> + Send;
 
     /// Sets `key` (owned by `shard`) back to zero.
-    fn reset(&self, shard: ShardId, key: &str)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn reset(
+        &self,
+        shard: ShardId,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Health of every shard, indexed by shard id.
     fn health(&self) -> Vec<ShardHealth>;

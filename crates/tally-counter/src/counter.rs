@@ -1,0 +1,763 @@
+//! The counter: write buffer, read cache, per-shard flushers and the read protocol that
+//! keeps reads exact while batches are in flight.
+//!
+//! # Invariants
+//!
+//! For each store shard the counter knows three disjoint sets of this instance's deltas:
+//! *pending* (in the striped write buffer), *in flight* (the one unacknowledged batch) and
+//! *acknowledged* (reflected in the store). A read adds the store's value to whatever of the
+//! first two the store value does not already include. The store reports, with every read,
+//! the highest sequence of ours it has applied, which is what makes "does not already
+//! include" decidable even when a reply is lost.
+//!
+//! Moving deltas between the sets (pending → in flight, in flight → acknowledged) happens
+//! under the shard's `view` write lock, and reads combine the sets under its read lock, so a
+//! read never sees a delta in two sets or in none. Increments only touch a stripe lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::CounterConfig;
+use crate::error::{Error, Result};
+use crate::hash::KeyHash;
+use crate::metrics::CounterMetrics;
+use crate::store::{Batch, BatchId, InstanceId, ShardId, Store};
+
+/// Number of lock stripes of the write buffer. A power of two well above the core count of
+/// the machines tally runs on, so two increments rarely wait on one another.
+const STRIPES: usize = 64;
+
+/// A store read is retried this many times when a batch was acknowledged while it was on
+/// the wire (its value would miss that batch); past that the read is used as it is, which
+/// only happens when the store lost data it had acknowledged.
+const READ_ATTEMPTS: usize = 4;
+
+type KeyMap<V> = HashMap<Box<str>, V, KeyHash>;
+
+/// A shard's pending deltas within one stripe. A `HashTable` rather than a `HashMap` so the
+/// hash computed once per increment (which also picked the stripe) is reused for the slot.
+type PendingTable = hashbrown::HashTable<(Box<str>, u64)>;
+
+/// Where the stored part of a [`Count`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServedVia {
+    /// The read cache answered: no store round trip.
+    Cache,
+    /// The store shard with this id answered (a cache miss).
+    Store(ShardId),
+}
+
+/// The answer to [`Counter::get`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    /// Stored value plus this instance's pending and in-flight deltas.
+    pub value: u64,
+    /// Whether the stored part came from the cache or from a store shard.
+    pub served_via: ServedVia,
+}
+
+/// Counters of the counter's own activity, for status pages and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Reads answered from the cache.
+    pub cache_hits: u64,
+    /// Reads that went to the store.
+    pub cache_misses: u64,
+    /// Entries in the read cache (approximate: the cache settles lazily).
+    pub cache_size: u64,
+    /// Distinct keys waiting to be written or in flight (the write buffer).
+    pub write_buffer_size: usize,
+    /// When a batch was last acknowledged by the store.
+    pub last_batch_at: Option<SystemTime>,
+    /// Batches the store acknowledged.
+    pub batches_ok: u64,
+    /// Batch attempts that failed (each retry that fails counts once).
+    pub batches_failed: u64,
+    /// `(key, delta)` pairs written.
+    pub keys_written: u64,
+    /// Sum of the deltas written: increments that reached the store.
+    pub increments_written: u64,
+}
+
+/// What [`Counter::shutdown`] could not write before its deadline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// `(key, delta)` pairs written during the shutdown flush.
+    pub keys_written: u64,
+    /// Distinct keys still pending or in flight at the deadline (0 in the normal case).
+    pub keys_unwritten: usize,
+    /// Sum of their deltas: increments acknowledged to callers but not stored.
+    pub increments_unwritten: u64,
+}
+
+/// A batched, cache-through counter over a [`Store`].
+///
+/// Cheap to clone: clones share one buffer, cache and set of flushers. See the crate docs
+/// for the guarantees.
+pub struct Counter<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Counter<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Store> std::fmt::Debug for Counter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counter")
+            .field("name", &self.inner.config.name)
+            .field("instance", &self.inner.instance)
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    store: S,
+    config: CounterConfig,
+    instance: InstanceId,
+    hash: KeyHash,
+    stripes: Box<[Stripe]>,
+    shards: Box<[Shard]>,
+    /// Distinct keys pending or in flight, over all shards: the memory bound.
+    buffered_keys: AtomicUsize,
+    cache: moka::sync::Cache<Box<str>, CacheEntry, KeyHash>,
+    stats: Stats,
+    metrics: CounterMetrics,
+    closed: std::sync::atomic::AtomicBool,
+    /// Tells the flushers to stop: set on shutdown and when the last handle is dropped.
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        // Only signals: a dropped counter cannot flush; `Counter::shutdown` is the way.
+        self.stop.send_replace(true);
+    }
+}
+
+/// One lock stripe of the write buffer: a map per store shard, so draining one shard
+/// never touches another's keys.
+///
+/// A `std::sync::Mutex`, not an async one: it is held for a map operation, never across
+/// an `.await`. Aligned to keep neighbouring stripes off one cache line.
+#[repr(align(128))]
+struct Stripe {
+    maps: Mutex<Vec<PendingTable>>,
+}
+
+struct Shard {
+    /// Distinct keys pending (not in flight) for this shard: the batch-size trigger.
+    pending: AtomicUsize,
+    /// Wakes the shard's flusher early (size limit reached). Shared with the flusher task,
+    /// which holds no strong reference to the counter while it waits.
+    wake: Arc<Notify>,
+    /// Held by whoever sends this shard's batches, for the whole send including retries:
+    /// at most one batch per shard is in flight, and resets wait their turn behind it.
+    slot: tokio::sync::Mutex<Slot>,
+    /// The in-flight deltas as readers see them. Held briefly, never across an `.await`.
+    view: RwLock<View>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Sequence of the last batch built for this shard.
+    last_seq: u64,
+    /// A batch built but not acknowledged (an attempt was cancelled): sent again, unchanged,
+    /// before anything newer.
+    unacked: Option<Batch>,
+}
+
+#[derive(Default)]
+struct View {
+    inflight_seq: u64,
+    inflight: Option<KeyMap<u64>>,
+    acked_seq: u64,
+}
+
+impl View {
+    /// The in-flight delta for `key` unless the store value (which includes batches up to
+    /// `included_seq`) already has it.
+    fn inflight_delta(&self, key: &str, included_seq: u64) -> u64 {
+        match &self.inflight {
+            Some(map) if self.inflight_seq > included_seq => map.get(key).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+/// A cached stored value and the highest of our batch sequences it includes.
+#[derive(Clone, Copy, Debug)]
+struct CacheEntry {
+    value: u64,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    batches_ok: AtomicU64,
+    batches_failed: AtomicU64,
+    keys_written: AtomicU64,
+    increments_written: AtomicU64,
+    last_batch_at: Mutex<Option<SystemTime>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain maps behind, still consistent
+    // for our purposes; keep counting rather than poisoning every later call.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Store> Counter<S> {
+    /// Creates a counter over `store` and starts one flusher task per store shard on the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `config` is out of range.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(store: S, config: CounterConfig) -> Result<Self> {
+        config.validate()?;
+        let shard_count = store.shard_count().max(1);
+        let hash = KeyHash::random();
+        let stripes = (0..STRIPES)
+            .map(|_| Stripe {
+                maps: Mutex::new((0..shard_count).map(|_| PendingTable::new()).collect()),
+            })
+            .collect();
+        let shards = (0..shard_count)
+            .map(|_| Shard {
+                pending: AtomicUsize::new(0),
+                wake: Arc::new(Notify::new()),
+                slot: tokio::sync::Mutex::new(Slot::default()),
+                view: RwLock::new(View::default()),
+            })
+            .collect();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(config.cache_ttl)
+            .build_with_hasher(hash);
+        let metrics = CounterMetrics::new(&config.name);
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            instance: InstanceId::random(),
+            hash,
+            stripes,
+            shards,
+            buffered_keys: AtomicUsize::new(0),
+            cache,
+            stats: Stats::default(),
+            metrics,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = (0..shard_count)
+            .map(|shard| {
+                let signals = FlusherSignals {
+                    wake: Arc::clone(&inner.shards[shard].wake),
+                    stop: inner.stop.subscribe(),
+                };
+                tokio::spawn(run_flusher(Arc::downgrade(&inner), shard, signals))
+            })
+            .collect();
+        *lock(&inner.tasks) = tasks;
+        Ok(Self { inner })
+    }
+
+    /// This counter's identity in the store's exactly-once bookkeeping.
+    pub fn instance_id(&self) -> InstanceId {
+        self.inner.instance
+    }
+
+    /// The store the counter writes to.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The configuration the counter runs with.
+    pub fn config(&self) -> &CounterConfig {
+        &self.inner.config
+    }
+
+    /// Adds `n` to `key`. Memory only: no I/O, no `.await`, and no allocation when the key
+    /// is already pending.
+    ///
+    /// Once this returns `Ok`, the increment is counted exactly once when its batch is
+    /// written (unless the process dies first).
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when `key` is not pending and `max_pending_keys` keys already
+    /// are: the increment was not recorded. [`Error::ShutDown`] after [`Counter::shutdown`].
+    pub fn increment(&self, key: &str, n: u64) -> Result<()> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let shard = inner.shard_of(key);
+        let hash = inner.hash.hash_str(key);
+        let mut maps = lock(&inner.stripe(hash).maps);
+        let table = &mut maps[shard];
+        if let Some((_, delta)) = table.find_mut(hash, |(k, _)| &**k == key) {
+            *delta += n;
+            return Ok(());
+        }
+        let limit = inner.config.max_pending_keys;
+        let buffered = inner.buffered_keys.fetch_add(1, Ordering::AcqRel);
+        if buffered >= limit {
+            inner.buffered_keys.fetch_sub(1, Ordering::AcqRel);
+            drop(maps);
+            inner.metrics.overloaded.increment(1);
+            return Err(Error::Overloaded {
+                pending: buffered,
+                limit,
+            });
+        }
+        table.insert_unique(hash, (key.into(), n), |(k, _)| inner.hash.hash_str(k));
+        // Counted under the stripe lock, like the drain that subtracts it, so the shard's
+        // count never runs below the keys actually in its maps.
+        let pending = inner.shards[shard].pending.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(maps);
+        inner.metrics.buffered_keys.increment(1.0);
+        if pending == inner.config.batch_size_limit {
+            inner.shards[shard].wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The count of `key`: the stored value (from the cache, or the store on a miss) plus
+    /// this instance's pending and in-flight deltas. A caller always reads its own writes.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the key is not cached and its shard does not answer.
+    pub async fn get(&self, key: &str) -> Result<Count> {
+        let inner = &*self.inner;
+        let shard = inner.shard_of(key);
+        if let Some(value) = inner.cached_count(shard, key) {
+            inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            inner.metrics.cache_hits.increment(1);
+            return Ok(Count {
+                value,
+                served_via: ServedVia::Cache,
+            });
+        }
+        inner.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.cache_misses.increment(1);
+        let value = inner.read_through(shard, key).await?;
+        Ok(Count {
+            value,
+            served_via: ServedVia::Store(shard),
+        })
+    }
+
+    /// Sets `key` to zero.
+    ///
+    /// Ordered with the shard's batches: it waits for a batch in flight, so no delta
+    /// recorded before the reset is applied after it, and drops this instance's pending
+    /// deltas for the key. Increments that race with the reset may land on either side.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the shard does not answer; then nothing was dropped.
+    pub async fn reset(&self, key: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let shard = inner.shard_of(key);
+        let mut slot = inner.shards[shard].slot.lock().await;
+        // A batch left unacknowledged by a cancelled flush must land before the reset.
+        if let Some(batch) = slot.unacked.take() {
+            inner.send_until_acked(shard, &mut slot, batch).await;
+        }
+        inner
+            .store
+            .reset(shard, key)
+            .await
+            .map_err(|source| inner.store_error(shard, source))?;
+        let view = inner.shards[shard]
+            .view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        {
+            let hash = inner.hash.hash_str(key);
+            let mut maps = lock(&inner.stripe(hash).maps);
+            if let Ok(entry) = maps[shard].find_entry(hash, |(k, _)| &**k == key) {
+                entry.remove();
+                inner.forget_keys(1);
+                inner.shards[shard].pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        inner.cache.insert(
+            key.into(),
+            CacheEntry {
+                value: 0,
+                seq: view.acked_seq,
+            },
+        );
+        drop(view);
+        drop(slot);
+        Ok(())
+    }
+
+    /// Writes everything pending at the time of the call, waiting for in-flight batches and
+    /// retrying failed ones (unchanged, with backoff) until the store takes them.
+    ///
+    /// Does not return while a shard with pending deltas stays down; wrap it in a timeout
+    /// where that matters.
+    pub async fn flush(&self) {
+        let inner = &*self.inner;
+        futures::future::join_all((0..inner.shards.len()).map(|shard| inner.flush_shard(shard)))
+            .await;
+    }
+
+    /// Stops the flushers, writes what is pending within `deadline`, and reports what could
+    /// not be written. Further increments on any clone fail with [`Error::ShutDown`].
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        let inner = &*self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *lock(&inner.tasks));
+        for task in &tasks {
+            // Cancelling mid-send is safe: the batch stays in `unacked` and goes out again,
+            // same id, in the flush below.
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let written_before = inner.stats.keys_written.load(Ordering::Relaxed);
+        let _ = tokio::time::timeout(deadline, self.flush()).await;
+        let keys_written = inner.stats.keys_written.load(Ordering::Relaxed) - written_before;
+        let (keys_unwritten, increments_unwritten) = inner.unwritten();
+        if keys_unwritten > 0 {
+            tracing::error!(
+                counter = %inner.config.name,
+                keys_unwritten,
+                increments_unwritten,
+                "counter shut down with deltas the store did not take"
+            );
+        }
+        ShutdownReport {
+            keys_written,
+            keys_unwritten,
+            increments_unwritten,
+        }
+    }
+
+    /// The counter's activity figures.
+    pub fn snapshot(&self) -> Snapshot {
+        // Let the cache settle its bookkeeping so `cache_size` is current (cheap, and
+        // snapshots are taken by status pages, not per request).
+        self.inner.cache.run_pending_tasks();
+        let s = &self.inner.stats;
+        Snapshot {
+            cache_hits: s.cache_hits.load(Ordering::Relaxed),
+            cache_misses: s.cache_misses.load(Ordering::Relaxed),
+            cache_size: self.inner.cache.entry_count(),
+            write_buffer_size: self.inner.buffered_keys.load(Ordering::Relaxed),
+            last_batch_at: *lock(&s.last_batch_at),
+            batches_ok: s.batches_ok.load(Ordering::Relaxed),
+            batches_failed: s.batches_failed.load(Ordering::Relaxed),
+            keys_written: s.keys_written.load(Ordering::Relaxed),
+            increments_written: s.increments_written.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<S: Store> Inner<S> {
+    fn shard_of(&self, key: &str) -> ShardId {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        // Clamp so a misbehaving store cannot make us index out of bounds.
+        self.store.shard_of(key).min(self.shards.len() - 1)
+    }
+
+    fn stripe(&self, hash: u64) -> &Stripe {
+        // Middle bits pick the stripe: the tables inside use the low bits (bucket) and the
+        // top seven (tag) of the same hash, which must stay varied within a stripe.
+        &self.stripes[(hash >> 32) as usize % STRIPES]
+    }
+
+    fn pending_delta(&self, shard: ShardId, key: &str) -> u64 {
+        let hash = self.hash.hash_str(key);
+        let maps = lock(&self.stripe(hash).maps);
+        maps[shard]
+            .find(hash, |(k, _)| &**k == key)
+            .map_or(0, |(_, delta)| *delta)
+    }
+
+    fn forget_keys(&self, keys: usize) {
+        self.buffered_keys.fetch_sub(keys, Ordering::AcqRel);
+        self.metrics.buffered_keys.decrement(keys as f64);
+    }
+
+    fn store_error(&self, shard: ShardId, source: crate::store::StoreError) -> Error {
+        Error::Store {
+            shard,
+            name: self.store.shard_name(shard).to_owned(),
+            source,
+        }
+    }
+
+    /// The count from the cache, or `None` on a miss.
+    fn cached_count(&self, shard: ShardId, key: &str) -> Option<u64> {
+        let view = self.shards[shard]
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = self.cache.get(key)?;
+        Some(entry.value + view.inflight_delta(key, entry.seq) + self.pending_delta(shard, key))
+    }
+
+    /// Reads the stored value, caches it and adds what the store does not include yet.
+    async fn read_through(&self, shard: ShardId, key: &str) -> Result<u64> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let read = self
+                .store
+                .get(shard, self.instance, &[key])
+                .await
+                .map_err(|source| self.store_error(shard, source))?;
+            let stored = read.values.first().copied().unwrap_or(0);
+            let view = self.shards[shard]
+                .view
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if view.acked_seq > read.applied_seq && attempt < READ_ATTEMPTS {
+                // A batch of ours was acknowledged after the store answered: that answer
+                // misses it and it is no longer in flight. Ask again.
+                continue;
+            }
+            self.cache.insert(
+                key.into(),
+                CacheEntry {
+                    value: stored,
+                    seq: read.applied_seq,
+                },
+            );
+            return Ok(stored
+                + view.inflight_delta(key, read.applied_seq)
+                + self.pending_delta(shard, key));
+        }
+    }
+
+    /// Sends the shard's unacknowledged batch, then whatever is pending, each until the
+    /// store acknowledges it.
+    async fn flush_shard(&self, shard: ShardId) {
+        let mut slot = self.shards[shard].slot.lock().await;
+        if let Some(batch) = slot.unacked.take() {
+            self.send_until_acked(shard, &mut slot, batch).await;
+        }
+        if let Some(batch) = self.take_pending(shard, &mut slot) {
+            self.send_until_acked(shard, &mut slot, batch).await;
+        }
+    }
+
+    /// Moves the shard's pending deltas into a new in-flight batch.
+    fn take_pending(&self, shard: ShardId, slot: &mut Slot) -> Option<Batch> {
+        let state = &self.shards[shard];
+        if state.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut view = state.view.write().unwrap_or_else(PoisonError::into_inner);
+        let mut taken =
+            KeyMap::with_capacity_and_hasher(state.pending.load(Ordering::Acquire), self.hash);
+        for stripe in self.stripes.iter() {
+            let mut maps = lock(&stripe.maps);
+            let table = std::mem::take(&mut maps[shard]);
+            state.pending.fetch_sub(table.len(), Ordering::AcqRel);
+            drop(maps);
+            taken.extend(table);
+        }
+        if taken.is_empty() {
+            return None;
+        }
+        slot.last_seq += 1;
+        let batch = Batch {
+            id: BatchId {
+                instance: self.instance,
+                seq: slot.last_seq,
+            },
+            deltas: taken.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        };
+        view.inflight_seq = slot.last_seq;
+        view.inflight = Some(taken);
+        Some(batch)
+    }
+
+    /// Applies `batch`, retrying it unchanged with capped, jittered exponential backoff
+    /// until the store acknowledges it. If this future is dropped mid-way, the guard puts
+    /// the batch back in `slot.unacked` so the next send repeats the same id.
+    async fn send_until_acked(&self, shard: ShardId, slot: &mut Slot, batch: Batch) {
+        let mut guard = UnackedGuard {
+            slot,
+            batch: Some(batch),
+        };
+        let mut backoff = self.config.retry_backoff_min;
+        loop {
+            let Some(batch) = guard.batch.as_ref() else {
+                return;
+            };
+            let started = Instant::now();
+            let span = tracing::debug_span!(
+                "apply_batch",
+                counter = %self.config.name,
+                shard,
+                seq = batch.id.seq,
+                batch_len = batch.deltas.len()
+            );
+            let result =
+                tracing::Instrument::instrument(self.store.apply(shard, batch), span).await;
+            self.metrics
+                .batch_seconds
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(totals) if totals.len() == batch.deltas.len() => {
+                    if let Some(batch) = guard.batch.take() {
+                        self.acknowledge(shard, &batch, &totals);
+                    }
+                    return;
+                }
+                Ok(totals) => {
+                    // Retrying is safe (the id makes it idempotent) and the next answer may
+                    // be whole; a store that keeps doing this is broken and says so here.
+                    self.batch_failed(
+                        shard,
+                        &format!(
+                            "store answered {} totals for {} keys",
+                            totals.len(),
+                            batch.deltas.len()
+                        ),
+                    );
+                }
+                Err(e) => self.batch_failed(shard, &e.to_string()),
+            }
+            let jittered = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(self.config.retry_backoff_max);
+        }
+    }
+
+    fn batch_failed(&self, shard: ShardId, message: &str) {
+        self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batches_failed.increment(1);
+        tracing::warn!(
+            counter = %self.config.name,
+            shard,
+            node = %self.store.shard_name(shard),
+            error.message = %message,
+            "batch write failed; retrying the same batch"
+        );
+    }
+
+    /// Makes an applied batch visible as stored: cache the totals, clear the in-flight set.
+    fn acknowledge(&self, shard: ShardId, batch: &Batch, totals: &[u64]) {
+        let state = &self.shards[shard];
+        let mut view = state.view.write().unwrap_or_else(PoisonError::into_inner);
+        for ((key, _), total) in batch.deltas.iter().zip(totals) {
+            self.cache.insert(
+                key.clone(),
+                CacheEntry {
+                    value: *total,
+                    seq: batch.id.seq,
+                },
+            );
+        }
+        view.inflight = None;
+        view.acked_seq = batch.id.seq;
+        drop(view);
+        let increments: u64 = batch.deltas.iter().map(|(_, d)| d).sum();
+        self.forget_keys(batch.deltas.len());
+        let s = &self.stats;
+        s.batches_ok.fetch_add(1, Ordering::Relaxed);
+        s.keys_written
+            .fetch_add(batch.deltas.len() as u64, Ordering::Relaxed);
+        s.increments_written
+            .fetch_add(increments, Ordering::Relaxed);
+        *lock(&s.last_batch_at) = Some(SystemTime::now());
+        self.metrics.batches_ok.increment(1);
+        self.metrics
+            .keys_written
+            .increment(batch.deltas.len() as u64);
+        self.metrics.increments_written.increment(increments);
+    }
+
+    /// Keys and increment sum still pending or in flight.
+    fn unwritten(&self) -> (usize, u64) {
+        let mut keys = 0;
+        let mut sum = 0;
+        for shard in self.shards.iter() {
+            let view = shard.view.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(map) = &view.inflight {
+                keys += map.len();
+                sum += map.values().sum::<u64>();
+            }
+        }
+        for stripe in self.stripes.iter() {
+            for table in lock(&stripe.maps).iter() {
+                keys += table.len();
+                sum += table.iter().map(|(_, delta)| delta).sum::<u64>();
+            }
+        }
+        (keys, sum)
+    }
+}
+
+/// Puts a batch back into the slot if its send is cancelled before the store acknowledges.
+struct UnackedGuard<'a> {
+    slot: &'a mut Slot,
+    batch: Option<Batch>,
+}
+
+impl Drop for UnackedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.slot.unacked = Some(batch);
+        }
+    }
+}
+
+/// What a flusher waits on, held apart from the counter so a waiting flusher keeps it
+/// alive no longer than its handles do.
+struct FlusherSignals {
+    wake: Arc<Notify>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The per-shard flusher: sends the shard's batch every `batch_interval`, or sooner when
+/// the size limit is reached, until told to stop or the counter is dropped.
+async fn run_flusher<S: Store>(
+    inner: std::sync::Weak<Inner<S>>,
+    shard: ShardId,
+    mut signals: FlusherSignals,
+) {
+    let Some(interval) = inner.upgrade().map(|i| i.config.batch_interval) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = signals.wake.notified() => {}
+            _ = signals.stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        inner.flush_shard(shard).await;
+    }
+}

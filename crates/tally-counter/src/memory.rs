@@ -1,0 +1,208 @@
+//! `MemoryStore`: the embedded, in-process store.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::store::{Batch, InstanceId, ShardHealth, ShardId, Store, StoreError, StoredValues};
+
+/// An in-process [`Store`]: sharded maps behind short mutexes, honouring batch ids exactly
+/// once like a real store.
+///
+/// It is what the tally server uses when no Redis is configured (counts then live and die
+/// with the process) and the reference store of the tests. It never fails.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[MemoryShard]>,
+    names: Box<[String]>,
+    started: SystemTime,
+}
+
+/// One shard. A `std::sync::Mutex`: held for a few map operations, never across `.await`.
+#[derive(Debug, Default)]
+struct MemoryShard {
+    state: Mutex<ShardState>,
+}
+
+#[derive(Debug, Default)]
+struct ShardState {
+    values: HashMap<Box<str>, u64>,
+    /// Highest applied batch sequence per instance: constant memory per writer.
+    applied: HashMap<InstanceId, u64>,
+}
+
+impl MemoryStore {
+    /// A store with one shard.
+    pub fn new() -> Self {
+        Self::with_shards(1)
+    }
+
+    /// A store with `shards` shards (at least 1); keys are spread by xxh3 of the key.
+    pub fn with_shards(shards: usize) -> Self {
+        let shards = shards.max(1);
+        Self {
+            shards: (0..shards).map(|_| MemoryShard::default()).collect(),
+            names: (0..shards).map(|i| format!("memory-{i}")).collect(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Every stored `(key, value)` pair, in no particular order (for tests and tools).
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The stored value of `key` (0 when never written), read directly.
+    pub fn value(&self, key: &str) -> u64 {
+        let shard = &self.shards[self.shard_of(key)];
+        let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.values.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store for MemoryStore {
+    fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard_of(&self, key: &str) -> ShardId {
+        (xxh3_64(key.as_bytes()) % self.shards.len() as u64) as ShardId
+    }
+
+    fn shard_name(&self, shard: ShardId) -> &str {
+        &self.names[shard]
+    }
+
+    async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        let mut state = self.shards[shard]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ShardState { values, applied } = &mut *state;
+        let mark = applied.entry(batch.id.instance).or_insert(0);
+        let fresh = batch.id.seq > *mark;
+        if fresh {
+            *mark = batch.id.seq;
+        }
+        Ok(batch
+            .deltas
+            .iter()
+            .map(|(key, delta)| {
+                if fresh {
+                    let value = values.entry(key.clone()).or_insert(0);
+                    *value += delta;
+                    *value
+                } else {
+                    values.get(key).copied().unwrap_or(0)
+                }
+            })
+            .collect())
+    }
+
+    async fn get(
+        &self,
+        shard: ShardId,
+        instance: InstanceId,
+        keys: &[&str],
+    ) -> Result<StoredValues, StoreError> {
+        let state = self.shards[shard]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(StoredValues {
+            values: keys
+                .iter()
+                .map(|k| state.values.get(*k).copied().unwrap_or(0))
+                .collect(),
+            applied_seq: state.applied.get(&instance).copied().unwrap_or(0),
+        })
+    }
+
+    async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
+        let mut state = self.shards[shard]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.values.remove(key);
+        Ok(())
+    }
+
+    fn health(&self) -> Vec<ShardHealth> {
+        self.names
+            .iter()
+            .map(|name| ShardHealth {
+                name: name.clone(),
+                up: true,
+                since: self.started,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BatchId;
+
+    fn batch(instance: u64, seq: u64, deltas: &[(&str, u64)]) -> Batch {
+        Batch {
+            id: BatchId {
+                instance: InstanceId::from_u64(instance),
+                seq,
+            },
+            deltas: deltas.iter().map(|(k, d)| ((*k).into(), *d)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_batch_twice_is_applied_once() {
+        let store = MemoryStore::new();
+        let b = batch(7, 1, &[("a", 2), ("b", 3)]);
+        assert_eq!(store.apply(0, &b).await.unwrap(), vec![2, 3]);
+        assert_eq!(store.apply(0, &b).await.unwrap(), vec![2, 3]);
+        assert_eq!(store.value("a"), 2);
+    }
+
+    #[tokio::test]
+    async fn marks_are_per_instance() {
+        let store = MemoryStore::new();
+        store.apply(0, &batch(1, 5, &[("a", 1)])).await.unwrap();
+        store.apply(0, &batch(2, 1, &[("a", 1)])).await.unwrap();
+        let read = store.get(0, InstanceId::from_u64(1), &["a"]).await.unwrap();
+        assert_eq!(
+            read,
+            StoredValues {
+                values: vec![2],
+                applied_seq: 5
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_zeroes_a_key() {
+        let store = MemoryStore::with_shards(4);
+        let key = "page";
+        let shard = store.shard_of(key);
+        store.apply(shard, &batch(1, 1, &[(key, 9)])).await.unwrap();
+        store.reset(shard, key).await.unwrap();
+        assert_eq!(store.value(key), 0);
+    }
+}

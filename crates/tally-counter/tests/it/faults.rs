@@ -1,0 +1,215 @@
+//! Store faults: lost replies, failures, a hung shard, resets racing batches.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tally_counter::{Counter, CounterConfig, Store};
+use tokio::sync::Semaphore;
+
+use crate::support::{Fault, ScriptedStore, manual_config};
+
+#[tokio::test]
+async fn lost_reply_is_retried_and_counted_once() {
+    let store = ScriptedStore::new(1).with_faults(&[Fault::LoseReply]);
+    let counter = Counter::new(store, manual_config()).unwrap();
+    counter.increment("page", 3).unwrap();
+
+    counter.flush().await;
+
+    assert_eq!(
+        counter.store().inner.value("page"),
+        3,
+        "applied once, not twice"
+    );
+    assert_eq!(
+        counter.store().applies.load(Ordering::SeqCst),
+        2,
+        "the batch was sent again"
+    );
+    let snapshot = counter.snapshot();
+    assert_eq!((snapshot.batches_ok, snapshot.batches_failed), (1, 1));
+}
+
+#[tokio::test]
+async fn read_during_retry_after_lost_reply_counts_the_batch_once() {
+    let config = CounterConfig {
+        retry_backoff_min: Duration::from_millis(300),
+        retry_backoff_max: Duration::from_millis(300),
+        ..manual_config()
+    };
+    let store = ScriptedStore::new(1).with_faults(&[Fault::LoseReply]);
+    let entered = Arc::clone(&store.entered);
+    let counter = Counter::new(store, config).unwrap();
+    counter.increment("page", 3).unwrap();
+    let flusher = {
+        let counter = counter.clone();
+        tokio::spawn(async move { counter.flush().await })
+    };
+    entered.notified().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The store applied the batch but the counter does not know: it is still in flight.
+    assert_eq!(counter.store().inner.value("page"), 3);
+
+    let count = counter.get("page").await.unwrap();
+
+    assert_eq!(
+        count.value, 3,
+        "the store value already holds the in-flight batch"
+    );
+    flusher.await.unwrap();
+    assert_eq!(counter.get("page").await.unwrap().value, 3);
+}
+
+#[tokio::test]
+async fn store_failing_three_times_then_recovering_loses_nothing_and_keeps_reset_order() {
+    let store = ScriptedStore::new(1).with_faults(&[Fault::Fail, Fault::Fail, Fault::Fail]);
+    let counter = Counter::new(store, manual_config()).unwrap();
+    counter.increment("a", 5).unwrap();
+    counter.increment("b", 7).unwrap();
+    counter.flush().await;
+    assert_eq!(
+        counter.store().applies.load(Ordering::SeqCst),
+        4,
+        "3 failures, then success"
+    );
+
+    counter.increment("a", 1).unwrap();
+    counter.reset("a").await.unwrap();
+    counter.increment("a", 2).unwrap();
+    counter.flush().await;
+
+    assert_eq!(
+        counter.store().inner.value("a"),
+        2,
+        "the reset came after 5+1, before 2"
+    );
+    assert_eq!(counter.store().inner.value("b"), 7);
+    assert_eq!(counter.get("a").await.unwrap().value, 2);
+}
+
+#[tokio::test]
+async fn reset_wins_over_inflight_batch() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
+    let entered = Arc::clone(&store.entered);
+    let counter = Counter::new(store, manual_config()).unwrap();
+    counter.increment("page", 10).unwrap();
+    let flusher = {
+        let counter = counter.clone();
+        tokio::spawn(async move { counter.flush().await })
+    };
+    entered.notified().await;
+
+    // The reset must wait for the held batch; release it only once the reset is waiting.
+    let reset = {
+        let counter = counter.clone();
+        tokio::spawn(async move { counter.reset("page").await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!reset.is_finished(), "reset waits for the in-flight batch");
+    gate.add_permits(1);
+    flusher.await.unwrap();
+    reset.await.unwrap().unwrap();
+
+    assert_eq!(counter.store().inner.value("page"), 0);
+    assert_eq!(counter.get("page").await.unwrap().value, 0);
+    counter.increment("page", 4).unwrap();
+    gate.add_permits(1);
+    counter.flush().await;
+    assert_eq!(
+        counter.store().inner.value("page"),
+        4,
+        "counts again from zero"
+    );
+}
+
+#[tokio::test]
+async fn reset_drops_pending_deltas_of_the_key_only() {
+    let counter = Counter::new(ScriptedStore::new(1), manual_config()).unwrap();
+    counter.increment("a", 3).unwrap();
+    counter.increment("b", 4).unwrap();
+
+    counter.reset("a").await.unwrap();
+    counter.flush().await;
+
+    assert_eq!(counter.store().inner.value("a"), 0);
+    assert_eq!(counter.store().inner.value("b"), 4);
+    assert_eq!(counter.snapshot().write_buffer_size, 0);
+}
+
+#[tokio::test]
+async fn one_failing_shard_does_not_hold_back_others() {
+    // Find one key per shard of a two-shard store.
+    let probe = ScriptedStore::new(2);
+    let key_on = |shard| {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| probe.shard_of(k) == shard)
+    };
+    let (healthy, hung) = (key_on(0).unwrap(), key_on(1).unwrap());
+    let store = ScriptedStore::new(2)
+        .with_faults(&[Fault::Hang])
+        .on_shard(1);
+    let config = CounterConfig {
+        batch_interval: Duration::from_millis(10),
+        ..manual_config()
+    };
+    let counter = Counter::new(store, config).unwrap();
+
+    counter.increment(&hung, 1).unwrap();
+    counter.increment(&healthy, 1).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while counter.store().inner.value(&healthy) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthy shard never flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert_eq!(counter.store().inner.value(&hung), 0);
+    assert_eq!(
+        counter.get(&hung).await.unwrap().value,
+        1,
+        "still readable from memory"
+    );
+}
+
+#[tokio::test]
+async fn overload_refuses_new_keys_and_counts_nothing_it_refused() {
+    let config = CounterConfig {
+        max_pending_keys: 10,
+        ..manual_config()
+    };
+    let counter = Counter::new(ScriptedStore::new(1), config).unwrap();
+    for i in 0..10 {
+        counter.increment(&format!("k{i}"), 1).unwrap();
+    }
+
+    let refused = counter.increment("k10", 1);
+    let existing = counter.increment("k0", 1);
+
+    assert!(
+        matches!(
+            refused,
+            Err(tally_counter::Error::Overloaded {
+                pending: 10,
+                limit: 10
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(existing.is_ok(), "a pending key still takes increments");
+    counter.flush().await;
+    assert_eq!(
+        counter.store().inner.value("k10"),
+        0,
+        "the refused increment is not counted"
+    );
+    assert_eq!(counter.store().inner.value("k0"), 2);
+    assert!(
+        counter.increment("k10", 1).is_ok(),
+        "room again after the flush"
+    );
+}

@@ -1,0 +1,124 @@
+//! Batch triggers (interval, size) and shutdown, on tokio's paused clock.
+
+use std::time::Duration;
+
+use tally_counter::{Counter, CounterConfig, Error, MemoryStore};
+use tokio::time::Instant;
+
+use crate::support::{Fault, ScriptedStore, manual_config};
+
+#[tokio::test(start_paused = true)]
+async fn interval_trigger_writes_after_batch_interval() {
+    let config = CounterConfig {
+        batch_interval: Duration::from_secs(5),
+        ..manual_config()
+    };
+    let counter = Counter::new(MemoryStore::new(), config).unwrap();
+    counter.increment("page", 1).unwrap();
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(counter.store().value("page"), 0, "not before the interval");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        counter.store().value("page"),
+        1,
+        "written once the interval elapsed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn size_trigger_writes_before_the_interval() {
+    let config = CounterConfig {
+        batch_size_limit: 100,
+        ..manual_config()
+    };
+    let counter = Counter::new(MemoryStore::new(), config).unwrap();
+    for i in 0..99 {
+        counter.increment(&format!("k{i}"), 1).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(counter.store().value("k0"), 0, "99 keys: below the limit");
+
+    counter.increment("k99", 1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    assert_eq!(
+        counter.store().entries().len(),
+        100,
+        "the 100th key sent the batch"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_flushes_everything() {
+    let counter = Counter::new(MemoryStore::new(), manual_config()).unwrap();
+    let handle = counter.clone();
+    for i in 0..50 {
+        counter.increment(&format!("k{i}"), i + 1).unwrap();
+    }
+
+    let report = counter.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(
+        (
+            report.keys_written,
+            report.keys_unwritten,
+            report.increments_unwritten
+        ),
+        (50, 0, 0)
+    );
+    assert_eq!(handle.store().value("k49"), 50);
+    assert!(matches!(handle.increment("k0", 1), Err(Error::ShutDown)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_a_store_that_never_answers_returns_within_the_deadline() {
+    let store = ScriptedStore::new(1).with_faults(&[Fault::Hang]);
+    let counter = Counter::new(store, manual_config()).unwrap();
+    counter.increment("a", 2).unwrap();
+    counter.increment("b", 3).unwrap();
+    let started = Instant::now();
+
+    let report = counter.shutdown(Duration::from_secs(2)).await;
+
+    assert!(started.elapsed() <= Duration::from_secs(2) + Duration::from_millis(10));
+    assert_eq!(
+        (
+            report.keys_written,
+            report.keys_unwritten,
+            report.increments_unwritten
+        ),
+        (0, 2, 5)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_resends_a_batch_cut_off_mid_retry_with_the_same_id() {
+    // The flusher's first attempt loses its reply; shutdown aborts the flusher during its
+    // backoff and must send the same batch again (applied once), not a new one.
+    let config = CounterConfig {
+        batch_interval: Duration::from_millis(10),
+        retry_backoff_min: Duration::from_secs(60),
+        retry_backoff_max: Duration::from_secs(60),
+        ..manual_config()
+    };
+    let store = ScriptedStore::new(1).with_faults(&[Fault::LoseReply]);
+    let counter = Counter::new(store, config).unwrap();
+    let handle = counter.clone();
+    counter.increment("page", 7).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        handle.store().inner.value("page"),
+        7,
+        "first attempt applied, reply lost"
+    );
+
+    let report = counter.shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(report.keys_unwritten, 0);
+    assert_eq!(
+        handle.store().inner.value("page"),
+        7,
+        "the resend was recognised"
+    );
+}

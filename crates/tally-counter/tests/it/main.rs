@@ -1,0 +1,8 @@
+//! Integration tests of tally-counter: exactness, faults, triggers, shutdown, cache.
+
+mod cache;
+mod exactness;
+mod faults;
+mod lifecycle;
+mod model;
+mod support;

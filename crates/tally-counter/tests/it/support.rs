@@ -1,0 +1,143 @@
+//! A store wrapper whose `apply` can be made to fail, lose its reply, or hold open.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tally_counter::{
+    Batch, CounterConfig, InstanceId, MemoryStore, ShardHealth, ShardId, Store, StoreError,
+    StoredValues,
+};
+use tokio::sync::{Notify, Semaphore};
+
+/// What the next `apply` calls do, consumed one call at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail without applying.
+    Fail,
+    /// Apply, then report an error (the reply was lost).
+    LoseReply,
+    /// Never answer.
+    Hang,
+}
+
+/// [`MemoryStore`] with scripted faults on `apply`, optionally only on one shard.
+#[derive(Debug)]
+pub struct ScriptedStore {
+    pub inner: MemoryStore,
+    faults: Mutex<Vec<Fault>>,
+    /// Shard the faults apply to (`None`: any).
+    fault_shard: Option<ShardId>,
+    /// When set, every apply waits for a permit before touching the store.
+    gate: Option<Arc<Semaphore>>,
+    /// Notified when an apply has started (before the gate).
+    pub entered: Arc<Notify>,
+    pub applies: AtomicUsize,
+}
+
+impl ScriptedStore {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            inner: MemoryStore::with_shards(shards),
+            faults: Mutex::new(Vec::new()),
+            fault_shard: None,
+            gate: None,
+            entered: Arc::new(Notify::new()),
+            applies: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queue faults for the next apply calls, in order.
+    pub fn with_faults(self, faults: &[Fault]) -> Self {
+        *self.faults.lock().unwrap() = faults.iter().rev().copied().collect();
+        self
+    }
+
+    /// Faults (queued or `always_fail`) hit only this shard.
+    pub fn on_shard(mut self, shard: ShardId) -> Self {
+        self.fault_shard = Some(shard);
+        self
+    }
+
+    /// Every apply waits on this semaphore for a permit (consumed).
+    pub fn gated(mut self, gate: Arc<Semaphore>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn next_fault(&self, shard: ShardId) -> Option<Fault> {
+        if self.fault_shard.is_some_and(|s| s != shard) {
+            return None;
+        }
+        self.faults.lock().unwrap().pop()
+    }
+}
+
+impl Store for ScriptedStore {
+    fn shard_count(&self) -> usize {
+        self.inner.shard_count()
+    }
+
+    fn shard_of(&self, key: &str) -> ShardId {
+        self.inner.shard_of(key)
+    }
+
+    fn shard_name(&self, shard: ShardId) -> &str {
+        self.inner.shard_name(shard)
+    }
+
+    async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        self.entered.notify_one();
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        match self.next_fault(shard) {
+            None => self.inner.apply(shard, batch).await,
+            Some(Fault::Fail) => Err("scripted failure".into()),
+            Some(Fault::LoseReply) => {
+                self.inner.apply(shard, batch).await?;
+                Err("scripted lost reply".into())
+            }
+            Some(Fault::Hang) => std::future::pending().await,
+        }
+    }
+
+    async fn get(
+        &self,
+        shard: ShardId,
+        instance: InstanceId,
+        keys: &[&str],
+    ) -> Result<StoredValues, StoreError> {
+        self.inner.get(shard, instance, keys).await
+    }
+
+    async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
+        self.inner.reset(shard, key).await
+    }
+
+    fn health(&self) -> Vec<ShardHealth> {
+        self.inner.health()
+    }
+}
+
+/// A config with short waits, so retries and triggers happen fast in tests.
+pub fn fast_config() -> CounterConfig {
+    CounterConfig {
+        name: "test".to_owned(),
+        batch_interval: Duration::from_millis(20),
+        retry_backoff_min: Duration::from_millis(1),
+        retry_backoff_max: Duration::from_millis(10),
+        ..CounterConfig::default()
+    }
+}
+
+/// A config whose flusher never fires on its own during a test: batches go out only on
+/// `flush`, `reset` or `shutdown`.
+pub fn manual_config() -> CounterConfig {
+    CounterConfig {
+        batch_interval: Duration::from_secs(3600),
+        ..fast_config()
+    }
+}
