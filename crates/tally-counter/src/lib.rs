@@ -74,5 +74,5 @@ pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use store::{
-    Batch, BatchId, InstanceId, ShardHealth, ShardId, Store, StoreError, StoredValues,
+    Batch, BatchId, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
 };

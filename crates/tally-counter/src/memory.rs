@@ -1,18 +1,25 @@
 //! `MemoryStore`: the embedded, in-process store.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::store::{Batch, InstanceId, ShardHealth, ShardId, Store, StoreError, StoredValues};
+use crate::store::{
+    Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
+};
 
 /// An in-process [`Store`]: sharded maps behind short mutexes, honouring batch ids exactly
 /// once like a real store.
 ///
 /// It is what the tally server uses when no Redis is configured (counts then live and die
 /// with the process) and the reference store of the tests. It never fails.
+///
+/// [`MemoryStore::ranked`] also keeps every shard's keys ordered by value, so
+/// [`RankedStore::top`] reads the leaders without scanning (the request-statistics
+/// leaderboard); a plain store answers `top` by sorting all its keys.
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[MemoryShard]>,
@@ -31,6 +38,30 @@ struct ShardState {
     values: HashMap<Box<str>, u64>,
     /// Highest applied batch sequence per instance: constant memory per writer.
     applied: HashMap<InstanceId, u64>,
+    /// `(value descending, key ascending)` of every key, when the store is ranked.
+    ranking: Option<BTreeSet<(Reverse<u64>, Box<str>)>>,
+}
+
+impl ShardState {
+    fn set(&mut self, key: &str, value: u64) {
+        let old = match self.values.get_mut(key) {
+            Some(slot) => std::mem::replace(slot, value),
+            None => {
+                self.values.insert(key.into(), value);
+                0
+            }
+        };
+        if let Some(ranking) = &mut self.ranking {
+            ranking.remove(&(Reverse(old), Box::from(key)));
+            ranking.insert((Reverse(value), key.into()));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let (Some(old), Some(ranking)) = (self.values.remove(key), &mut self.ranking) {
+            ranking.remove(&(Reverse(old), Box::from(key)));
+        }
+    }
 }
 
 impl MemoryStore {
@@ -47,6 +78,20 @@ impl MemoryStore {
             names: (0..shards).map(|i| format!("memory-{i}")).collect(),
             started: SystemTime::now(),
         }
+    }
+
+    /// A store with `shards` shards that keeps each shard's keys ordered by value, for
+    /// [`RankedStore::top`] without a scan.
+    pub fn ranked(shards: usize) -> Self {
+        let store = Self::with_shards(shards);
+        for shard in store.shards.iter() {
+            shard
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ranking = Some(BTreeSet::new());
+        }
+        store
     }
 
     /// Every stored `(key, value)` pair, in no particular order (for tests and tools).
@@ -96,8 +141,7 @@ impl Store for MemoryStore {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let ShardState { values, applied } = &mut *state;
-        let mark = applied.entry(batch.id.instance).or_insert(0);
+        let mark = state.applied.entry(batch.id.instance).or_insert(0);
         let fresh = batch.id.seq > *mark;
         if fresh {
             *mark = batch.id.seq;
@@ -106,12 +150,12 @@ impl Store for MemoryStore {
             .deltas
             .iter()
             .map(|(key, delta)| {
+                let current = state.values.get(&**key).copied().unwrap_or(0);
                 if fresh {
-                    let value = values.entry(key.clone()).or_insert(0);
-                    *value += delta;
-                    *value
+                    state.set(key, current + delta);
+                    current + delta
                 } else {
-                    values.get(key).copied().unwrap_or(0)
+                    current
                 }
             })
             .collect())
@@ -141,7 +185,7 @@ impl Store for MemoryStore {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        state.values.remove(key);
+        state.remove(key);
         Ok(())
     }
 
@@ -154,6 +198,30 @@ impl Store for MemoryStore {
                 since: self.started,
             })
             .collect()
+    }
+}
+
+impl RankedStore for MemoryStore {
+    async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let state = self.shards[shard]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ranking) = &state.ranking {
+            return Ok(ranking
+                .iter()
+                .take(limit)
+                .map(|(Reverse(v), k)| (k.to_string(), *v))
+                .collect());
+        }
+        let mut all: Vec<(String, u64)> = state
+            .values
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        Ok(all)
     }
 }
 
@@ -194,6 +262,21 @@ mod tests {
                 applied_seq: 5
             }
         );
+    }
+
+    #[tokio::test]
+    async fn ranked_and_plain_stores_rank_alike() {
+        let deltas = [("b", 2), ("a", 2), ("c", 5), ("d", 1)];
+        for store in [MemoryStore::new(), MemoryStore::ranked(1)] {
+            store.apply(0, &batch(1, 1, &deltas)).await.unwrap();
+            store.apply(0, &batch(1, 2, &[("d", 4)])).await.unwrap();
+            store.reset(0, "c").await.unwrap();
+
+            let top = store.top(0, 3).await.unwrap();
+
+            let want = [("d", 5), ("a", 2), ("b", 2)].map(|(k, v)| (k.to_owned(), v));
+            assert_eq!(top, want, "ties by key ascending; reset keys gone");
+        }
     }
 
     #[tokio::test]

@@ -140,3 +140,16 @@ pub trait Store: Send + Sync + 'static {
     /// Health of every shard, indexed by shard id.
     fn health(&self) -> Vec<ShardHealth>;
 }
+
+/// A [`Store`] that can also rank its keys by value, for leaderboards such as the request
+/// statistics of `tally-stats`.
+pub trait RankedStore: Store {
+    /// The `limit` highest values on `shard`, ordered by value descending, then key
+    /// ascending (byte order). Ties at the cut-off are broken by that order too, so merging
+    /// every shard's answer gives the exact global ranking.
+    fn top(
+        &self,
+        shard: ShardId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+}
