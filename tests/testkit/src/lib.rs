@@ -1,1 +1,43 @@
-//! placeholder
+//! tally-testkit: real `redis-server` processes and a fault-injecting TCP proxy for tests.
+//!
+//! Integration tests of tally run against real Redis, not mocks: a [`RedisNode`] is a
+//! `redis-server` child process on a free `127.0.0.1` port with its own temporary directory,
+//! killed when the value is dropped (also when the test panics). Tests pause it (SIGSTOP),
+//! kill it, restart it with its append-only file, and read its keys directly to check what
+//! the code under test wrote. A [`FaultProxy`] sits between a client and a node and can hold
+//! all traffic ([`Mode::BlackHole`]) or lose the reply of a request the node executed
+//! ([`Mode::DropReplies`]), the case exactly-once counting has to survive.
+//!
+//! `redis-server` must be installed (`apt-get install redis-server`; `cargo xtask test`
+//! checks for it), or named by the `TALLY_REDIS_SERVER` environment variable.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tally_testkit::{FaultProxy, Mode, RedisCluster, RedisNode};
+//!
+//! # async fn demo() -> tally_testkit::Result<()> {
+//! let mut node = RedisNode::builder().aof(true).start()?;
+//! node.query::<()>(redis::cmd("SET").arg("k").arg(7))?;
+//! node.kill()?;
+//! node.restart()?;
+//! assert_eq!(node.get_u64("k")?, Some(7));
+//!
+//! let proxy = FaultProxy::start(node.addr()).await?;
+//! proxy.set_mode(Mode::DropRepliesMatching(1, b"EVALSHA".to_vec()));
+//! // ... point the code under test at proxy.url() ...
+//!
+//! let cluster = RedisCluster::start(3)?;
+//! println!("REDIS_NODES={}", cluster.urls());
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod node;
+mod proxy;
+
+pub use error::{Error, Result};
+pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
+pub use proxy::{FaultProxy, Mode};

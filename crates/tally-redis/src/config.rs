@@ -1,0 +1,592 @@
+//! Configuration: node URLs, credentials, timeouts, and the redaction that keeps passwords
+//! out of every message.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo as _;
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+
+/// Default `REDIS_TIMEOUT`: connect and command timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `REDIS_RETRY_ATTEMPTS`: connection attempts per pooled connection.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
+/// Default connections per node.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Default `HEALTH_CHECK_INTERVAL_SECONDS`.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `VIRTUAL_NODES`: ring points per node.
+pub const DEFAULT_VNODES: u32 = tally_ring::DEFAULT_VNODES;
+
+/// A password: printed as `***` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the Redis client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Returns `url` with any password replaced by `***`, for messages and logs.
+///
+/// Works on anything, including strings that are not valid URLs: everything between
+/// `scheme://` and the last `@` is treated as credentials, and only the part before its
+/// first `:` (the user name) is kept; with no `:` the whole user-info is hidden, since a
+/// lone user-info is often a password written in the wrong place. Query parameters whose
+/// name contains `pass` are hidden too.
+///
+/// ```
+/// use tally_redis::redact;
+///
+/// assert_eq!(redact("redis://app:hunter2@redis1:6379/0"), "redis://app:***@redis1:6379/0");
+/// assert_eq!(redact("redis://:hunter2@redis1:6379"), "redis://:***@redis1:6379");
+/// assert_eq!(redact("redis://redis1:6379"), "redis://redis1:6379");
+/// ```
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let (credentials, host_and_tail) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    if let Some(credentials) = credentials {
+        match credentials.split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***@");
+            }
+            None => out.push_str("***@"),
+        }
+    }
+    match host_and_tail.split_once('?') {
+        Some((before, query)) => {
+            out.push_str(before);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if name.to_ascii_lowercase().contains("pass") => {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(host_and_tail),
+    }
+    out
+}
+
+/// One node from `REDIS_NODES`: `redis://[user[:password]@]host[:port][/db]`.
+///
+/// `Display` and `Debug` show the URL with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeUrl {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<Secret>,
+    db: Option<i64>,
+    name: String,
+}
+
+impl NodeUrl {
+    /// Parses one node URL. Only `redis://` (plain TCP) is supported.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] naming the URL (password removed) and the problem.
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: redact(url),
+            reason,
+        };
+        let scheme_ok = url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("redis://"));
+        if !scheme_ok {
+            return Err(invalid(
+                "expected a redis:// URL such as redis://:password@host:6379/0 (TLS and unix sockets are not supported)".into(),
+            ));
+        }
+        let parsed =
+            redis::parse_redis_url(url).ok_or_else(|| invalid("not a valid URL".into()))?;
+        let has_db_path = !parsed.path().trim_matches('/').is_empty();
+        let info = parsed
+            .into_connection_info()
+            .map_err(|e| invalid(e.to_string()))?;
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            _ => {
+                return Err(invalid(
+                    "only plain TCP redis:// nodes are supported".into(),
+                ));
+            }
+        };
+        let settings = info.redis_settings();
+        // IPv6 literals get brackets so `host:port` stays unambiguous.
+        let name = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Self {
+            host,
+            port,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(Secret::new),
+            db: has_db_path.then(|| settings.db()),
+            name,
+        })
+    }
+
+    /// The credential-free name `host:port`: the node's identity on the ring and in
+    /// metrics, logs and health reports.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// TCP port (6379 when the URL names none).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// User name from the URL, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// Password from the URL, if any.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// Database index from the URL path, if it has one.
+    pub fn db(&self) -> Option<i64> {
+        self.db
+    }
+
+    /// Connection settings for the client, with `REDIS_PASSWORD` and `REDIS_DB` applied.
+    pub(crate) fn connection_info(
+        &self,
+        password: Option<&Secret>,
+        db: Option<i64>,
+    ) -> redis::RedisResult<redis::ConnectionInfo> {
+        let info = format!("redis://{}", self.name).into_connection_info()?;
+        let mut settings =
+            redis::RedisConnectionInfo::default().set_db(db.or(self.db).unwrap_or(0));
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = password.or(self.password.as_ref()) {
+            settings = settings.set_password(password.expose());
+        }
+        Ok(info.set_redis_settings(settings))
+    }
+}
+
+impl fmt::Display for NodeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("redis://")?;
+        match (&self.username, &self.password) {
+            (Some(user), Some(_)) => write!(f, "{user}:***@")?,
+            (None, Some(_)) => f.write_str(":***@")?,
+            (Some(user), None) => write!(f, "{user}@")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.name)?;
+        if let Some(db) = self.db {
+            write!(f, "/{db}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeUrl({self})")
+    }
+}
+
+/// Everything a [`crate::RedisStore`] needs; mirrors the server's environment.
+///
+/// Build it with [`RedisConfig::from_urls`] (defaults for the rest, then adjust fields) or
+/// [`RedisConfig::from_env`]. `Debug` never shows a password.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `REDIS_NODES`: the nodes, in order. A node's position here is its shard id, and its
+    /// `host:port` places it on the ring, so credentials and DB index never move keys.
+    pub nodes: Vec<NodeUrl>,
+    /// `REDIS_PASSWORD`: when set, used for every node instead of the URL's password.
+    pub password: Option<Secret>,
+    /// `REDIS_DB`: when set, the database index for every node instead of the URL's.
+    pub db: Option<i64>,
+    /// `REDIS_TIMEOUT` (seconds): bound on each connection attempt and on each command.
+    pub timeout: Duration,
+    /// `REDIS_RETRY_ATTEMPTS`: how many times the pool tries to open a connection to a node
+    /// before a command fails (refused or reset connections only; an authentication failure
+    /// or a timeout ends the attempts at once). Commands and batches are never retried here:
+    /// the counter retries a failed batch, unchanged, with its own backoff. At least 1.
+    pub retry_attempts: u32,
+    /// Connections per node.
+    pub pool_size: usize,
+    /// `HEALTH_CHECK_INTERVAL_SECONDS`: how often every node is pinged. Nodes marked down
+    /// are pinged more often (every `min(interval, 1 s)`), so they come back quickly.
+    pub health_check_interval: Duration,
+    /// `VIRTUAL_NODES`: ring points per node.
+    pub vnodes: u32,
+    /// Which keys the store writes: visit counters or the request-stats sorted set.
+    pub layout: Layout,
+}
+
+impl RedisConfig {
+    /// A config for these nodes with every other setting at its default.
+    pub fn new(nodes: Vec<NodeUrl>) -> Self {
+        Self {
+            nodes,
+            password: None,
+            db: None,
+            timeout: DEFAULT_TIMEOUT,
+            retry_attempts: DEFAULT_RETRY_ATTEMPTS,
+            pool_size: DEFAULT_POOL_SIZE,
+            health_check_interval: DEFAULT_HEALTH_CHECK_INTERVAL,
+            vnodes: DEFAULT_VNODES,
+            layout: Layout::Counters,
+        }
+    }
+
+    /// Parses a `REDIS_NODES` value (comma-separated URLs; blanks around commas ignored)
+    /// into a config with defaults for everything else.
+    ///
+    /// ```
+    /// let config = tally_redis::RedisConfig::from_urls("redis://:pw@redis1:6379, redis://redis2:6379/0")?;
+    /// assert_eq!(config.nodes[0].name(), "redis1:6379");
+    /// assert!(!format!("{config:?}").contains("pw"));
+    /// # Ok::<(), tally_redis::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for the first bad URL; [`Error::Config`] for an empty list.
+    pub fn from_urls(urls: &str) -> Result<Self> {
+        let nodes = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(NodeUrl::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let config = Self::new(nodes);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the server's variables from the process environment: `REDIS_NODES`
+    /// (required), `REDIS_PASSWORD`, `REDIS_DB`, `REDIS_TIMEOUT`, `REDIS_RETRY_ATTEMPTS`,
+    /// `REDIS_POOL_SIZE`, `HEALTH_CHECK_INTERVAL_SECONDS`, `VIRTUAL_NODES`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisConfig::from_lookup`].
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`RedisConfig::from_env`] over any source of variables (`None` = unset; empty
+    /// values count as unset).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable that is missing or malformed, or
+    /// [`Error::InvalidUrl`] for a bad node URL.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let nodes = get("REDIS_NODES").ok_or_else(|| Error::Config {
+            field: "REDIS_NODES",
+            problem: "is not set; expected comma-separated redis:// URLs".into(),
+        })?;
+        let mut config = Self::from_urls(&nodes)?;
+        config.password = get("REDIS_PASSWORD").map(Secret::new);
+        if let Some(db) = get("REDIS_DB") {
+            config.db = Some(parse_number("REDIS_DB", &db)?);
+        }
+        if let Some(timeout) = get("REDIS_TIMEOUT") {
+            config.timeout = parse_seconds("REDIS_TIMEOUT", &timeout)?;
+        }
+        if let Some(attempts) = get("REDIS_RETRY_ATTEMPTS") {
+            config.retry_attempts = parse_number("REDIS_RETRY_ATTEMPTS", &attempts)?;
+        }
+        if let Some(size) = get("REDIS_POOL_SIZE") {
+            config.pool_size = parse_number("REDIS_POOL_SIZE", &size)?;
+        }
+        if let Some(interval) = get("HEALTH_CHECK_INTERVAL_SECONDS") {
+            config.health_check_interval =
+                parse_seconds("HEALTH_CHECK_INTERVAL_SECONDS", &interval)?;
+        }
+        if let Some(vnodes) = get("VIRTUAL_NODES") {
+            config.vnodes = parse_number("VIRTUAL_NODES", &vnodes)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every value is usable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, problem: &str| {
+            Err(Error::Config {
+                field,
+                problem: problem.into(),
+            })
+        };
+        if self.nodes.is_empty() {
+            return bad("REDIS_NODES", "lists no node");
+        }
+        if self.timeout.is_zero() {
+            return bad("REDIS_TIMEOUT", "must be greater than zero");
+        }
+        if self.retry_attempts == 0 {
+            return bad("REDIS_RETRY_ATTEMPTS", "must be at least 1");
+        }
+        if self.pool_size == 0 {
+            return bad("REDIS_POOL_SIZE", "must be at least 1");
+        }
+        if self.health_check_interval.is_zero() {
+            return bad("HEALTH_CHECK_INTERVAL_SECONDS", "must be greater than zero");
+        }
+        if self.vnodes == 0 {
+            return bad("VIRTUAL_NODES", "must be at least 1");
+        }
+        if self.db.is_some_and(|db| db < 0) {
+            return bad("REDIS_DB", "must not be negative");
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("nodes", &self.nodes)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("timeout", &self.timeout)
+            .field("retry_attempts", &self.retry_attempts)
+            .field("pool_size", &self.pool_size)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("vnodes", &self.vnodes)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl fmt::Display for RedisConfig {
+    /// The node list as it would appear in `REDIS_NODES`, passwords removed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{node}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| Error::Config {
+        field,
+        problem: format!("is '{}', expected a whole number", value.trim()),
+    })
+}
+
+fn parse_seconds(field: &'static str, value: &str) -> Result<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::Config {
+            field,
+            problem: format!(
+                "is '{}', expected a number of seconds above zero",
+                value.trim()
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_and_keeps_the_rest() {
+        assert_eq!(redact("redis://u:p@h:1/2"), "redis://u:***@h:1/2");
+        assert_eq!(redact("redis://:p@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://lonely@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("h:1"), "h:1");
+        // Unencoded separators inside the password must not let part of it through.
+        assert_eq!(redact("redis://:a/b@c?d@h:1"), "redis://:***@h:1");
+        assert_eq!(
+            redact("redis://h?password=x&db=1"),
+            "redis://h?password=***&db=1"
+        );
+    }
+
+    #[test]
+    fn node_url_parses_host_port_credentials_and_db() {
+        let node = NodeUrl::parse(" redis://app:s3cret@redis1:6380/2 ").unwrap();
+        assert_eq!(node.name(), "redis1:6380");
+        assert_eq!(node.username(), Some("app"));
+        assert_eq!(node.password().map(Secret::expose), Some("s3cret"));
+        assert_eq!(node.db(), Some(2));
+        assert_eq!(node.to_string(), "redis://app:***@redis1:6380/2");
+        assert_eq!(
+            format!("{node:?}"),
+            "NodeUrl(redis://app:***@redis1:6380/2)"
+        );
+    }
+
+    #[test]
+    fn node_url_defaults_port_and_leaves_db_unset() {
+        let node = NodeUrl::parse("redis://redis1").unwrap();
+        assert_eq!(node.name(), "redis1:6379");
+        assert_eq!(node.db(), None);
+        assert_eq!(node.password(), None);
+    }
+
+    #[test]
+    fn bad_urls_are_named_without_their_password() {
+        for url in [
+            "http://:topsecret@redis1:6379",
+            "redis://:topsecret@redis1:notaport",
+            "redis://:topsecret@redis1:6379/notadb",
+            "rediss://:topsecret@redis1:6379",
+            "unix://:topsecret@/tmp/redis.sock",
+            "::garbage:topsecret@@",
+            "redis://:topsecret@",
+        ] {
+            let err = NodeUrl::parse(url).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{shown}");
+            assert!(
+                !shown.contains("topsecret"),
+                "password leaked for {url}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_info_applies_overrides() {
+        let node = NodeUrl::parse("redis://u:urlpw@h:1/3").unwrap();
+        let info = node.connection_info(None, None).unwrap();
+        assert_eq!(info.redis_settings().password(), Some("urlpw"));
+        assert_eq!(info.redis_settings().db(), 3);
+        let env = Secret::new("envpw");
+        let info = node.connection_info(Some(&env), Some(5)).unwrap();
+        assert_eq!(info.redis_settings().password(), Some("envpw"));
+        assert_eq!(info.redis_settings().username(), Some("u"));
+        assert_eq!(info.redis_settings().db(), 5);
+    }
+
+    #[test]
+    fn from_urls_keeps_order_and_rejects_empty_lists() {
+        let config = RedisConfig::from_urls("redis://b:1,,redis://a:2").unwrap();
+        let names: Vec<&str> = config.nodes.iter().map(NodeUrl::name).collect();
+        assert_eq!(names, ["b:1", "a:2"]);
+        assert!(matches!(
+            RedisConfig::from_urls(" , "),
+            Err(Error::Config {
+                field: "REDIS_NODES",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn from_lookup_reads_every_variable() {
+        let env: HashMap<&str, &str> = [
+            ("REDIS_NODES", "redis://:urlpw@r1:6379,redis://r2:6379"),
+            ("REDIS_PASSWORD", "envpw"),
+            ("REDIS_DB", "4"),
+            ("REDIS_TIMEOUT", "0.5"),
+            ("REDIS_RETRY_ATTEMPTS", "2"),
+            ("REDIS_POOL_SIZE", "8"),
+            ("HEALTH_CHECK_INTERVAL_SECONDS", "2"),
+            ("VIRTUAL_NODES", "100"),
+        ]
+        .into_iter()
+        .collect();
+        let config = RedisConfig::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.password.as_ref().map(Secret::expose), Some("envpw"));
+        assert_eq!(config.db, Some(4));
+        assert_eq!(config.timeout, Duration::from_millis(500));
+        assert_eq!(config.retry_attempts, 2);
+        assert_eq!(config.pool_size, 8);
+        assert_eq!(config.health_check_interval, Duration::from_secs(2));
+        assert_eq!(config.vnodes, 100);
+        let shown = format!("{config} {config:?}");
+        assert!(
+            !shown.contains("urlpw") && !shown.contains("envpw"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn from_lookup_names_the_bad_variable() {
+        let env = |k: &str| match k {
+            "REDIS_NODES" => Some("redis://r1:6379".to_owned()),
+            "REDIS_TIMEOUT" => Some("soon".to_owned()),
+            _ => None,
+        };
+        let err = RedisConfig::from_lookup(env).unwrap_err();
+        assert!(err.to_string().contains("REDIS_TIMEOUT"), "{err}");
+        let err = RedisConfig::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains("REDIS_NODES"), "{err}");
+    }
+
+    #[test]
+    fn secrets_print_as_stars() {
+        let secret = Secret::new("x");
+        assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+    }
+}

@@ -1,0 +1,191 @@
+//! The crate's error type.
+//!
+//! Every message names the node by its credential-free `host:port` and every URL in a
+//! message has gone through [`crate::redact`]: no variant can carry a password.
+
+use std::time::Duration;
+
+/// Errors from building a [`crate::RedisStore`] and from talking to its nodes.
+///
+/// Connection failures, timeouts, authentication failures and error replies are distinct
+/// variants, so callers (and the health bookkeeping) can tell a dead node from a bad
+/// request. Nothing here is retried by this crate: the counter owns the one retry policy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A node URL in `REDIS_NODES` cannot be used.
+    #[error("invalid redis node url '{url}': {reason}")]
+    InvalidUrl {
+        /// The URL as given, password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another configuration value is out of range.
+    #[error("invalid redis config: {field} {problem}")]
+    Config {
+        /// The setting at fault (its environment variable name where it has one).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The node list does not make a ring (e.g. the same `host:port` twice).
+    #[error("invalid redis node list")]
+    Ring(#[from] tally_ring::RingError),
+    /// No connection to the node could be made (refused, reset, DNS, handshake).
+    #[error("cannot connect to redis node {node} ({attempts} attempt(s))")]
+    Connect {
+        /// The node, `host:port`.
+        node: String,
+        /// Connection attempts made (`REDIS_RETRY_ATTEMPTS`).
+        attempts: u32,
+        /// The last attempt's failure.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The node rejected the credentials (`NOAUTH`, `WRONGPASS`).
+    #[error(
+        "redis node {node} refused authentication; check the password in REDIS_NODES or REDIS_PASSWORD"
+    )]
+    Auth {
+        /// The node, `host:port`.
+        node: String,
+        /// The node's answer.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The node did not answer within `REDIS_TIMEOUT`.
+    #[error("redis node {node} did not answer {op} within {after:?}")]
+    Timeout {
+        /// The node, `host:port`.
+        node: String,
+        /// What was asked (`connect`, `apply`, `get`, ...).
+        op: &'static str,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The connection failed while a command was under way: the command may or may not have
+    /// been executed (a batch sent again is applied at most once).
+    #[error("connection to redis node {node} failed during {op}")]
+    Connection {
+        /// The node, `host:port`.
+        node: String,
+        /// What was asked.
+        op: &'static str,
+        /// The I/O failure.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The node answered with an error reply (wrong type, script error, loading, ...).
+    #[error("redis node {node} rejected {op}")]
+    Redis {
+        /// The node, `host:port`.
+        node: String,
+        /// What was asked.
+        op: &'static str,
+        /// The node's error reply.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The node's answer does not have the expected shape.
+    #[error("unexpected reply from redis node {node} to {op}: {detail}")]
+    Protocol {
+        /// The node, `host:port`.
+        node: String,
+        /// What was asked.
+        op: &'static str,
+        /// What was wrong with the reply.
+        detail: String,
+    },
+    /// The pool could not hand out a connection for a reason other than the node.
+    #[error("connection pool of redis node {node} failed")]
+    Pool {
+        /// The node, `host:port`.
+        node: String,
+        /// The pool's error.
+        #[source]
+        source: deadpool_redis::PoolError,
+    },
+    /// The node is marked down (a command failed or the health check did not get an answer)
+    /// and is not asked until a health check gets one. Its keys are never sent elsewhere.
+    #[error(
+        "redis node {node} is unavailable ({reason}); its keys wait until it answers a health check"
+    )]
+    NodeUnavailable {
+        /// The node, `host:port`.
+        node: String,
+        /// Why it was marked down.
+        reason: String,
+    },
+    /// A batch breaks the [`tally_counter::Batch`] contract (a key listed twice); nothing
+    /// of it was sent.
+    #[error("invalid batch: {detail}")]
+    InvalidBatch {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A shard id outside `0..shard_count()`.
+    #[error("redis shard {shard} does not exist; the store has {count} node(s)")]
+    NoSuchShard {
+        /// The id asked for.
+        shard: usize,
+        /// Number of nodes.
+        count: usize,
+    },
+    /// The operation exists only for another key layout.
+    #[error("{op} needs the {needed} key layout, but this store uses the {actual} layout")]
+    WrongLayout {
+        /// The operation.
+        op: &'static str,
+        /// The layout it needs.
+        needed: crate::Layout,
+        /// The store's layout.
+        actual: crate::Layout,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether this failure says the node itself is unreachable or unusable, so it is marked
+    /// down. Error replies to a well-formed connection (wrong type, script error) are not.
+    pub(crate) fn marks_node_down(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::Auth { .. }
+            | Self::Timeout { .. }
+            | Self::Connection { .. }
+            | Self::Pool { .. } => true,
+            // A node loading its data set answers LOADING to everything for a while.
+            Self::Redis { source, .. } => {
+                source.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+            }
+            _ => false,
+        }
+    }
+
+    /// Short label for the `kind` of the errors metric.
+    pub(crate) fn kind_label(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } | Self::Config { .. } | Self::Ring(_) => "config",
+            Self::Connect { .. } => "connect",
+            Self::Auth { .. } => "auth",
+            Self::Timeout { .. } => "timeout",
+            Self::Connection { .. } => "connection",
+            Self::Redis { .. } => "redis",
+            Self::Protocol { .. } => "protocol",
+            Self::Pool { .. } => "pool",
+            Self::NodeUnavailable { .. } => "unavailable",
+            Self::InvalidBatch { .. } | Self::NoSuchShard { .. } | Self::WrongLayout { .. } => {
+                "usage"
+            }
+        }
+    }
+}
+
+/// Whether a Redis error is an authentication failure.
+pub(crate) fn is_auth_error(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+}

@@ -1,0 +1,356 @@
+//! The key layouts and the one Lua script that applies, replays and reads batches in both.
+//!
+//! Both layouts go through the same script and the same Rust code; a layout only decides
+//! which Redis keys a counter key maps to and which hash holds the high-water marks.
+
+use std::fmt;
+
+use tally_counter::InstanceId;
+
+/// Prefix of the plain counters of [`Layout::Counters`]: page `p` lives at `tally:v:p`.
+pub const COUNTER_KEY_PREFIX: &str = "tally:v:";
+/// The sorted set of [`Layout::SortedSet`] on every node (member = key, score = count).
+pub const URLS_KEY: &str = "tally:urls";
+/// Hash of high-water marks (field = instance id) for [`Layout::Counters`].
+pub const COUNTER_MARKS_KEY: &str = "tally:applied";
+/// Hash of high-water marks (field = instance id) for [`Layout::SortedSet`].
+pub const URLS_MARKS_KEY: &str = "tally:applied:urls";
+
+/// Largest total the store accepts: 2^53 - 1. Lua numbers and sorted-set scores are
+/// doubles, exact up to here; the script refuses a batch that would pass it rather than
+/// count inexactly.
+pub const MAX_TOTAL: u64 = (1 << 53) - 1;
+
+/// Where a store keeps its counts on each node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One string per key, `tally:v:{key}`, incremented with `INCRBY` (visit counters).
+    /// High-water marks in the hash `tally:applied`.
+    #[default]
+    Counters,
+    /// One sorted set per node, `tally:urls`, member `{key}`, incremented with `ZINCRBY`
+    /// (request statistics, readable ranked with [`crate::RedisStore::top`]). High-water
+    /// marks in the hash `tally:applied:urls`, apart from the counters' marks, so the two
+    /// layouts never share a sequence even if two instance ids collided.
+    SortedSet,
+}
+
+impl Layout {
+    /// The Redis key holding `key`'s count: `tally:v:{key}`, or `tally:urls` (where `key` is
+    /// the member) for the sorted-set layout.
+    pub fn redis_key(self, key: &str) -> String {
+        match self {
+            Self::Counters => format!("{COUNTER_KEY_PREFIX}{key}"),
+            Self::SortedSet => URLS_KEY.to_owned(),
+        }
+    }
+
+    /// The hash holding this layout's high-water marks.
+    pub fn marks_key(self) -> &'static str {
+        match self {
+            Self::Counters => COUNTER_MARKS_KEY,
+            Self::SortedSet => URLS_MARKS_KEY,
+        }
+    }
+
+    fn script_code(self) -> &'static str {
+        match self {
+            Self::Counters => "c",
+            Self::SortedSet => "z",
+        }
+    }
+
+    /// The command that sets `key` back to zero.
+    pub(crate) fn reset_cmd(self, key: &str) -> redis::Cmd {
+        match self {
+            Self::Counters => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(self.redis_key(key));
+                cmd
+            }
+            Self::SortedSet => {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(URLS_KEY).arg(key);
+                cmd
+            }
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Counters => "counters",
+            Self::SortedSet => "sorted-set",
+        })
+    }
+}
+
+/// The ranking script: the `limit` highest members of a sorted set, with the members tied
+/// at the cut-off chosen smallest first. Returns `member, score` pairs (flat) for the caller
+/// to sort by (score descending, member ascending).
+pub(crate) const TOP_SCRIPT: &str = r"
+-- KEYS[1] the sorted set, ARGV[1] limit (at least 1)
+local limit = tonumber(ARGV[1])
+local head = redis.call('ZREVRANGE', KEYS[1], 0, limit - 1, 'WITHSCORES')
+if #head < 2 * limit then return head end
+local boundary = head[#head]
+local out = {}
+local above = 0
+for i = 1, #head, 2 do
+  if tonumber(head[i + 1]) > tonumber(boundary) then
+    out[#out + 1] = head[i]
+    out[#out + 1] = head[i + 1]
+    above = above + 1
+  end
+end
+local ties = redis.call('ZRANGEBYSCORE', KEYS[1], boundary, boundary, 'WITHSCORES', 'LIMIT', 0, limit - above)
+for i = 1, #ties do out[#out + 1] = ties[i] end
+return out
+";
+
+/// The batch script. One round trip applies a batch at most once, or reads values together
+/// with the mark; see the comments inside for the argument layout.
+///
+/// Why not one `INCRBY`/`ZINCRBY` per key: a Redis script is not rolled back when a command
+/// inside it fails, so a batch whose 500th key held a string would leave 499 increments
+/// applied with no mark, and the counter's retry would apply them again. Instead the script
+/// reads every current value first (`MGET` / `ZMSCORE`), checks them all, computes the new
+/// totals, and only then writes them (`MSET` / `ZADD`): a batch is applied whole or not at
+/// all. Four commands per chunk instead of two per key also saves the fixed cost of each
+/// `redis.call`. The script runs atomically, so read-then-write loses no concurrent
+/// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
+/// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).
+pub(crate) const BATCH_SCRIPT: &str = r"
+-- KEYS[1]  hash of high-water marks (field = instance id)
+-- KEYS[2..] layout 'c': the n counter keys; layout 'z': the sorted set
+-- ARGV[1]  instance id, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
+-- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading).
+-- Keys are distinct within a batch (checked by the caller).
+local CHUNK = 500
+local LIMIT = 9007199254740991
+local mark = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+local zset = ARGV[3] == 'z'
+local n = tonumber(ARGV[4])
+-- ARGV index before the first delta.
+local d = 4
+if zset then d = 4 + n end
+
+-- Current values (false when absent).
+local current = {}
+for first = 1, n, CHUNK do
+  local last = math.min(first + CHUNK - 1, n)
+  local part
+  if zset then part = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 4 + first, 4 + last))
+  else part = redis.call('MGET', unpack(KEYS, 1 + first, 1 + last)) end
+  for i = first, last do current[i] = part[i - first + 1] end
+end
+
+-- A read, or a batch already applied (a retry after a lost reply): current totals.
+if seq <= mark then
+  for i = 1, n do current[i] = current[i] or '0' end
+  return {0, mark, current}
+end
+
+-- Check everything and compute the new totals before the first write.
+local totals = {}
+for i = 1, n do
+  local value = 0
+  local text = current[i]
+  if text then
+    value = tonumber(text)
+    if value == nil or value < 0 or value % 1 ~= 0 then
+      local key = zset and ARGV[4 + i] or KEYS[1 + i]
+      return redis.error_reply('ERR tally: ' .. key .. ' holds ' .. text .. ', not a count')
+    end
+  elseif not zset then
+    -- MGET answers nil for keys of another type too.
+    local kind = redis.call('TYPE', KEYS[1 + i]).ok
+    if kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE tally: ' .. KEYS[1 + i] .. ' is a ' .. kind .. ', not a counter')
+    end
+  end
+  local total = value + tonumber(ARGV[d + i])
+  if total > LIMIT then
+    local key = zset and ARGV[4 + i] or KEYS[1 + i]
+    return redis.error_reply('ERR tally: ' .. key .. ' would exceed 2^53-1')
+  end
+  totals[i] = total
+end
+
+for first = 1, n, CHUNK do
+  local last = math.min(first + CHUNK - 1, n)
+  local args = {}
+  local j = 0
+  for i = first, last do
+    -- '%d' writes every integer below 2^53 exactly (tostring would use %.14g).
+    if zset then
+      args[j + 1] = string.format('%d', totals[i])
+      args[j + 2] = ARGV[4 + i]
+    else
+      args[j + 1] = KEYS[1 + i]
+      args[j + 2] = string.format('%d', totals[i])
+    end
+    j = j + 2
+  end
+  if zset then redis.call('ZADD', KEYS[2], unpack(args))
+  else redis.call('MSET', unpack(args)) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1, seq, totals}
+";
+
+/// Fills the script's keys and arguments for `keys` of one node. `seq` 0 with no deltas
+/// reads; a batch passes its seq and one delta per key.
+pub(crate) fn fill_invocation<'a, 'k>(
+    invocation: &mut redis::ScriptInvocation<'a>,
+    layout: Layout,
+    instance: InstanceId,
+    seq: u64,
+    keys: impl Iterator<Item = &'k str> + Clone,
+    deltas: impl Iterator<Item = u64>,
+) {
+    let n = keys.clone().count();
+    invocation.key(layout.marks_key());
+    match layout {
+        Layout::Counters => {
+            for key in keys.clone() {
+                invocation.key(layout.redis_key(key));
+            }
+        }
+        Layout::SortedSet => {
+            invocation.key(URLS_KEY);
+        }
+    }
+    invocation
+        .arg(instance.to_string())
+        .arg(seq)
+        .arg(layout.script_code())
+        .arg(n);
+    if layout == Layout::SortedSet {
+        for key in keys {
+            invocation.arg(key);
+        }
+    }
+    for delta in deltas {
+        invocation.arg(delta);
+    }
+}
+
+/// The script's answer: whether it applied the batch, the mark after it ran, and one value
+/// per key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ScriptReply {
+    pub(crate) applied: bool,
+    pub(crate) mark: u64,
+    pub(crate) values: Vec<u64>,
+}
+
+impl ScriptReply {
+    /// Decodes `{applied, mark, {values...}}`; the error is a description for
+    /// [`crate::Error::Protocol`].
+    pub(crate) fn parse(reply: redis::Value) -> Result<Self, String> {
+        let redis::Value::Array(mut parts) = reply else {
+            return Err(format!("expected a 3-element array, got {reply:?}"));
+        };
+        if parts.len() != 3 {
+            return Err(format!(
+                "expected a 3-element array, got {} elements",
+                parts.len()
+            ));
+        }
+        let values = match parts.pop() {
+            Some(redis::Value::Array(values)) => values
+                .into_iter()
+                .map(|v| parse_count(&v))
+                .collect::<Result<Vec<_>, _>>()?,
+            other => return Err(format!("expected an array of totals, got {other:?}")),
+        };
+        let mark = parts.pop().as_ref().map_or(Ok(0), parse_count)?;
+        let applied = parts.pop().as_ref().map_or(Ok(0), parse_count)? == 1;
+        Ok(Self {
+            applied,
+            mark,
+            values,
+        })
+    }
+}
+
+/// A count from an integer reply, a numeric string (`GET`, or a sorted-set score such as
+/// `"3"` or `"1.5e+20"`), or nil (0).
+pub(crate) fn parse_count(value: &redis::Value) -> Result<u64, String> {
+    match value {
+        redis::Value::Int(i) => u64::try_from(*i).map_err(|_| format!("negative count {i}")),
+        redis::Value::Nil => Ok(0),
+        redis::Value::BulkString(bytes) => parse_count_text(&String::from_utf8_lossy(bytes)),
+        redis::Value::SimpleString(text) => parse_count_text(text),
+        redis::Value::Double(d) => parse_count_text(&d.to_string()),
+        other => Err(format!("expected a count, got {other:?}")),
+    }
+}
+
+pub(crate) fn parse_count_text(text: &str) -> Result<u64, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    match text.parse::<f64>() {
+        // Scores are written by ZINCRBY with whole deltas, so they are whole numbers.
+        Ok(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= MAX_TOTAL as f64 => {
+            Ok(f as u64)
+        }
+        _ => Err(format!("'{text}' is not a count")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    #[test]
+    fn counters_map_to_prefixed_strings_and_stats_to_one_set() {
+        assert_eq!(Layout::Counters.redis_key("page1"), "tally:v:page1");
+        assert_eq!(Layout::SortedSet.redis_key("/api/x/"), "tally:urls");
+        assert_ne!(Layout::Counters.marks_key(), Layout::SortedSet.marks_key());
+    }
+
+    #[test]
+    fn script_limit_matches_the_constant() {
+        assert!(BATCH_SCRIPT.contains(&MAX_TOTAL.to_string()));
+    }
+
+    #[test]
+    fn counts_parse_from_every_reply_shape() {
+        assert_eq!(parse_count(&Value::Int(7)), Ok(7));
+        assert_eq!(parse_count(&Value::Nil), Ok(0));
+        assert_eq!(parse_count(&Value::BulkString(b"42".to_vec())), Ok(42));
+        assert_eq!(
+            parse_count(&Value::BulkString(b"1e+15".to_vec())),
+            Ok(1_000_000_000_000_000)
+        );
+        assert!(parse_count(&Value::BulkString(b"1.5".to_vec())).is_err());
+        assert!(parse_count(&Value::BulkString(b"abc".to_vec())).is_err());
+        assert!(parse_count(&Value::Int(-1)).is_err());
+    }
+
+    #[test]
+    fn script_reply_decodes_flag_mark_and_values() {
+        let reply = Value::Array(vec![
+            Value::Int(1),
+            Value::Int(9),
+            Value::Array(vec![Value::Int(3), Value::BulkString(b"5".to_vec())]),
+        ]);
+        assert_eq!(
+            ScriptReply::parse(reply),
+            Ok(ScriptReply {
+                applied: true,
+                mark: 9,
+                values: vec![3, 5]
+            })
+        );
+        assert!(ScriptReply::parse(Value::Int(1)).is_err());
+    }
+}

@@ -1,0 +1,426 @@
+//! `RedisStore`: the ring over the nodes, the `Store` implementation, the sorted-set reads,
+//! and the health task.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tally_counter::{
+    Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
+};
+use tally_ring::Ring;
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+
+use crate::config::RedisConfig;
+use crate::error::{Error, Result};
+use crate::layout::{
+    BATCH_SCRIPT, Layout, ScriptReply, TOP_SCRIPT, URLS_KEY, fill_invocation, parse_count_text,
+};
+use crate::node::Node;
+
+/// Nodes marked down are pinged at least this often, whatever the health-check interval.
+const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A [`tally_counter::Store`] over N Redis nodes, each key owned by one node of a
+/// consistent-hash ring.
+///
+/// - Shard id = the node's position in `REDIS_NODES`; [`Store::shard_of`] is the ring
+///   owner of the key, placed by the node's `host:port` only.
+/// - [`Store::apply`] runs one Lua script per batch on the owner (one round trip): it reads
+///   the instance's high-water mark, and applies the batch only if its sequence is above it.
+/// - Keys are never re-routed: while a node is down (a command to it failed, or the health
+///   check got no answer) its operations fail at once with [`Error::NodeUnavailable`] and
+///   the counter keeps its deltas pending until the health check sees it answer again.
+///
+/// Cheap to clone; clones and [`RedisStore::with_layout`] views share the pools and the
+/// health task, which stops when the last of them is dropped.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    layout: Layout,
+}
+
+struct Shared {
+    ring: Ring<String>,
+    /// Parallel to `ring.nodes()`: index = shard id.
+    nodes: Vec<Node>,
+    script: redis::Script,
+    top_script: redis::Script,
+    /// Never sent: dropping it (with the last store handle) tells the health task to stop.
+    _stop: oneshot::Sender<()>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("nodes", &self.shared.ring.nodes())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Builds the ring and one pool per node, checks every node once, and starts the health
+    /// task on the current tokio runtime.
+    ///
+    /// A node that is down does not fail this: it is reported by [`Store::health`] and its
+    /// operations fail until it answers a health check.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], [`Error::InvalidUrl`] or [`Error::Ring`] for a config that cannot
+    /// work (e.g. the same node twice).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let ring = Ring::builder()
+            .vnodes(config.vnodes)
+            .nodes(config.nodes.iter().map(|n| (n.name().to_owned(), 1)))
+            .build()?;
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|url| Node::new(url, &config))
+            .collect::<Result<Vec<_>>>()?;
+        let (stop, stopped) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            ring,
+            nodes,
+            script: redis::Script::new(BATCH_SCRIPT),
+            top_script: redis::Script::new(TOP_SCRIPT),
+            _stop: stop,
+        });
+        describe_metrics();
+        // A first check before returning, so `health()` means something from the start.
+        futures::future::join_all(shared.nodes.iter().map(Node::probe)).await;
+        tokio::spawn(run_health(
+            Arc::downgrade(&shared),
+            stopped,
+            config.health_check_interval,
+        ));
+        tracing::info!(nodes = %config, layout = %config.layout, "redis store ready");
+        Ok(Self {
+            shared,
+            layout: config.layout,
+        })
+    }
+
+    /// A store over the same nodes, pools and health task with another key layout, e.g.
+    /// the request-stats store beside the visit counters.
+    pub fn with_layout(&self, layout: Layout) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            layout,
+        }
+    }
+
+    /// This store's key layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The ring; `ring().nodes()[shard]` is the shard's `host:port`.
+    pub fn ring(&self) -> &Ring<String> {
+        &self.shared.ring
+    }
+
+    /// Pings every node now (as the health task does) and updates their health.
+    pub async fn check_health(&self) {
+        futures::future::join_all(self.shared.nodes.iter().map(Node::probe)).await;
+    }
+
+    /// The `limit` members with the highest counts on `shard`: count descending, then
+    /// member ascending (byte order), exact at the cut-off — the
+    /// [`tally_counter::RankedStore`] contract, so merging every node's answer gives the
+    /// global ranking.
+    ///
+    /// Redis orders equal scores in reverse for `ZREVRANGE`, so one script reads the head
+    /// with `ZREVRANGE` and, when the cut-off falls inside a run of equal counts, takes that
+    /// run's smallest members with `ZRANGEBYSCORE` (ascending for equal scores).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongLayout`] unless the layout is [`Layout::SortedSet`]; node errors as for
+    /// any command.
+    pub async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>> {
+        self.require_sorted_set("top")?;
+        let node = self.node(shard)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.shared.top_script.key(URLS_KEY);
+        invocation.arg(limit);
+        let mut conn = node.checkout("top").await?;
+        let pairs: Vec<(String, String)> = node
+            .finish("top", invocation.invoke_async(&mut conn))
+            .await?;
+        let mut entries = pairs
+            .into_iter()
+            .map(|(member, score)| {
+                parse_count_text(&score)
+                    .map(|count| (member, count))
+                    .map_err(|detail| protocol(node, "top", detail))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    /// Number of members in `shard`'s sorted set (`ZCARD tally:urls`).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::top`].
+    pub async fn len(&self, shard: ShardId) -> Result<u64> {
+        self.require_sorted_set("len")?;
+        let node = self.node(shard)?;
+        let mut conn = node.checkout("len").await?;
+        let mut cmd = redis::cmd("ZCARD");
+        cmd.arg(URLS_KEY);
+        node.finish("len", cmd.query_async(&mut conn)).await
+    }
+
+    /// [`Store::apply`] with this crate's error type.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBatch`] when a key appears twice; [`Error::NodeUnavailable`],
+    /// [`Error::Timeout`], [`Error::Connection`] and the other node errors; [`Error::Redis`]
+    /// when the script refuses the batch (a key holding
+    /// something that is not a count, or a total past [`crate::MAX_TOTAL`]), in which case
+    /// nothing of it was applied.
+    pub async fn apply_batch(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>> {
+        let node = self.node(shard)?;
+        let span = tracing::debug_span!(
+            "redis_apply",
+            shard,
+            node = %node.name(),
+            layout = %self.layout,
+            seq = batch.id.seq,
+            batch_len = batch.deltas.len()
+        );
+        async {
+            // The script writes computed totals, so a key listed twice would lose a delta.
+            let mut seen = HashSet::with_capacity(batch.deltas.len());
+            if let Some((key, _)) = batch.deltas.iter().find(|(key, _)| !seen.insert(&**key)) {
+                return Err(Error::InvalidBatch {
+                    detail: format!("key '{key}' appears twice; a batch names each key once"),
+                });
+            }
+            let mut invocation = self.shared.script.prepare_invoke();
+            fill_invocation(
+                &mut invocation,
+                self.layout,
+                batch.id.instance,
+                batch.id.seq,
+                batch.deltas.iter().map(|(key, _)| &**key),
+                batch.deltas.iter().map(|(_, delta)| *delta),
+            );
+            let mut conn = node.checkout("apply").await?;
+            let reply = node
+                .finish("apply", invocation.invoke_async(&mut conn))
+                .await?;
+            let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "apply", d))?;
+            if reply.values.len() != batch.deltas.len() {
+                return Err(protocol(
+                    node,
+                    "apply",
+                    format!(
+                        "{} totals for {} keys",
+                        reply.values.len(),
+                        batch.deltas.len()
+                    ),
+                ));
+            }
+            if !reply.applied {
+                metrics::counter!("tally_redis_batches_replayed_total", "node" => node.name().to_owned())
+                    .increment(1);
+                tracing::debug!(
+                    mark = reply.mark,
+                    "batch already applied (a retry after a lost reply); answered current totals"
+                );
+            }
+            Ok(reply.values)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`Store::get`] with this crate's error type.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::apply_batch`].
+    pub async fn read(
+        &self,
+        shard: ShardId,
+        instance: InstanceId,
+        keys: &[&str],
+    ) -> Result<StoredValues> {
+        let node = self.node(shard)?;
+        let mut invocation = self.shared.script.prepare_invoke();
+        // Sequence 0 is never above a mark: the script only reads.
+        fill_invocation(
+            &mut invocation,
+            self.layout,
+            instance,
+            0,
+            keys.iter().copied(),
+            std::iter::empty(),
+        );
+        let mut conn = node.checkout("get").await?;
+        let reply = node
+            .finish("get", invocation.invoke_async(&mut conn))
+            .await?;
+        let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "get", d))?;
+        if reply.values.len() != keys.len() {
+            return Err(protocol(
+                node,
+                "get",
+                format!("{} values for {} keys", reply.values.len(), keys.len()),
+            ));
+        }
+        Ok(StoredValues {
+            values: reply.values,
+            applied_seq: reply.mark,
+        })
+    }
+
+    /// [`Store::reset`] with this crate's error type: `DEL tally:v:{key}`, or
+    /// `ZREM tally:urls {key}`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::apply_batch`].
+    pub async fn reset_key(&self, shard: ShardId, key: &str) -> Result<()> {
+        let node = self.node(shard)?;
+        let mut conn = node.checkout("reset").await?;
+        node.finish(
+            "reset",
+            self.layout.reset_cmd(key).query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    fn node(&self, shard: ShardId) -> Result<&Node> {
+        self.shared.nodes.get(shard).ok_or(Error::NoSuchShard {
+            shard,
+            count: self.shared.nodes.len(),
+        })
+    }
+
+    fn require_sorted_set(&self, op: &'static str) -> Result<()> {
+        if self.layout == Layout::SortedSet {
+            Ok(())
+        } else {
+            Err(Error::WrongLayout {
+                op,
+                needed: Layout::SortedSet,
+                actual: self.layout,
+            })
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn shard_count(&self) -> usize {
+        self.shared.nodes.len()
+    }
+
+    fn shard_of(&self, key: &str) -> ShardId {
+        self.shared.ring.lookup_index(key.as_bytes())
+    }
+
+    fn shard_name(&self, shard: ShardId) -> &str {
+        self.shared.nodes.get(shard).map_or("unknown", Node::name)
+    }
+
+    async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        Ok(self.apply_batch(shard, batch).await?)
+    }
+
+    async fn get(
+        &self,
+        shard: ShardId,
+        instance: InstanceId,
+        keys: &[&str],
+    ) -> Result<StoredValues, StoreError> {
+        Ok(self.read(shard, instance, keys).await?)
+    }
+
+    async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
+        Ok(self.reset_key(shard, key).await?)
+    }
+
+    fn health(&self) -> Vec<ShardHealth> {
+        self.shared.nodes.iter().map(Node::health).collect()
+    }
+}
+
+impl RankedStore for RedisStore {
+    async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(RedisStore::top(self, shard, limit).await?)
+    }
+}
+
+fn protocol(node: &Node, op: &'static str, detail: String) -> Error {
+    Error::Protocol {
+        node: node.name().to_owned(),
+        op,
+        detail,
+    }
+}
+
+/// Pings every node each `interval`, and the nodes marked down every
+/// `min(interval, DOWN_PROBE_INTERVAL)`, until the last store handle is dropped.
+///
+/// Holds the store only weakly, and only while a round of pings runs.
+async fn run_health(shared: Weak<Shared>, mut stop: oneshot::Receiver<()>, interval: Duration) {
+    let tick = interval.min(DOWN_PROBE_INTERVAL);
+    let mut last_full = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let full = last_full.elapsed() >= interval;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
+        let due = shared.nodes.iter().filter(|node| full || !node.is_up());
+        futures::future::join_all(due.map(Node::probe)).await;
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "tally_redis_commands_total",
+        "Commands sent to Redis nodes, by node and operation."
+    );
+    metrics::describe_counter!(
+        "tally_redis_errors_total",
+        "Failed Redis operations, by node, operation and kind."
+    );
+    metrics::describe_gauge!(
+        "tally_redis_node_up",
+        "1 while a Redis node answers, 0 while it is marked down."
+    );
+    metrics::describe_histogram!(
+        "tally_redis_command_seconds",
+        metrics::Unit::Seconds,
+        "Time for one Redis command, by node and operation."
+    );
+    metrics::describe_counter!(
+        "tally_redis_batches_replayed_total",
+        "Batches a node had already applied (retries after lost replies), answered without applying."
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests of tally-redis against real redis-server processes (see tally-testkit).
+
+mod counter;
+mod errors;
+mod faults;
+mod health;
+mod helpers;
+mod sorted_set;
+mod store;
