@@ -85,10 +85,20 @@ fn rank_order(a: &UrlCount, b: &UrlCount) -> Ordering {
 ///
 /// Recording is an in-memory increment (no store round trip); the counter batches the
 /// writes like any other counts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StatsTracker<S: RankedStore> {
     counter: Counter<S>,
     flush_timeout: Duration,
+}
+
+impl<S: RankedStore> Clone for StatsTracker<S> {
+    /// Clones share one counter (cheap).
+    fn clone(&self) -> Self {
+        Self {
+            counter: self.counter.clone(),
+            flush_timeout: self.flush_timeout,
+        }
+    }
 }
 
 impl<S: RankedStore> StatsTracker<S> {

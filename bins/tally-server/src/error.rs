@@ -1,0 +1,261 @@
+//! [`ApiError`]: every error the API answers, as the JSON body of DESIGN.md.
+
+use std::fmt;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::page_id::PageIdError;
+
+/// An error answered to an API client as
+/// `{"status":"error","error":{"code":"...","message":"..."}}`.
+///
+/// 503s carry `Retry-After` (seconds), 405s carry `Allow`. A 500 logs its cause chain and
+/// shows the client only `internal server error`. `Debug` prints the whole cause chain.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400 `invalid_page_id`.
+    #[error(transparent)]
+    InvalidPageId(#[from] PageIdError),
+    /// 400 `bad_request`: a path parameter, query string or body that actix could not
+    /// extract (the message says what).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404 `not_found`: no route has this path.
+    #[error("no route for {method} {path}")]
+    NotFound {
+        /// The request method.
+        method: String,
+        /// The request path (shortened if long).
+        path: String,
+    },
+    /// 405 `method_not_allowed`: the path exists, the method does not.
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The methods the route takes, as in `Allow`.
+        allowed: &'static str,
+    },
+    /// 503 `overloaded`: too many distinct keys (pages, or paths for the request
+    /// statistics) wait to be written; the request was not counted.
+    #[error(
+        "the counter is overloaded ({pending} keys are waiting to be written); the request was not counted, retry later"
+    )]
+    Overloaded {
+        /// Pages waiting when the visit was refused.
+        pending: usize,
+        /// Seconds until a retry has a chance (`Retry-After`).
+        retry_after: u64,
+    },
+    /// 503 `store_unavailable`: the Redis node owning the page did not answer.
+    #[error("redis node {node} is unavailable; retry later")]
+    StoreUnavailable {
+        /// The node, `host:port`.
+        node: String,
+        /// Seconds until a retry has a chance (`Retry-After`).
+        retry_after: u64,
+        /// What went wrong (logged, not shown).
+        #[source]
+        source: anyhow::Error,
+    },
+    /// 400 `invalid_request_count`: `/test/{n}/` with `n` not a whole number in range.
+    #[error("invalid request count {value:?}: expected a whole number from 1 to {max}")]
+    InvalidRequestCount {
+        /// `n` as received.
+        value: String,
+        /// `TEST_MAX_REQUESTS`.
+        max: u64,
+    },
+    /// 400 `invalid_query`: a bad `limit` or `offset` for `/stats/`.
+    #[error(transparent)]
+    InvalidQuery(tally_stats::Error),
+    /// 429 `test_already_running`: one `/test/{n}/` run at a time.
+    #[error("a test run is already going; one runs at a time, retry when it ends")]
+    TestRunning,
+    /// 503 `shutting_down`: the server is stopping and takes no more visits.
+    #[error("the server is shutting down; retry on another instance")]
+    ShuttingDown,
+    /// 500 `internal_error`: a bug or an unexpected failure; details are logged only.
+    #[error("internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The stable `code` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPageId(_) => "invalid_page_id",
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Overloaded { .. } => "overloaded",
+            Self::StoreUnavailable { .. } => "store_unavailable",
+            Self::InvalidRequestCount { .. } => "invalid_request_count",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::TestRunning => "test_already_running",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded { retry_after, .. } | Self::StoreUnavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::ShuttingDown | Self::TestRunning => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, "\n  caused by: {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidPageId(_)
+            | Self::BadRequest(_)
+            | Self::InvalidRequestCount { .. }
+            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::TestRunning => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Overloaded { .. } | Self::StoreUnavailable { .. } | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(_) => {
+                tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
+            }
+            Self::StoreUnavailable { .. } => {
+                tracing::warn!(error.message = %self, error.cause_chain = ?self, "store unavailable");
+            }
+            _ => {}
+        }
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            response.insert_header((header::ALLOW, *allowed));
+        }
+        response.json(ErrorBody {
+            status: "error",
+            error: ErrorDetail {
+                code: self.code(),
+                message: &message,
+            },
+        })
+    }
+}
+
+/// The API error for a failure of the request-statistics tracker.
+pub(crate) fn stats_error(error: tally_stats::Error, overload_retry_after: u64) -> ApiError {
+    match error {
+        tally_stats::Error::Counter(error) => counter_error(error, overload_retry_after),
+        other => ApiError::InvalidQuery(other),
+    }
+}
+
+/// The API error for a failure of the counter library.
+pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u64) -> ApiError {
+    match error {
+        tally_counter::Error::Overloaded { pending, .. } => ApiError::Overloaded {
+            pending,
+            retry_after: overload_retry_after,
+        },
+        tally_counter::Error::ShutDown => ApiError::ShuttingDown,
+        tally_counter::Error::Store { ref name, .. } => ApiError::StoreUnavailable {
+            node: name.clone(),
+            // A node marked down is probed again within a second.
+            retry_after: 1,
+            source: error.into(),
+        },
+        other => ApiError::Internal(other.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::to_bytes;
+
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.error_response();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[actix_web::test]
+    async fn internal_errors_show_nothing_internal() {
+        let error = ApiError::Internal(anyhow::anyhow!("connection string redis://:pw@x leaked"));
+        let (status, body) = body_of(error).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            serde_json::json!({"status": "error", "error": {"code": "internal_error", "message": "internal server error"}})
+        );
+    }
+
+    #[actix_web::test]
+    async fn store_errors_name_the_node_and_set_retry_after() {
+        let error = ApiError::StoreUnavailable {
+            node: "redis1:6379".into(),
+            retry_after: 1,
+            source: anyhow::anyhow!("timeout"),
+        };
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let bytes = to_bytes(response.into_body()).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "store_unavailable");
+        assert_eq!(
+            body["error"]["message"],
+            "redis node redis1:6379 is unavailable; retry later"
+        );
+    }
+
+    #[test]
+    fn debug_prints_the_cause_chain() {
+        let error = ApiError::Internal(anyhow::anyhow!("inner").context("outer"));
+        assert_eq!(
+            format!("{error:?}"),
+            "internal server error\n  caused by: outer\n  caused by: inner"
+        );
+    }
+}

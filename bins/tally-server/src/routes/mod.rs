@@ -1,0 +1,209 @@
+//! Routing: which handler answers which method and path, plus the JSON answers for unknown
+//! routes and wrong methods.
+
+mod counter;
+mod metrics;
+mod stats;
+mod status;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use actix_web::{HttpRequest, HttpResponse, Resource, web};
+use chrono::{DateTime, SecondsFormat, Utc};
+use tally_counter::Store as _;
+
+use crate::error::ApiError;
+use crate::store::AppStore;
+
+/// Registers every route. `prefix` is `API_PREFIX` (no trailing slash, maybe empty).
+///
+/// Routes are full-path resources rather than a scope on the prefix, so a path under the
+/// prefix that no resource takes falls through to later routes. The request-statistics
+/// routes (`GET /api/{anything}`, `GET /stats/`, `POST /test/{n}/`) go after these: actix
+/// tries resources in registration order, so the counter API keeps its paths even though
+/// `/api/v1/...` also matches `/api/{anything}`.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metrics: bool) {
+    json_extractor_errors(cfg);
+    let visit = format!("{prefix}/counter/visit/");
+    let visits = format!("{prefix}/counter/visits/");
+    // Each page route is registered twice: with `{page_id}`, and with nothing after the
+    // slash so an empty id gets 400 `invalid_page_id` rather than 404.
+    for path in [format!("{visit}{{page_id}}"), visit] {
+        cfg.service(resource(&path, "POST").route(web::post().to(counter::record_visit)));
+    }
+    for path in [format!("{visits}{{page_id}}"), visits] {
+        cfg.service(
+            resource(&path, "GET, DELETE")
+                .route(web::get().to(counter::get_visits))
+                .route(web::delete().to(counter::reset_visits)),
+        );
+    }
+    cfg.service(
+        resource(&format!("{prefix}/counter/metrics"), "GET")
+            .route(web::get().to(counter::counter_metrics)),
+    )
+    .service(resource("/status", "GET").route(web::get().to(status::status)))
+    .service(resource("/health", "GET").route(web::get().to(status::health)));
+    if enable_metrics {
+        cfg.service(resource("/metrics", "GET").route(web::get().to(metrics::prometheus)));
+    }
+    // Request statistics, after the counter API: `/api/{tail}` also matches its paths.
+    for path in ["/stats/", "/stats"] {
+        cfg.service(resource(path, "GET").route(web::get().to(stats::stats)));
+    }
+    for path in ["/test/{n}/", "/test/{n}"] {
+        cfg.service(resource(path, "POST").route(web::post().to(stats::test_run)));
+    }
+    cfg.service(resource("/api/{tail:.*}", "GET").route(web::get().to(stats::api_echo)));
+}
+
+/// Makes actix's own extractors (path parameters, query strings, JSON bodies) answer with
+/// the API's JSON 400 instead of a plain-text one. The counter routes parse their page id
+/// themselves; this is for every other route, now and later.
+fn json_extractor_errors(cfg: &mut web::ServiceConfig) {
+    fn bad_request(error: impl std::fmt::Display) -> actix_web::Error {
+        ApiError::BadRequest(error.to_string()).into()
+    }
+    cfg.app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e)))
+        .app_data(web::JsonConfig::default().error_handler(|e, _| bad_request(e)));
+}
+
+/// A resource whose other methods answer 405 with `Allow: {allowed}` and a JSON body.
+fn resource(path: &str, allowed: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allowed,
+        })
+    }))
+}
+
+/// The app's default service: 404 with a JSON body.
+pub(crate) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // Echo the path for the client's benefit, but not an unbounded amount of it.
+    let mut path = req.path().to_owned();
+    if path.len() > 200 {
+        let mut end = 200;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+        path.push('…');
+    }
+    Err(ApiError::NotFound {
+        method: req.method().to_string(),
+        path,
+    })
+}
+
+/// ISO 8601 in UTC with microseconds: `2025-02-23T15:30:45.123456Z`.
+pub(crate) fn iso_time(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `H:MM:SS.ffffff`, hours unbounded (the original service printed Python's `timedelta`).
+pub(crate) fn format_uptime(uptime: Duration) -> String {
+    let secs = uptime.as_secs();
+    format!(
+        "{}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        uptime.subsec_micros()
+    )
+}
+
+/// Health of the store's nodes as the status endpoints report it.
+pub(crate) struct NodeStatus {
+    /// `healthy` (all up, or the embedded store), `degraded` (some down) or `unhealthy`.
+    pub(crate) status: &'static str,
+    /// `redis://host:port` → up, credential-free; empty for the embedded store.
+    pub(crate) nodes: BTreeMap<String, bool>,
+    /// Nodes up.
+    pub(crate) healthy: usize,
+}
+
+/// Reads the store's health as of its last check (every `HEALTH_CHECK_INTERVAL_SECONDS`,
+/// and after every failed command).
+pub(crate) fn node_status(store: &AppStore) -> NodeStatus {
+    if store.is_embedded() {
+        return NodeStatus {
+            status: "healthy",
+            nodes: BTreeMap::new(),
+            healthy: 0,
+        };
+    }
+    let health = store.health();
+    let healthy = health.iter().filter(|node| node.up).count();
+    let status = match healthy {
+        n if n == health.len() => "healthy",
+        0 => "unhealthy",
+        _ => "degraded",
+    };
+    let nodes = health
+        .into_iter()
+        .map(|node| (format!("redis://{}", node.name), node.up))
+        .collect();
+    NodeStatus {
+        status,
+        nodes,
+        healthy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::App;
+    use actix_web::test as actix_test;
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn extractor_errors_are_json_400s() {
+        async fn echo(
+            n: web::Path<u32>,
+            q: web::Query<std::collections::HashMap<String, u32>>,
+        ) -> String {
+            format!("{n} {}", q.len())
+        }
+        let app = actix_test::init_service(
+            App::new()
+                .configure(json_extractor_errors)
+                .route("/n/{n}", web::get().to(echo)),
+        )
+        .await;
+        for uri in ["/n/abc", "/n/1?limit=many"] {
+            let response = actix_test::call_service(
+                &app,
+                actix_test::TestRequest::get().uri(uri).to_request(),
+            )
+            .await;
+            assert_eq!(response.status(), 400, "{uri}");
+            let body: serde_json::Value = actix_test::read_body_json(response).await;
+            assert_eq!(body["status"], "error", "{uri}");
+            assert_eq!(body["error"]["code"], "bad_request", "{uri}");
+            assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn uptime_looks_like_a_python_timedelta() {
+        assert_eq!(
+            format_uptime(Duration::from_micros(5_025_678_901)),
+            "1:23:45.678901"
+        );
+        assert_eq!(format_uptime(Duration::ZERO), "0:00:00.000000");
+        assert_eq!(
+            format_uptime(Duration::from_secs(90_061)),
+            "25:01:01.000000"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_with_microseconds() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_micros(1_740_324_645_123_456);
+        assert_eq!(iso_time(time), "2025-02-23T15:30:45.123456Z");
+    }
+}

@@ -1,0 +1,141 @@
+//! The request-statistics API: the simulated `/api/*`, the ranking and the traffic
+//! generator.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt as _;
+use serde::Serialize;
+use tally_stats::{Page, TrafficPlan};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Concurrent requests of one test run.
+const TEST_CONCURRENCY: usize = 32;
+
+#[derive(Serialize)]
+struct Echo<'a> {
+    path: &'a str,
+}
+
+/// `GET /api/{anything}`: the simulated API. Counted by the middleware like every `/api/`
+/// request; answers the path it was asked for.
+pub(crate) async fn api_echo(req: HttpRequest) -> HttpResponse {
+    HttpResponse::Ok().json(Echo { path: req.path() })
+}
+
+#[derive(Serialize)]
+struct Ranked {
+    count: u64,
+    url: String,
+}
+
+/// `GET /stats/`: this instance's pending counts are written, then every node's top
+/// entries are merged: `[{"count", "url"}]`, count descending then url ascending.
+pub(crate) async fn stats(
+    state: web::Data<AppState>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let page = Page::parse(
+        query.get("limit").map(String::as_str),
+        query.get("offset").map(String::as_str),
+    )
+    .map_err(ApiError::InvalidQuery)?;
+    let stats = state.stats.clone();
+    // On the app runtime, where the store's connections live (see `AppState::runtime`).
+    let ranking = state
+        .runtime
+        .spawn(async move { stats.ranking(page).await })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| state.stats_error(e))?;
+    let body: Vec<Ranked> = ranking
+        .into_iter()
+        .map(|entry| Ranked {
+            count: entry.count,
+            url: entry.url,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Serialize)]
+struct TestRun {
+    requested: u64,
+    succeeded: u64,
+    failed: u64,
+    duration_ms: u64,
+    pool: Vec<String>,
+    distinct_urls: usize,
+}
+
+/// `POST /test/{n}/`: sends `n` real GET requests with random `/api/` paths to this server
+/// and answers when they are done. One run at a time (429 otherwise); off (404) when
+/// `TEST_ENDPOINT_ENABLED=false`.
+pub(crate) async fn test_run(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    n: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.test.enabled {
+        return crate::routes::not_found(req).await;
+    }
+    let max = state.test.max_requests;
+    let requested = n
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::InvalidRequestCount {
+            value: n.into_inner(),
+            max,
+        })?;
+    let Some(_slot) = state.test.runs.try_start() else {
+        return Err(ApiError::TestRunning);
+    };
+    let (plan, urls, distinct_urls) = {
+        let mut rng = rand::rng();
+        let plan = TrafficPlan::random(&mut rng);
+        let (urls, distinct) = plan.urls(requested as usize, &mut rng);
+        (plan, urls, distinct)
+    };
+    let started = Instant::now();
+    let client = state.test.client.clone();
+    let base = format!("http://{}", state.test.target);
+    let urls = Arc::new(urls);
+    // The requests run on the app runtime, where the client's connections live; this
+    // handler only waits. `_slot` is held until the run ends (or the request is dropped).
+    let succeeded = state
+        .runtime
+        .spawn(async move {
+            futures::stream::iter(0..urls.len())
+                .map(|i| {
+                    let request = client.get(format!("{base}{}", urls[i])).send();
+                    async move {
+                        match request.await {
+                            Ok(response) => {
+                                let ok = response.status().is_success();
+                                ok && response.bytes().await.is_ok()
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                })
+                .buffer_unordered(TEST_CONCURRENCY)
+                .filter(|ok| std::future::ready(*ok))
+                .count()
+                .await as u64
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(HttpResponse::Ok().json(TestRun {
+        requested,
+        succeeded,
+        failed: requested - succeeded,
+        duration_ms: started.elapsed().as_millis() as u64,
+        pool: plan.pool().to_vec(),
+        distinct_urls,
+    }))
+}

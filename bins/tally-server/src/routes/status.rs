@@ -1,0 +1,102 @@
+//! `/status` and `/health`: what a person or a load balancer asks to know whether the
+//! service works.
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+
+use crate::routes::{NodeStatus, format_uptime, node_status};
+use crate::state::AppState;
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+    uptime: String,
+    total_requests: u64,
+    redis_status: RedisStatus,
+    counter_status: CounterStatus,
+    stats_status: StatsStatus,
+    version: &'static str,
+    debug_mode: bool,
+}
+
+#[derive(Serialize)]
+struct RedisStatus {
+    nodes: usize,
+    healthy_nodes: usize,
+    node_status: BTreeMap<String, bool>,
+}
+
+#[derive(Serialize)]
+struct CounterStatus {
+    cache_size: u64,
+    write_buffer_size: usize,
+}
+
+/// The request-statistics counter: paths waiting to be written and its batches.
+#[derive(Serialize)]
+struct StatsStatus {
+    pending_urls: usize,
+    batches_ok: u64,
+    batches_failed: u64,
+    requests_written: u64,
+}
+
+/// `GET /status`: uptime, requests served, node health, buffer sizes, version. Always 200;
+/// `status` says `healthy`, `degraded` or `unhealthy`.
+pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
+    let NodeStatus {
+        status,
+        nodes,
+        healthy,
+    } = node_status(state.counter.store());
+    let snapshot = state.counter.snapshot();
+    let stats = state.stats.counter().snapshot();
+    HttpResponse::Ok().json(Status {
+        status,
+        uptime: format_uptime(state.started.elapsed()),
+        total_requests: state.total_requests(),
+        redis_status: RedisStatus {
+            nodes: nodes.len(),
+            healthy_nodes: healthy,
+            node_status: nodes,
+        },
+        counter_status: CounterStatus {
+            cache_size: snapshot.cache_size,
+            write_buffer_size: snapshot.write_buffer_size,
+        },
+        stats_status: StatsStatus {
+            pending_urls: stats.write_buffer_size,
+            batches_ok: stats.batches_ok,
+            batches_failed: stats.batches_failed,
+            requests_written: stats.increments_written,
+        },
+        version: env!("CARGO_PKG_VERSION"),
+        debug_mode: state.debug,
+    })
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    redis: &'static str,
+}
+
+/// `GET /health`: 200 while at least one node answers (`redis: connected`; `status` is
+/// `degraded` when some do not), 503 when none does (`redis: disconnected`). The embedded
+/// store is always 200 with `redis: embedded`.
+pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.counter.store();
+    let NodeStatus {
+        status, healthy, ..
+    } = node_status(store);
+    let (mut response, redis) = if store.is_embedded() {
+        (HttpResponse::Ok(), "embedded")
+    } else if healthy > 0 {
+        (HttpResponse::Ok(), "connected")
+    } else {
+        (HttpResponse::ServiceUnavailable(), "disconnected")
+    };
+    response.json(Health { status, redis })
+}

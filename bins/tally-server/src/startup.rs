@@ -1,0 +1,315 @@
+//! Start-up and shutdown: [`run`] builds the store, the counter and the HTTP server on a
+//! bound socket; [`App::run_until_stopped`] serves until told to stop, then drains and
+//! flushes.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::{HttpServer, middleware, web};
+use anyhow::Context as _;
+use tally_counter::{Counter, MemoryStore, ShutdownReport};
+use tally_redis::{Layout, RedisStore};
+use tally_stats::{SingleRun, StatsTracker};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::{AppState, TestEndpoint};
+use crate::store::AppStore;
+
+/// A bound, ready server: connections are accepted as soon as it runs.
+///
+/// Made by [`run`]; consumed by [`App::run_until_stopped`].
+pub struct App {
+    server: Server,
+    address: SocketAddr,
+    counter: Counter<AppStore>,
+    stats: StatsTracker<AppStore>,
+    shutdown_timeout: Duration,
+    drain_timeout: Duration,
+    summary: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("address", &self.address)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the app from `config` and binds its socket; call [`App::run_until_stopped`] to
+/// serve. Must be called inside a tokio runtime (the counter's flushers and the Redis
+/// health check run on it).
+///
+/// Without `REDIS_NODES` it counts in the embedded in-process store and logs one warning
+/// saying so. With `REDIS_NODES` it does not fail when nodes are down: they are reported by
+/// `/status` and `/health`, and their pages answer 503 until they are back.
+///
+/// # Errors
+///
+/// An invalid config (built in code; [`Config::from_env`] already checks), a Redis node
+/// list that cannot form a ring, a metrics recorder installed by someone else, or a socket
+/// that cannot be bound.
+pub async fn run(config: Config) -> anyhow::Result<App> {
+    config.validate()?;
+    // Before the counter: its metric handles are registered when it is built.
+    let metrics = if config.enable_metrics {
+        Some(crate::telemetry::prometheus_handle()?)
+    } else {
+        None
+    };
+    // Visits and request statistics share the nodes (one set of pools); the statistics
+    // use the sorted-set layout, the visits plain counters.
+    let (store, stats_store) = match config.redis_config() {
+        None => {
+            tracing::warn!(
+                "REDIS_NODES is not set: counting in the embedded in-process store; counts live in this process only and are lost when it exits"
+            );
+            (
+                AppStore::Memory(MemoryStore::new()),
+                AppStore::Memory(MemoryStore::ranked(1)),
+            )
+        }
+        Some(redis) => {
+            let ports: Vec<u16> = redis.nodes.iter().map(|node| node.port()).collect();
+            let store = RedisStore::connect(redis)
+                .await
+                .context("cannot set up the Redis store")?;
+            let stats_store = store.with_layout(Layout::SortedSet);
+            (
+                AppStore::Redis {
+                    store,
+                    ports: ports.clone(),
+                },
+                AppStore::Redis {
+                    store: stats_store,
+                    ports,
+                },
+            )
+        }
+    };
+    let counter =
+        Counter::new(store, config.counter_config()).context("cannot start the visit counter")?;
+    let listener = TcpListener::bind((config.host, config.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    // The longest a request can rightly take is a store call; in-flight requests get that
+    // long to finish, the rest of SHUTDOWN_TIMEOUT_SECONDS goes to flushing.
+    let store_deadline = config.redis_timeout * 2;
+    let drain_timeout = store_deadline.min(config.shutdown_timeout / 2);
+    let stats = StatsTracker::new(stats_store, config.stats_counter_config(), store_deadline)
+        .context("cannot start the request statistics")?;
+    let test_target = match address.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], address.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, address.port()))
+        }
+        _ => address,
+    };
+    let state = web::Data::new(AppState {
+        counter: counter.clone(),
+        stats: stats.clone(),
+        test: TestEndpoint {
+            enabled: config.test_endpoint_enabled,
+            max_requests: config.test_max_requests,
+            target: test_target,
+            runs: SingleRun::default(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("cannot build the HTTP client of /test/{n}/")?,
+        },
+        runtime: tokio::runtime::Handle::current(),
+        started: Instant::now(),
+        requests: AtomicU64::new(0),
+        debug: config.debug,
+        metrics,
+        store_deadline,
+        overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
+    });
+    let prefix = config.api_prefix.clone();
+    let server = HttpServer::new(move || {
+        let prefix = prefix.clone();
+        actix_web::App::new()
+            .app_data(state.clone())
+            .configure(move |cfg| crate::routes::configure(cfg, &prefix, metrics.is_some()))
+            .default_service(web::to(crate::routes::not_found))
+            // Inner to outer: statistics counting, then observation of the whole request.
+            .wrap(middleware::from_fn(crate::middleware::count_api_requests))
+            .wrap(middleware::from_fn(crate::middleware::observe))
+    })
+    // Signals are ours: `run_until_stopped` drains, then flushes the counter.
+    .disable_signals()
+    .shutdown_timeout(drain_timeout.as_secs().max(1))
+    .listen(listener)
+    .context("cannot start the HTTP server")?
+    .run();
+
+    let summary = tokio::spawn(log_summaries(counter.clone(), config.metrics_interval));
+    tracing::info!(
+        project = %config.project_name,
+        version = env!("CARGO_PKG_VERSION"),
+        store = if counter.store().is_embedded() { "embedded" } else { "redis" },
+        "listening on {address}"
+    );
+    Ok(App {
+        server,
+        address,
+        counter,
+        stats,
+        shutdown_timeout: config.shutdown_timeout,
+        drain_timeout,
+        summary,
+    })
+}
+
+impl App {
+    /// The address the server listens on (with the real port when `PORT` was 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Serves until `shutdown` completes (or the server fails), then shuts down in order:
+    /// stop accepting, let in-flight requests finish, flush every pending visit, all within
+    /// `SHUTDOWN_TIMEOUT_SECONDS`. Logs and returns what was written and what was not.
+    ///
+    /// # Errors
+    ///
+    /// When the HTTP server itself fails; pending visits are still flushed first.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<ShutdownReport> {
+        let App {
+            server,
+            counter,
+            stats,
+            shutdown_timeout,
+            drain_timeout,
+            summary,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = tokio::spawn(server);
+        let mut failure = None;
+        tokio::select! {
+            result = &mut server => {
+                failure = Some(match result {
+                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped unexpectedly"),
+                    Ok(Err(e)) => anyhow::Error::from(e).context("the HTTP server failed"),
+                    Err(e) => anyhow::Error::from(e).context("the HTTP server task failed"),
+                });
+            }
+            () = shutdown => {}
+        }
+        let deadline = Instant::now() + shutdown_timeout;
+        if failure.is_none() {
+            tracing::info!(
+                ?drain_timeout,
+                "shutting down: no new connections; finishing requests in flight"
+            );
+            handle.stop(true).await;
+            let _ = server.await;
+        }
+        summary.abort();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tracing::info!(?remaining, "flushing pending visits");
+        let (report, stats_report) =
+            tokio::join!(counter.shutdown(remaining), stats.shutdown(remaining));
+        if stats_report.keys_unwritten == 0 {
+            tracing::info!(
+                keys_written = stats_report.keys_written,
+                "request statistics: every pending count was written"
+            );
+        } else {
+            tracing::error!(
+                keys_written = stats_report.keys_written,
+                keys_unwritten = stats_report.keys_unwritten,
+                increments_unwritten = stats_report.increments_unwritten,
+                "request statistics: {} requests to {} paths could not be written",
+                stats_report.increments_unwritten,
+                stats_report.keys_unwritten
+            );
+        }
+        if report.keys_unwritten == 0 {
+            tracing::info!(
+                keys_written = report.keys_written,
+                "shutdown complete: every pending visit was written"
+            );
+        } else {
+            tracing::error!(
+                keys_written = report.keys_written,
+                keys_unwritten = report.keys_unwritten,
+                increments_unwritten = report.increments_unwritten,
+                "shutdown complete, but {} visits to {} pages could not be written",
+                report.increments_unwritten,
+                report.keys_unwritten
+            );
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+/// Logs the counter's figures every `METRICS_INTERVAL_SECONDS`.
+async fn log_summaries(counter: Counter<AppStore>, interval: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticks.tick().await;
+        let s = counter.snapshot();
+        tracing::info!(
+            cache_hits = s.cache_hits,
+            cache_misses = s.cache_misses,
+            cache_size = s.cache_size,
+            write_buffer_size = s.write_buffer_size,
+            batches_ok = s.batches_ok,
+            batches_failed = s.batches_failed,
+            increments_written = s.increments_written,
+            "counter summary"
+        );
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), logging which.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot listen for SIGTERM; only SIGINT stops the server")
+            }
+        }
+    }
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => tracing::info!("SIGINT received"),
+        Err(e) => {
+            tracing::error!(error.message = %e, "cannot listen for SIGINT; the server runs until killed");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The embedded store: the same API with no Redis.
+
+use serde_json::json;
+
+use crate::helpers::{assert_recent_utc, spawn_app, spawn_app_with, test_config};
+
+#[tokio::test]
+async fn basic_flow_works_without_redis() {
+    let app = spawn_app().await;
+
+    let response = app.visit("page1").await;
+    assert_eq!(response.status, 200);
+    let mut body = response.json();
+    assert_recent_utc(body["timestamp"].take().as_str().unwrap());
+    assert_eq!(
+        body,
+        json!({"status": "success", "message": "Visit recorded for page page1", "page_id": "page1", "timestamp": null})
+    );
+    assert_eq!(app.visit("page1").await.status, 200);
+
+    let response = app.visits("page1").await;
+    assert_eq!(
+        response.json(),
+        json!({"visits": 2, "served_via": "in_memory", "node": "embedded"})
+    );
+
+    let response = app.reset("page1").await;
+    assert_eq!(
+        response.json(),
+        json!({"status": "success", "message": "Counter reset for page page1", "page_id": "page1"})
+    );
+    assert_eq!(app.count("page1").await.0, 0);
+
+    let response = app.health().await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.json(),
+        json!({"status": "healthy", "redis": "embedded"})
+    );
+
+    let report = app.shutdown().await;
+    assert_eq!(report.keys_unwritten, 0);
+}
+
+#[tokio::test]
+async fn visits_survive_a_flush_into_the_embedded_store() {
+    let mut config = test_config();
+    config.batch_interval = std::time::Duration::from_millis(50);
+    let app = spawn_app_with(config).await;
+    for _ in 0..3 {
+        assert_eq!(app.visit("café%20page").await.status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (visits, served_via, _) = app.count("caf%C3%A9%20page").await;
+    assert_eq!((visits, served_via.as_str()), (3, "in_memory"));
+    let metrics = app.counter_metrics().await.json();
+    assert_recent_utc(
+        metrics["last_batch_write"]
+            .as_str()
+            .expect("a batch was written"),
+    );
+}
+
+#[tokio::test]
+async fn an_overloaded_counter_answers_503_with_retry_after() {
+    let mut config = test_config();
+    config.max_pending_keys = 2;
+    config.batch_interval = std::time::Duration::from_secs(60);
+    let app = spawn_app_with(config).await;
+    assert_eq!(app.visit("a").await.status, 200);
+    assert_eq!(app.visit("b").await.status, 200);
+
+    let response = app.visit("c").await;
+    let message = response.assert_error(503, "overloaded");
+    assert!(message.contains("not counted"), "{message}");
+    assert_eq!(response.header("retry-after"), Some("60"));
+
+    // Pages already waiting still take visits; the refused one was not counted.
+    assert_eq!(app.visit("a").await.status, 200);
+    assert_eq!(app.count("a").await.0, 2);
+    assert_eq!(app.count("c").await.0, 0);
+}

@@ -1,0 +1,537 @@
+//! Test harness: the real app on port 0 (in-process, [`spawn_app`]) or the real binary
+//! ([`ServerProcess`]), typed request helpers, and Redis inspection.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tally_server::{Config, LogFormat, ShutdownReport, run, telemetry};
+use tally_testkit::{RedisCluster, RedisNode};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Installs a log subscriber once per test binary, only when `TEST_LOG` is set.
+fn init_test_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".to_owned());
+            telemetry::init_tracing(LogFormat::Text, &filter, std::io::stdout, false);
+        }
+    });
+}
+
+/// A config for in-process tests: loopback, a free port, the embedded store.
+pub fn test_config() -> Config {
+    Config::from_vars([("HOST", "127.0.0.1"), ("PORT", "0")]).expect("test config")
+}
+
+/// A config for in-process tests against `cluster`, parsed like the binary parses its
+/// environment, plus `extra` variables. Timeouts are short so failure tests are quick.
+pub fn redis_config(cluster: &RedisCluster, extra: &[(&str, &str)]) -> Config {
+    config_with_nodes(&cluster.urls(), extra)
+}
+
+/// As [`redis_config`] with an explicit `REDIS_NODES` value.
+pub fn config_with_nodes(nodes: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("REDIS_NODES", nodes),
+        ("REDIS_TIMEOUT", "0.5"),
+        ("HEALTH_CHECK_INTERVAL_SECONDS", "0.2"),
+        ("BATCH_INTERVAL_SECONDS", "60"),
+    ];
+    vars.extend_from_slice(extra);
+    Config::from_vars(vars).expect("test config")
+}
+
+/// The app under test, serving on its own port until [`TestApp::shutdown`] or drop.
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`.
+    pub address: String,
+    /// `API_PREFIX`.
+    pub prefix: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<ShutdownReport>>>,
+}
+
+/// The app on the embedded store.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_config()).await
+}
+
+/// The app with `config` (use port 0).
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    init_test_logs();
+    let prefix = config.api_prefix.clone();
+    let app = run(config).await.expect("the app starts");
+    let port = app.port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        prefix,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A response with its JSON (or text) body, checked for `X-Process-Time` on arrival.
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl ApiResponse {
+    /// The body as JSON (panics, showing it, when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error answer: status, `code`, the JSON shape, and returns the message.
+    pub fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert!(
+            self.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{:?}",
+            self.headers
+        );
+        let body = self.json();
+        let object = body.as_object().expect("an object");
+        assert_eq!(object.len(), 2, "{body}");
+        assert_eq!(body["status"], "error", "{body}");
+        let error = body["error"].as_object().expect("an error object");
+        assert_eq!(error.len(), 2, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        let message = body["error"]["message"]
+            .as_str()
+            .expect("a message")
+            .to_owned();
+        assert!(!message.is_empty());
+        message
+    }
+}
+
+impl TestApp {
+    /// Any request; checks `X-Process-Time` is present and a non-negative decimal.
+    pub async fn request(&self, method: Method, path: &str) -> ApiResponse {
+        send(&self.client, method, &format!("{}{path}", self.address)).await
+    }
+
+    /// `POST {prefix}/counter/visit/{page}` (`page` is put in the URL as given).
+    pub async fn visit(&self, page: &str) -> ApiResponse {
+        self.request(
+            Method::POST,
+            &format!("{}/counter/visit/{page}", self.prefix),
+        )
+        .await
+    }
+
+    /// `GET {prefix}/counter/visits/{page}`.
+    pub async fn visits(&self, page: &str) -> ApiResponse {
+        self.request(
+            Method::GET,
+            &format!("{}/counter/visits/{page}", self.prefix),
+        )
+        .await
+    }
+
+    /// `GET {prefix}/counter/visits/{page}`, asserting 200, returning `(visits, served_via, node)`.
+    pub async fn count(&self, page: &str) -> (u64, String, String) {
+        let response = self.visits(page).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+        let body = response.json();
+        assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+        (
+            body["visits"].as_u64().expect("visits is a number"),
+            body["served_via"].as_str().expect("served_via").to_owned(),
+            body["node"].as_str().expect("node").to_owned(),
+        )
+    }
+
+    /// `DELETE {prefix}/counter/visits/{page}`.
+    pub async fn reset(&self, page: &str) -> ApiResponse {
+        self.request(
+            Method::DELETE,
+            &format!("{}/counter/visits/{page}", self.prefix),
+        )
+        .await
+    }
+
+    /// `GET {prefix}/counter/metrics`.
+    pub async fn counter_metrics(&self) -> ApiResponse {
+        self.request(Method::GET, &format!("{}/counter/metrics", self.prefix))
+            .await
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> ApiResponse {
+        self.request(Method::GET, "/status").await
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> ApiResponse {
+        self.request(Method::GET, "/health").await
+    }
+
+    /// Stops the app as SIGTERM would (drain, then flush) and returns its report.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        // Idle keep-alive connections would hold the drain until they time out.
+        drop(std::mem::take(&mut self.client));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown within 30 s")
+            .expect("the app task does not panic")
+            .expect("the app stops cleanly")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Only signals; tests that check the flush call `shutdown`.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Sends one request and checks `X-Process-Time`.
+pub async fn send(client: &reqwest::Client, method: Method, url: &str) -> ApiResponse {
+    let response = client
+        .request(method, url)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body read");
+    let process_time = headers
+        .get("x-process-time")
+        .unwrap_or_else(|| panic!("no X-Process-Time on {url}: {headers:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let seconds: f64 = process_time.parse().expect("X-Process-Time is a decimal");
+    assert!(
+        (0.0..60.0).contains(&seconds),
+        "X-Process-Time {process_time}"
+    );
+    ApiResponse {
+        status,
+        headers,
+        text,
+    }
+}
+
+/// A bare HTTP/1.1 client on one keep-alive connection, for load: it does little besides
+/// writing requests and reading `Content-Length` bodies, so in a debug build the server,
+/// not the client, is what the test spends its time on.
+pub struct KeepAliveClient {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl KeepAliveClient {
+    /// Connects to `address` (`host:port`).
+    pub async fn connect(address: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream: tokio::io::BufReader::new(stream),
+            host: address.to_owned(),
+        }
+    }
+
+    /// Sends `method path` with an empty body on the same connection; returns the status
+    /// and body, after checking that `X-Process-Time` is there and the server keeps the
+    /// connection open.
+    pub async fn send(&mut self, method: &str, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.host
+        );
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.expect("status line");
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {line:?}"));
+        let (mut length, mut process_time, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.expect("header");
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').expect("a header");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "x-process-time" => process_time = value.trim().parse::<f64>().is_ok(),
+                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        assert!(process_time, "no X-Process-Time on {method} {path}");
+        assert!(!close, "the server closed the keep-alive connection");
+        let mut body = vec![0; length.expect("Content-Length")];
+        self.stream.read_exact(&mut body).await.expect("body");
+        (status, String::from_utf8(body).expect("UTF-8 body"))
+    }
+}
+
+/// Asserts an ISO 8601 UTC timestamp within a minute of now.
+pub fn assert_recent_utc(timestamp: &str) {
+    assert!(timestamp.ends_with('Z'), "not UTC: {timestamp}");
+    let parsed = chrono::DateTime::parse_from_rfc3339(timestamp)
+        .unwrap_or_else(|e| panic!("not ISO 8601 ({e}): {timestamp}"));
+    let age = chrono::Utc::now().signed_duration_since(parsed);
+    assert!(age.num_seconds().abs() < 60, "{timestamp} is not recent");
+}
+
+/// The ring the server builds (default 160 virtual nodes), to find a page's owner.
+pub fn ring(cluster: &RedisCluster) -> tally_ring::Ring<String> {
+    tally_ring::Ring::builder()
+        .vnodes(160)
+        .nodes(
+            cluster
+                .nodes()
+                .iter()
+                .map(|n| (format!("127.0.0.1:{}", n.port()), 1)),
+        )
+        .build()
+        .expect("a ring")
+}
+
+/// A page id owned by node `index` of a ring over the node names `names`.
+pub fn page_owned_by_name(names: &[String], index: usize, prefix: &str) -> String {
+    let ring = tally_ring::Ring::builder()
+        .vnodes(160)
+        .nodes(names.iter().map(|name| (name.clone(), 1)))
+        .build()
+        .expect("a ring");
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|page| ring.lookup_index(page.as_bytes()) == index)
+        .expect("some page")
+}
+
+/// Index in `cluster` of the node owning `page`.
+pub fn owner(cluster: &RedisCluster, page: &str) -> usize {
+    ring(cluster).lookup_index(page.as_bytes())
+}
+
+/// A page id owned by node `index` of `cluster`.
+pub fn page_owned_by(cluster: &RedisCluster, index: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|page| owner(cluster, page) == index)
+        .expect("some page")
+}
+
+/// The stored count of `page` on `node` (`None` when the key does not exist).
+pub fn stored(node: &RedisNode, page: &str) -> Option<u64> {
+    node.get_u64(&format!("tally:v:{page}"))
+        .expect("redis answers")
+}
+
+/// Sum of every visit counter on every node.
+pub fn stored_total(cluster: &RedisCluster) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .flat_map(|node| {
+            node.keys("tally:v:*")
+                .expect("redis answers")
+                .into_iter()
+                .map(|key| node.get_u64(&key).expect("redis answers").unwrap_or(0))
+        })
+        .sum()
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real `tally-server` binary, run in an empty temporary directory (so no `.env` is
+/// read) with a cleared environment plus the given variables.
+pub struct ServerProcess {
+    child: Child,
+    /// The port from its `listening on` line.
+    pub port: u16,
+    output: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn server_command(env: &[(&str, &str)], dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally-server"));
+    command
+        .env_clear()
+        .current_dir(dir)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+impl ServerProcess {
+    /// Starts the binary and waits (up to 20 s) for its `listening on` line.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut child = server_command(env, dir.path())
+            .spawn()
+            .expect("the binary starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = Arc::clone(&output);
+            let port_tx = port_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        println!("[server] {line}");
+                    }
+                    if let Some(port) = listening_port(&line) {
+                        let _ = port_tx.send(port);
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut process = Self {
+            child,
+            port: 0,
+            output,
+            _dir: dir,
+        };
+        match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => process.port = port,
+            Err(_) => panic!("no 'listening on' line; output:\n{}", process.output()),
+        }
+        process
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends SIGTERM (with `kill`, since unsafe code is forbidden here).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?}; output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it printed so far, stdout and stderr, one line each.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port in a `... listening on 127.0.0.1:PORT ...` log line.
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = line.split("listening on ").nth(1)?;
+    let address: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    address.rsplit(':').next()?.parse().ok()
+}
+
+/// Runs the binary to completion (it must exit within 20 s): `(status, stdout, stderr)`.
+pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut child = server_command(env, dir.path())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the binary did not exit with {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
