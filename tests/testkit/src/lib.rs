@@ -8,6 +8,10 @@
 //! all traffic ([`Mode::BlackHole`]) or lose the reply of a request the node executed
 //! ([`Mode::DropReplies`]), the case exactly-once counting has to survive.
 //!
+//! [`run_load`] is the load client that keeps score: keep-alive HTTP to a loopback server,
+//! bounded in requests and time, recording per key what was acknowledged (2xx), refused
+//! (503) or left with an unknown outcome, so a test can check counts exactly.
+//!
 //! `redis-server` must be installed (`apt-get install redis-server`; `cargo xtask test`
 //! checks for it), or named by the `TALLY_REDIS_SERVER` environment variable.
 //!
@@ -35,9 +39,11 @@
 #![deny(missing_docs)]
 
 mod error;
+mod load;
 mod node;
 mod proxy;
 
 pub use error::{Error, Result};
+pub use load::{LoadSpec, Score, Scoreboard, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
 pub use proxy::{FaultProxy, Mode};
