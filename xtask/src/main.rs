@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
 //!   running as root), then runs the whole test suite.
-//! - `cargo xtask ci`: formatting, clippy, cargo-deny, then the same tests. `.ci/run` calls it.
+//! - `cargo xtask ci`: formatting, clippy, cargo-deny, the compose file's validity, then the
+//!   same tests. `.ci/run` calls it.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
 
 use std::process::{Command, ExitCode};
@@ -42,6 +43,12 @@ fn ci() -> Result {
     ensure_cargo_deny()?;
     // Advisories need the network, which CI machines do not have.
     cargo(&["deny", "check", "licenses", "bans", "sources"])?;
+    // No Docker engine runs on CI machines: validate what can be validated without one.
+    ensure_apt_package("docker-compose", "docker-compose")?;
+    run(
+        "docker-compose",
+        &["-f", "docker/docker-compose.yml", "config", "-q"],
+    )?;
     test()
 }
 
@@ -90,26 +97,31 @@ fn is_root() -> bool {
 }
 
 fn ensure_redis_server() -> Result {
-    if found("redis-server", "--version") {
+    ensure_apt_package("redis-server", "redis-server")
+}
+
+/// Makes sure `program` runs, installing Debian's `package` with apt-get when missing and
+/// running as root; otherwise says how to install it.
+fn ensure_apt_package(program: &str, package: &str) -> Result {
+    if found(program, "--version") {
         return Ok(());
     }
     if !is_root() {
-        return Err(
-            "redis-server is not installed and the tests need it: install it with \
-                    `sudo apt-get install -y redis-server` (or your platform's package), \
-                    then run `cargo xtask test` again"
-                .to_owned(),
-        );
+        return Err(format!(
+            "{program} is not installed and the checks need it: install it with \
+             `sudo apt-get install -y {package}` (or your platform's package), then run \
+             `cargo xtask` again"
+        ));
     }
-    println!("xtask: redis-server is missing; installing it with apt-get");
+    println!("xtask: {program} is missing; installing {package} with apt-get");
     run("apt-get", &["update"])?;
-    run("apt-get", &["install", "-y", "redis-server"])?;
-    // The package starts a system-wide server on 6379; the tests start their own on free
-    // ports and do not need it.
-    if found("redis-server", "--version") {
+    run("apt-get", &["install", "-y", package])?;
+    if found(program, "--version") {
         Ok(())
     } else {
-        Err("apt-get installed redis-server but it still cannot be run".to_owned())
+        Err(format!(
+            "apt-get installed {package} but {program} still cannot be run"
+        ))
     }
 }
 

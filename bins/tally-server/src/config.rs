@@ -469,7 +469,8 @@ impl fmt::Display for LogFormat {
 const SECONDS_EXPECTED: &str =
     "expected a number of seconds above 0 and at most 31536000, such as 5 or 0.5";
 
-const KNOWN_VARIABLES: &[&str] = &[
+/// Every environment variable the server reads.
+pub const KNOWN_VARIABLES: &[&str] = &[
     "REDIS_NODES",
     "REDIS_PASSWORD",
     "REDIS_DB",

@@ -60,7 +60,7 @@ mod state;
 mod store;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, LogFormat};
+pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat};
 pub use error::ApiError;
 pub use page_id::{PageId, PageIdError};
 pub use startup::{App, run, shutdown_signal};

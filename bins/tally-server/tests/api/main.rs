@@ -4,6 +4,7 @@
 //! Set `TEST_LOG=1` to see the app's logs.
 
 mod bad_input;
+mod compose;
 mod counter;
 mod embedded;
 mod helpers;
