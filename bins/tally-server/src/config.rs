@@ -62,8 +62,9 @@ pub struct Config {
     pub batch_interval: Duration,
     /// `BATCH_SIZE_LIMIT` (default 1000): a node's batch goes out early at this many pages.
     pub batch_size_limit: usize,
-    /// `MAX_PENDING_KEYS` (default 1,000,000): most distinct pages waiting to be written;
-    /// past it visits to new pages answer 503.
+    /// `MAX_PENDING_KEYS` (default 1,000,000): most distinct pages waiting to be written,
+    /// each node's pages at most their share (divided by the number of nodes); past it
+    /// visits to new pages answer 503.
     pub max_pending_keys: usize,
     /// `DEBUG` (default false): reported as `debug_mode` by `/status`.
     pub debug: bool,

@@ -22,7 +22,9 @@ pub struct CounterConfig {
     /// Most entries the read cache holds (default 100,000).
     pub cache_capacity: u64,
     /// Most distinct keys pending or in flight across all shards; beyond it
-    /// [`crate::Counter::increment`] returns [`Error::Overloaded`] (default 1,000,000).
+    /// [`crate::Counter::increment`] returns [`Error::Overloaded`] (default 1,000,000). Each
+    /// shard may hold at most its share of it (divided by the shard count, rounded up), so
+    /// one shard whose store is down cannot take the whole bound.
     pub max_pending_keys: usize,
     /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
     pub retry_backoff_min: Duration,

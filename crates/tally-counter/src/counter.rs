@@ -131,6 +131,11 @@ struct Inner<S> {
     shards: Box<[Shard]>,
     /// Distinct keys pending or in flight, over all shards: the memory bound.
     buffered_keys: AtomicUsize,
+    /// Most keys one shard may hold pending or in flight: its share of `max_pending_keys`
+    /// (rounded up). A shard whose store is down cannot drain, so without a share of its
+    /// own it would fill the whole bound and every other shard's new keys would be refused
+    /// too, although their stores take batches.
+    shard_limit: usize,
     cache: moka::sync::Cache<Box<str>, CacheEntry, KeyHash>,
     stats: Stats,
     metrics: CounterMetrics,
@@ -160,6 +165,8 @@ struct Stripe {
 struct Shard {
     /// Distinct keys pending (not in flight) for this shard: the batch-size trigger.
     pending: AtomicUsize,
+    /// Distinct keys pending or in flight for this shard: checked against `shard_limit`.
+    buffered: AtomicUsize,
     /// Wakes the shard's flusher early (size limit reached). Shared with the flusher task,
     /// which holds no strong reference to the counter while it waits.
     wake: Arc<Notify>,
@@ -242,6 +249,7 @@ impl<S: Store> Counter<S> {
         let shards = (0..shard_count)
             .map(|_| Shard {
                 pending: AtomicUsize::new(0),
+                buffered: AtomicUsize::new(0),
                 wake: Arc::new(Notify::new()),
                 slot: tokio::sync::Mutex::new(Slot::default()),
                 view: RwLock::new(View::default()),
@@ -252,6 +260,7 @@ impl<S: Store> Counter<S> {
             .time_to_live(config.cache_ttl)
             .build_with_hasher(hash);
         let metrics = CounterMetrics::new(&config.name);
+        let shard_limit = config.max_pending_keys.div_ceil(shard_count);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -260,6 +269,7 @@ impl<S: Store> Counter<S> {
             stripes,
             shards,
             buffered_keys: AtomicUsize::new(0),
+            shard_limit,
             cache,
             stats: Stats::default(),
             metrics,
@@ -303,7 +313,9 @@ impl<S: Store> Counter<S> {
     ///
     /// # Errors
     /// [`Error::Overloaded`] when `key` is not pending and `max_pending_keys` keys already
-    /// are: the increment was not recorded. [`Error::ShutDown`] after [`Counter::shutdown`].
+    /// are, or its shard already holds its share of them (`max_pending_keys` divided by
+    /// the number of shards, rounded up): the increment was not recorded.
+    /// [`Error::ShutDown`] after [`Counter::shutdown`].
     pub fn increment(&self, key: &str, n: u64) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -320,25 +332,31 @@ impl<S: Store> Counter<S> {
             *delta += n;
             return Ok(());
         }
+        let state = &inner.shards[shard];
         let limit = inner.config.max_pending_keys;
         let buffered = inner.buffered_keys.fetch_add(1, Ordering::AcqRel);
-        if buffered >= limit {
+        let shard_buffered = state.buffered.fetch_add(1, Ordering::AcqRel);
+        if buffered >= limit || shard_buffered >= inner.shard_limit {
             inner.buffered_keys.fetch_sub(1, Ordering::AcqRel);
+            state.buffered.fetch_sub(1, Ordering::AcqRel);
             drop(maps);
             inner.metrics.overloaded.increment(1);
-            return Err(Error::Overloaded {
-                pending: buffered,
-                limit,
-            });
+            // Report the bound that refused: the whole buffer, or this shard's share.
+            let (pending, limit) = if buffered >= limit {
+                (buffered, limit)
+            } else {
+                (shard_buffered, inner.shard_limit)
+            };
+            return Err(Error::Overloaded { pending, limit });
         }
         table.insert_unique(hash, (key.into(), n), |(k, _)| inner.hash.hash_str(k));
         // Counted under the stripe lock, like the drain that subtracts it, so the shard's
         // count never runs below the keys actually in its maps.
-        let pending = inner.shards[shard].pending.fetch_add(1, Ordering::AcqRel) + 1;
+        let pending = state.pending.fetch_add(1, Ordering::AcqRel) + 1;
         drop(maps);
         inner.metrics.buffered_keys.increment(1.0);
         if pending == inner.config.batch_size_limit {
-            inner.shards[shard].wake.notify_one();
+            state.wake.notify_one();
         }
         Ok(())
     }
@@ -398,7 +416,7 @@ impl<S: Store> Counter<S> {
             let mut maps = lock(&inner.stripe(hash).maps);
             if let Ok(entry) = maps[shard].find_entry(hash, |(k, _)| &**k == key) {
                 entry.remove();
-                inner.forget_keys(1);
+                inner.forget_keys(shard, 1);
                 inner.shards[shard].pending.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -502,8 +520,11 @@ impl<S: Store> Inner<S> {
             .map_or(0, |(_, delta)| *delta)
     }
 
-    fn forget_keys(&self, keys: usize) {
+    fn forget_keys(&self, shard: ShardId, keys: usize) {
         self.buffered_keys.fetch_sub(keys, Ordering::AcqRel);
+        self.shards[shard]
+            .buffered
+            .fetch_sub(keys, Ordering::AcqRel);
         self.metrics.buffered_keys.decrement(keys as f64);
     }
 
@@ -684,7 +705,7 @@ impl<S: Store> Inner<S> {
         view.acked_seq = batch.id.seq;
         drop(view);
         let increments: u64 = batch.deltas.iter().map(|(_, d)| d).sum();
-        self.forget_keys(batch.deltas.len());
+        self.forget_keys(shard, batch.deltas.len());
         let s = &self.stats;
         s.batches_ok.fetch_add(1, Ordering::Relaxed);
         s.keys_written

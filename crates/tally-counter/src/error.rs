@@ -6,15 +6,18 @@ use crate::store::{ShardId, StoreError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Too many distinct keys are waiting to be written (`max_pending_keys`); the increment
-    /// was refused and not counted. Callers should shed load (HTTP 503 + Retry-After).
+    /// Too many distinct keys are waiting to be written: `max_pending_keys` in all, or the
+    /// key's store shard holds its share of them (`max_pending_keys` divided by the number of
+    /// shards, rounded up). The increment was refused and not counted. Callers should shed
+    /// load (HTTP 503 + Retry-After).
     #[error(
         "counter overloaded: {pending} keys are waiting to be written (limit {limit}); the increment was not counted"
     )]
     Overloaded {
-        /// Keys pending or in flight when the increment was refused.
+        /// Keys pending or in flight when the increment was refused (in all, or in the
+        /// shard, whichever bound refused it).
         pending: usize,
-        /// The configured bound.
+        /// That bound: `max_pending_keys`, or the shard's share of it.
         limit: usize,
     },
     /// The store failed to answer a read or reset for a shard.

@@ -45,8 +45,11 @@
 //!   this instance's `cache_ttl`.
 //! - **Reset.** [`Counter::reset`] waits for the shard's in-flight batch, so a delta
 //!   recorded before the reset is never applied after it.
-//! - **Bounded memory.** At most `max_pending_keys` distinct keys are buffered; past that
-//!   [`Counter::increment`] returns [`Error::Overloaded`] and records nothing.
+//! - **Bounded memory.** At most `max_pending_keys` distinct keys are buffered, and at
+//!   most a shard's share of them (`max_pending_keys / shards`, rounded up) for any one
+//!   shard, so a shard whose store is down fills only its own share and the others keep
+//!   taking new keys; past either bound [`Counter::increment`] returns
+//!   [`Error::Overloaded`] and records nothing.
 //! - **What a crash loses.** If the process dies without [`Counter::shutdown`], the
 //!   increments not yet written (at most one `batch_interval` of them, more while a shard
 //!   is down) are lost. A store that loses data it acknowledged (Redis without AOF) loses

@@ -213,3 +213,63 @@ async fn overload_refuses_new_keys_and_counts_nothing_it_refused() {
         "room again after the flush"
     );
 }
+
+#[tokio::test]
+async fn a_hung_shard_fills_only_its_share_of_the_pending_bound() {
+    let probe = ScriptedStore::new(2);
+    let keys_on = |shard, n| {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| probe.shard_of(k) == shard)
+            .take(n)
+            .collect::<Vec<_>>()
+    };
+    let (hung, healthy) = (keys_on(1, 6), keys_on(0, 20));
+    let store = ScriptedStore::new(2)
+        .with_faults(&[Fault::Hang])
+        .on_shard(1);
+    let config = CounterConfig {
+        max_pending_keys: 10,
+        batch_interval: Duration::from_millis(10),
+        ..manual_config()
+    };
+    let counter = Counter::new(store, config).unwrap();
+
+    // The hung shard takes its share (10 / 2 shards = 5 keys), then refuses new keys.
+    for key in &hung[..5] {
+        counter.increment(key, 1).unwrap();
+    }
+    let refused = counter.increment(&hung[5], 1);
+    assert!(
+        matches!(
+            refused,
+            Err(tally_counter::Error::Overloaded {
+                pending: 5,
+                limit: 5
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        counter.increment(&hung[0], 1).is_ok(),
+        "a key already waiting still takes increments"
+    );
+    // The healthy shard keeps taking new keys, one batch at a time, well past what a
+    // bound shared with the hung shard would leave it.
+    for key in &healthy {
+        counter.increment(key, 1).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while counter.store().inner.value(key) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never flushed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        counter.snapshot().write_buffer_size,
+        5,
+        "only the hung shard's keys wait"
+    );
+}
