@@ -45,11 +45,14 @@
 //! - `page_id`: [`PageId`], the validated page id, and [`PageIdError`].
 //! - `error`: [`ApiError`], every error answer as JSON.
 //! - `startup`: [`run`], [`App`], [`shutdown_signal`].
+//! - [`cli`]: [`cli::main`], the whole binary (config, logs, runtime, exit code), public so
+//!   other binaries (the end-to-end tests') run the same code.
 //! - `routes`: the handlers and the route table; `middleware`: the span, metrics and
 //!   `X-Process-Time` of every request; `state`: what handlers share; `store`: the
 //!   embedded-or-Redis store; `telemetry`: logs and the Prometheus recorder.
 #![deny(missing_docs)]
 
+pub mod cli;
 mod config;
 mod error;
 mod middleware;

@@ -60,14 +60,36 @@ pub enum Error {
         source: redis::RedisError,
     },
     /// A signal could not be delivered to a child process.
-    #[error("cannot send SIG{signal} to redis-server (pid {pid}): {detail}")]
+    #[error("cannot send SIG{signal} to {process} (pid {pid}): {detail}")]
     Signal {
         /// Signal name without the `SIG` prefix.
         signal: &'static str,
+        /// What the process is (`redis-server`, `server`).
+        process: &'static str,
         /// Target process id.
         pid: u32,
         /// Exit status or error text of the `kill` command.
         detail: String,
+    },
+    /// A server process did not come up: it exited, or never logged `listening on`.
+    #[error("{program} did not start ({reason}); its output:\n{output}")]
+    ServerStart {
+        /// The binary.
+        program: String,
+        /// What went wrong.
+        reason: String,
+        /// Everything it printed.
+        output: String,
+    },
+    /// A server process was still running when it should have exited.
+    #[error("server (pid {pid}) still running after {waited:?}; its output:\n{output}")]
+    StillRunning {
+        /// Its process id.
+        pid: u32,
+        /// How long the kit waited.
+        waited: Duration,
+        /// Everything it printed.
+        output: String,
     },
 }
 

@@ -10,7 +10,13 @@
 //!
 //! [`run_load`] is the load client that keeps score: keep-alive HTTP to a loopback server,
 //! bounded in requests and time, recording per key what was acknowledged (2xx), refused
-//! (503) or left with an unknown outcome, so a test can check counts exactly.
+//! (503) or left with an unknown outcome, so a test can check counts exactly. It speaks
+//! HTTP through [`HttpConnection`], a bare keep-alive HTTP/1.1 client that also sends the
+//! raw requests no ordinary client will (control bytes, invalid UTF-8, unknown methods).
+//!
+//! [`ServerProcess`] runs a server binary as a child process (`PORT=0`, empty directory,
+//! cleared environment), finds its port from its `listening on` line, keeps its output,
+//! signals it and reads its resident memory.
 //!
 //! `redis-server` must be installed (`apt-get install redis-server`; `cargo xtask test`
 //! checks for it), or named by the `TALLY_REDIS_SERVER` environment variable.
@@ -36,14 +42,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Layout
+//!
+//! - `node`: [`RedisNode`], [`RedisCluster`], [`NodeBuilder`]: `redis-server` processes.
+//! - `proxy`: [`FaultProxy`] and its [`Mode`]s.
+//! - `http`: [`HttpConnection`], the bare keep-alive HTTP/1.1 client.
+//! - `load`: [`run_load`] and its [`Scoreboard`].
+//! - `server`: [`ServerProcess`], a server binary as a child process.
+//! - `signal`: signals through `kill`; `error`: [`Error`].
 #![deny(missing_docs)]
 
 mod error;
+mod http;
 mod load;
 mod node;
 mod proxy;
+mod server;
+mod signal;
 
 pub use error::{Error, Result};
+pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
 pub use load::{LoadSpec, Score, Scoreboard, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
 pub use proxy::{FaultProxy, Mode};
+pub use server::{ServerProcess, TEST_LOG_ENV, resident_memory};

@@ -5,13 +5,19 @@
 //! acknowledged was lost) and `counted <= acked + unknown` (nothing was doubled; a request
 //! whose reply was lost may or may not have counted).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use crate::http::{HttpConnection, HttpResponse};
+
+/// Pause of a worker after a failed connection attempt, so a server that is gone (shut
+/// down, or not yet up) is not hammered with connects.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
 /// What one key received.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,8 +28,11 @@ pub struct Score {
     pub rejected: u64,
     /// Answered another status: must not be counted.
     pub other: u64,
-    /// No answer (connection error or timeout): may or may not be counted.
+    /// No answer (the connection failed after the request was written, or timed out): may
+    /// or may not be counted.
     pub unknown: u64,
+    /// Never sent (no connection could be opened): cannot be counted.
+    pub unsent: u64,
 }
 
 impl Score {
@@ -32,6 +41,12 @@ impl Score {
         self.rejected += other.rejected;
         self.other += other.other;
         self.unknown += other.unknown;
+        self.unsent += other.unsent;
+    }
+
+    /// Requests the server answered (any status).
+    pub fn answered(&self) -> u64 {
+        self.acked + self.rejected + self.other
     }
 }
 
@@ -40,9 +55,10 @@ impl Score {
 pub struct LoadSpec {
     /// `http://127.0.0.1:PORT` of the server (loopback only).
     pub base_url: String,
-    /// HTTP method of every request.
-    pub method: reqwest::Method,
-    /// Keys the requests spread over, round robin.
+    /// HTTP method of every request (`"POST"`, `"GET"`, ...).
+    pub method: &'static str,
+    /// Keys the requests spread over, round robin. A key listed several times gets
+    /// proportionally more requests (its score adds up under one name).
     pub keys: Vec<String>,
     /// Path of the request for a key (e.g. `/api/v1/counter/visit/{key}`).
     pub path: fn(&str) -> String,
@@ -54,6 +70,9 @@ pub struct LoadSpec {
     pub time_limit: Duration,
     /// A request without an answer after this long counts as unknown.
     pub request_timeout: Duration,
+    /// Text no response (status line, headers or body) may contain, e.g. a password:
+    /// responses that do are counted in [`Scoreboard::forbidden_seen`].
+    pub forbidden: Option<String>,
 }
 
 impl LoadSpec {
@@ -61,13 +80,14 @@ impl LoadSpec {
     pub fn visits(base_url: &str, keys: Vec<String>, requests: u64) -> Self {
         Self {
             base_url: base_url.to_owned(),
-            method: reqwest::Method::POST,
+            method: "POST",
             keys,
             path: |key| format!("/api/v1/counter/visit/{key}"),
             concurrency: 64,
             requests,
             time_limit: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            forbidden: None,
         }
     }
 }
@@ -77,6 +97,12 @@ impl LoadSpec {
 pub struct Scoreboard {
     /// Score per key.
     pub keys: HashMap<String, Score>,
+    /// Answers per status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// 503 answers without a `Retry-After` header.
+    pub unavailable_without_retry_after: u64,
+    /// Responses containing [`LoadSpec::forbidden`].
+    pub forbidden_seen: u64,
     /// Latency of answered requests, in microseconds.
     pub latency_us: Histogram<u64>,
     /// Wall time of the run.
@@ -88,8 +114,9 @@ impl fmt::Debug for Scoreboard {
         f.debug_struct("Scoreboard")
             .field("totals", &self.totals())
             .field("keys", &self.keys.len())
+            .field("statuses", &self.statuses)
             .field("elapsed", &self.elapsed)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,6 +128,26 @@ impl Scoreboard {
             total.add(score);
         }
         total
+    }
+
+    /// Adds `other`'s figures to these, e.g. the loads of two servers sharing the nodes.
+    /// The elapsed time becomes the longer of the two.
+    pub fn merge(&mut self, other: &Scoreboard) {
+        for (key, score) in &other.keys {
+            self.keys.entry(key.clone()).or_default().add(score);
+        }
+        for (status, n) in &other.statuses {
+            *self.statuses.entry(*status).or_default() += n;
+        }
+        self.unavailable_without_retry_after += other.unavailable_without_retry_after;
+        self.forbidden_seen += other.forbidden_seen;
+        let _ = self.latency_us.add(&other.latency_us);
+        self.elapsed = self.elapsed.max(other.elapsed);
+    }
+
+    /// The score of one key (zero when it got no request).
+    pub fn score(&self, key: &str) -> Score {
+        self.keys.get(key).copied().unwrap_or_default()
     }
 
     /// Checks every key's final count against its score; `counted` gives the count of a
@@ -120,10 +167,11 @@ impl Scoreboard {
             Ok(())
         } else {
             wrong.sort();
+            let shown = wrong.len().min(50);
             Err(format!(
-                "{} keys miscounted:\n{}",
+                "{} keys miscounted (first {shown}):\n{}",
                 wrong.len(),
-                wrong.join("\n")
+                wrong[..shown].join("\n")
             ))
         }
     }
@@ -133,87 +181,164 @@ impl Scoreboard {
         let t = self.totals();
         let q = |p: f64| Duration::from_micros(self.latency_us.value_at_quantile(p));
         format!(
-            "acknowledged {} | 503 {} | other status {} | unknown {} | {:.0} req/s | p50 {:?} p99 {:?} p99.9 {:?}",
+            "acknowledged {} | 503 {} | other status {} | unknown {} | unsent {} | {:.0} req/s | p50 {:?} p99 {:?} max {:?}",
             t.acked,
             t.rejected,
             t.other,
             t.unknown,
-            (t.acked + t.rejected + t.other) as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            t.unsent,
+            t.answered() as f64 / self.elapsed.as_secs_f64().max(1e-9),
             q(0.50),
             q(0.99),
-            q(0.999)
+            Duration::from_micros(self.latency_us.max())
         )
     }
 }
 
+/// What one worker saw.
+struct Tally {
+    keys: HashMap<String, Score>,
+    statuses: BTreeMap<u16, u64>,
+    unavailable_without_retry_after: u64,
+    forbidden_seen: u64,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            keys: HashMap::new(),
+            statuses: BTreeMap::new(),
+            unavailable_without_retry_after: 0,
+            forbidden_seen: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (key, score) in other.keys {
+            self.keys.entry(key).or_default().add(&score);
+        }
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        self.unavailable_without_retry_after += other.unavailable_without_retry_after;
+        self.forbidden_seen += other.forbidden_seen;
+        let _ = self.latency.add(&other.latency);
+    }
+
+    fn answered(&mut self, key: &str, response: &HttpResponse, forbidden: Option<&str>) {
+        let score = self.keys.entry(key.to_owned()).or_default();
+        match response.status {
+            200..=299 => score.acked += 1,
+            503 => {
+                score.rejected += 1;
+                if response.header("retry-after").is_none() {
+                    self.unavailable_without_retry_after += 1;
+                }
+            }
+            _ => score.other += 1,
+        }
+        *self.statuses.entry(response.status).or_default() += 1;
+        if let Some(needle) = forbidden
+            && contains(response, needle)
+        {
+            self.forbidden_seen += 1;
+        }
+    }
+}
+
+fn contains(response: &HttpResponse, needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    let found = |haystack: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    needle.is_empty()
+        || found(&response.body)
+        || response
+            .headers
+            .iter()
+            .any(|(name, value)| found(name.as_bytes()) || found(value.as_bytes()))
+}
+
 /// Runs `spec` and returns the score. Only loopback addresses are accepted.
+///
+/// Each worker keeps one keep-alive connection and opens a new one after a failure; a
+/// request written on a connection that then fails or times out is *unknown*, one that
+/// could not get a connection is *unsent*.
 ///
 /// # Panics
 /// When `spec.base_url` is not on 127.0.0.1 / localhost / ::1, or has no keys.
 pub async fn run_load(spec: LoadSpec) -> Scoreboard {
-    assert!(
-        ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
-            .iter()
-            .any(|prefix| spec.base_url.starts_with(prefix)),
-        "load runs only against loopback, not {}",
-        spec.base_url
-    );
+    let address = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+        .iter()
+        .find(|prefix| spec.base_url.starts_with(*prefix))
+        .map(|_| {
+            spec.base_url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+        })
+        .unwrap_or_else(|| panic!("load runs only against loopback, not {}", spec.base_url))
+        .to_owned();
     assert!(!spec.keys.is_empty(), "a load run needs keys");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(spec.concurrency)
-        .timeout(spec.request_timeout)
-        .build()
-        .expect("reqwest client");
     let spec = Arc::new(spec);
+    let address = Arc::new(address);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + spec.time_limit;
-    let shared = Arc::new(Mutex::new((
-        HashMap::<String, Score>::new(),
-        new_histogram(),
-    )));
+    let shared = Arc::new(Mutex::new(Tally::new()));
     let workers: Vec<_> = (0..spec.concurrency)
         .map(|_| {
-            let (spec, next, client, shared) = (
+            let (spec, address, next, shared) = (
                 Arc::clone(&spec),
+                Arc::clone(&address),
                 Arc::clone(&next),
-                client.clone(),
                 Arc::clone(&shared),
             );
             tokio::spawn(async move {
-                let mut local: HashMap<String, Score> = HashMap::new();
-                let mut latency = new_histogram();
+                let mut tally = Tally::new();
+                let mut conn: Option<HttpConnection> = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= spec.requests || Instant::now() >= deadline {
                         break;
                     }
                     let key = &spec.keys[(i % spec.keys.len() as u64) as usize];
-                    let url = format!("{}{}", spec.base_url, (spec.path)(key));
-                    let sent = Instant::now();
-                    let outcome = client.request(spec.method.clone(), &url).send().await;
-                    let score = local.entry(key.clone()).or_default();
-                    match outcome {
-                        Ok(response) => {
-                            let status = response.status();
-                            // Read the body so the connection goes back to the pool.
-                            let body = response.bytes().await;
-                            let _ = latency.record(sent.elapsed().as_micros() as u64);
-                            match (status.as_u16(), body.is_ok()) {
-                                (200..=299, true) => score.acked += 1,
-                                (200..=299, false) => score.unknown += 1,
-                                (503, _) => score.rejected += 1,
-                                _ => score.other += 1,
+                    let target = (spec.path)(key);
+                    let open = match conn.take() {
+                        Some(c) if c.reusable() => Ok(c),
+                        _ => {
+                            let connect = HttpConnection::connect(&address);
+                            match tokio::time::timeout(spec.request_timeout, connect).await {
+                                Ok(Ok(c)) => Ok(c),
+                                _ => Err(()),
                             }
                         }
-                        Err(_) => score.unknown += 1,
+                    };
+                    let Ok(mut c) = open else {
+                        tally.keys.entry(key.clone()).or_default().unsent += 1;
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    };
+                    let sent = Instant::now();
+                    let exchange = c.send(spec.method, &target);
+                    match tokio::time::timeout(spec.request_timeout, exchange).await {
+                        Ok(Ok(response)) => {
+                            let _ = tally.latency.record(sent.elapsed().as_micros() as u64);
+                            tally.answered(key, &response, spec.forbidden.as_deref());
+                            conn = Some(c);
+                        }
+                        Ok(Err(e)) if e.unsent() => {
+                            tally.keys.entry(key.clone()).or_default().unsent += 1;
+                        }
+                        // Written, then no (whole) answer: the server may have acted on it.
+                        Ok(Err(_)) | Err(_) => {
+                            tally.keys.entry(key.clone()).or_default().unknown += 1;
+                        }
                     }
                 }
-                let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                for (key, score) in local {
-                    guard.0.entry(key).or_default().add(&score);
-                }
-                let _ = guard.1.add(&latency);
+                shared
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .merge(tally);
             })
         })
         .collect();
@@ -221,10 +346,16 @@ pub async fn run_load(spec: LoadSpec) -> Scoreboard {
         worker.await.expect("load worker panicked");
     }
     let elapsed = started.elapsed();
-    let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let tally = std::mem::replace(
+        &mut *shared.lock().unwrap_or_else(PoisonError::into_inner),
+        Tally::new(),
+    );
     Scoreboard {
-        keys: std::mem::take(&mut guard.0),
-        latency_us: guard.1.clone(),
+        keys: tally.keys,
+        statuses: tally.statuses,
+        unavailable_without_retry_after: tally.unavailable_without_retry_after,
+        forbidden_seen: tally.forbidden_seen,
+        latency_us: tally.latency,
         elapsed,
     }
 }
@@ -241,9 +372,53 @@ mod tests {
     fn board(scores: &[(&str, Score)]) -> Scoreboard {
         Scoreboard {
             keys: scores.iter().map(|(k, s)| ((*k).to_owned(), *s)).collect(),
+            statuses: BTreeMap::new(),
+            unavailable_without_retry_after: 0,
+            forbidden_seen: 0,
             latency_us: new_histogram(),
             elapsed: Duration::from_secs(1),
         }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn answers_are_scored_by_status_and_searched_for_the_forbidden_text() {
+        let mut tally = Tally::new();
+        tally.answered("a", &response(200, &[], "ok"), Some("s3cret"));
+        tally.answered(
+            "a",
+            &response(503, &[("retry-after", "1")], ""),
+            Some("s3cret"),
+        );
+        tally.answered("a", &response(503, &[], "no retry-after"), Some("s3cret"));
+        tally.answered(
+            "b",
+            &response(404, &[("x-leak", "s3cret")], ""),
+            Some("s3cret"),
+        );
+        tally.answered(
+            "b",
+            &response(201, &[], "has s3cret inside"),
+            Some("s3cret"),
+        );
+
+        let a = tally.keys["a"];
+        assert_eq!((a.acked, a.rejected, a.other), (1, 2, 0));
+        let b = tally.keys["b"];
+        assert_eq!((b.acked, b.rejected, b.other), (1, 0, 1));
+        assert_eq!(tally.unavailable_without_retry_after, 1);
+        assert_eq!(tally.forbidden_seen, 2);
+        assert_eq!(tally.statuses[&503], 2);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use redis::IntoConnectionInfo as _;
 
 use crate::error::{Error, Result};
+use crate::signal::send_signal;
 
 /// Environment variable naming the `redis-server` binary (default: `redis-server` on `PATH`).
 pub const REDIS_SERVER_ENV: &str = "TALLY_REDIS_SERVER";
@@ -340,32 +341,12 @@ impl RedisNode {
         let Some(pid) = self.pid() else {
             return Err(Error::Signal {
                 signal,
+                process: "redis-server",
                 pid: 0,
                 detail: "the node is not running".into(),
             });
         };
-        // `unsafe_code` is forbidden in the workspace, so no libc::kill; the `kill` command
-        // does the same job.
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| Error::Signal {
-                signal,
-                pid,
-                detail: e.to_string(),
-            })?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(Error::Signal {
-                signal,
-                pid,
-                detail: status.to_string(),
-            })
-        }
+        send_signal(pid, signal, "redis-server")
     }
 
     fn program(&self) -> String {

@@ -1,16 +1,15 @@
 //! Test harness: the real app on port 0 (in-process, [`spawn_app`]) or the real binary
 //! ([`ServerProcess`]), typed request helpers, and Redis inspection.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::process::ExitStatus;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tally_server::{Config, LogFormat, ShutdownReport, run, telemetry};
-use tally_testkit::{RedisCluster, RedisNode};
+use tally_testkit::{HttpConnection, RedisCluster, RedisNode};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -245,24 +244,17 @@ pub async fn send(client: &reqwest::Client, method: Method, url: &str) -> ApiRes
     }
 }
 
-/// A bare HTTP/1.1 client on one keep-alive connection, for load: it does little besides
-/// writing requests and reading `Content-Length` bodies, so in a debug build the server,
-/// not the client, is what the test spends its time on.
+/// A bare HTTP/1.1 client on one keep-alive connection, for load (the test kit's
+/// [`HttpConnection`]), asserting what every answer of this server must have.
 pub struct KeepAliveClient {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
-    host: String,
+    conn: HttpConnection,
 }
 
 impl KeepAliveClient {
     /// Connects to `address` (`host:port`).
     pub async fn connect(address: &str) -> Self {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
         Self {
-            stream: tokio::io::BufReader::new(stream),
-            host: address.to_owned(),
+            conn: HttpConnection::connect(address).await.expect("connect"),
         }
     }
 
@@ -270,44 +262,23 @@ impl KeepAliveClient {
     /// and body, after checking that `X-Process-Time` is there and the server keeps the
     /// connection open.
     pub async fn send(&mut self, method: &str, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
-            self.host
-        );
-        self.stream
-            .get_mut()
-            .write_all(request.as_bytes())
+        let response = self
+            .conn
+            .send(method, path)
             .await
-            .expect("write");
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.expect("status line");
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("status line {line:?}"));
-        let (mut length, mut process_time, mut close) = (None, false, false);
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).await.expect("header");
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').expect("a header");
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "x-process-time" => process_time = value.trim().parse::<f64>().is_ok(),
-                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        assert!(process_time, "no X-Process-Time on {method} {path}");
-        assert!(!close, "the server closed the keep-alive connection");
-        let mut body = vec![0; length.expect("Content-Length")];
-        self.stream.read_exact(&mut body).await.expect("body");
-        (status, String::from_utf8(body).expect("UTF-8 body"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(
+            response
+                .header("x-process-time")
+                .is_some_and(|v| v.parse::<f64>().is_ok()),
+            "no X-Process-Time on {method} {path}"
+        );
+        assert!(
+            self.conn.reusable(),
+            "the server closed the keep-alive connection"
+        );
+        let body = String::from_utf8(response.body).expect("UTF-8 body");
+        (response.status, body)
     }
 }
 
@@ -394,144 +365,51 @@ pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> b
     }
 }
 
-/// The real `tally-server` binary, run in an empty temporary directory (so no `.env` is
-/// read) with a cleared environment plus the given variables.
+/// The real `tally-server` binary as a child process (the test kit's
+/// [`tally_testkit::ServerProcess`]): an empty temporary directory (so no `.env` is read),
+/// a cleared environment plus the given variables, `PORT=0`.
 pub struct ServerProcess {
-    child: Child,
+    inner: tally_testkit::ServerProcess,
     /// The port from its `listening on` line.
     pub port: u16,
-    output: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
 }
 
-fn server_command(env: &[(&str, &str)], dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tally-server"));
-    command
-        .env_clear()
-        .current_dir(dir)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_tally-server");
 
 impl ServerProcess {
-    /// Starts the binary and waits (up to 20 s) for its `listening on` line.
+    /// Starts the binary and waits for its `listening on` line.
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut child = server_command(env, dir.path())
-            .spawn()
-            .expect("the binary starts");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            let port_tx = port_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if std::env::var_os("TEST_LOG").is_some() {
-                        println!("[server] {line}");
-                    }
-                    if let Some(port) = listening_port(&line) {
-                        let _ = port_tx.send(port);
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
+        let inner =
+            tally_testkit::ServerProcess::start(BINARY, env).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            port: inner.port(),
+            inner,
         }
-        let mut process = Self {
-            child,
-            port: 0,
-            output,
-            _dir: dir,
-        };
-        match port_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(port) => process.port = port,
-            Err(_) => panic!("no 'listening on' line; output:\n{}", process.output()),
-        }
-        process
     }
 
     /// `http://127.0.0.1:{port}`.
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.inner.base_url()
     }
 
-    /// Sends SIGTERM (with `kill`, since unsafe code is forbidden here).
+    /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        self.inner.terminate().expect("SIGTERM delivered");
     }
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader threads take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {timeout:?}; output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.wait(timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Everything it printed so far, stdout and stderr, one line each.
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        self.inner.output()
     }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The port in a `... listening on 127.0.0.1:PORT ...` log line.
-fn listening_port(line: &str) -> Option<u16> {
-    let rest = line.split("listening on ").nth(1)?;
-    let address: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '"')
-        .collect();
-    address.rsplit(':').next()?.parse().ok()
 }
 
 /// Runs the binary to completion (it must exit within 20 s): `(status, stdout, stderr)`.
 pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut child = server_command(env, dir.path())
-        .spawn()
-        .expect("the binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the binary did not exit with {env:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    tally_testkit::ServerProcess::run_to_exit(BINARY, env, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{env:?}: {e}"))
 }

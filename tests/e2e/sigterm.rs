@@ -1,0 +1,62 @@
+//! Scenario 5: SIGTERM to the server in the middle of a visit load. It stops accepting,
+//! finishes the requests in flight, writes every pending visit and exits 0 within
+//! `SHUTDOWN_TIMEOUT_SECONDS`; every visit it acknowledged is in Redis afterwards.
+
+use std::time::{Duration, Instant};
+
+use tally_testkit::{LoadSpec, run_load};
+
+use crate::support::{Rig, one_at_a_time, report};
+
+/// `SHUTDOWN_TIMEOUT_SECONDS` of the server.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_writes_every_acknowledged_visit_and_exits_0() {
+    let _serial = one_at_a_time().await;
+    let started = Instant::now();
+    let rig = Rig::start(3);
+    // A long interval: what the server holds at SIGTERM is written by the shutdown.
+    let mut server = rig.server(&[
+        ("BATCH_INTERVAL_SECONDS", "30"),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
+    ]);
+    let pages: Vec<String> = (0..1000).map(|i| format!("page-{i}")).collect();
+    let load = tokio::spawn(run_load(LoadSpec {
+        concurrency: 32,
+        requests: u64::MAX,
+        // Outlasts the server: the load goes on against a server that is stopping, then gone.
+        time_limit: Duration::from_secs(6),
+        // Short, so the run is not held up by requests the dying server never answers.
+        request_timeout: Duration::from_secs(3),
+        ..LoadSpec::visits(&server.base_url(), pages, 0)
+    }));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, took) = server.terminate(SHUTDOWN_TIMEOUT + Duration::from_secs(5));
+    let board = load.await.expect("load task");
+    let output = server.output();
+    let counted = rig.visits_counted(&board);
+    report("scenario 5: SIGTERM", &board, &counted, started.elapsed());
+    println!(
+        "[scenario 5: SIGTERM] {status} {took:.1?} after SIGTERM (SHUTDOWN_TIMEOUT_SECONDS {})",
+        SHUTDOWN_TIMEOUT.as_secs()
+    );
+
+    assert_eq!(status.code(), Some(0), "output:\n{output}");
+    assert!(took < SHUTDOWN_TIMEOUT, "shutdown took {took:?}");
+    assert!(output.contains("SIGTERM received"), "{output}");
+    assert!(
+        output.contains("shutdown complete: every pending visit was written"),
+        "{output}"
+    );
+    let totals = board.totals();
+    assert!(totals.acked > 0);
+    assert!(
+        totals.unsent > 0,
+        "the load outlasted the server (connections refused at the end): {board:?}"
+    );
+    assert_eq!(totals.other, 0, "{board:?}");
+    assert_eq!((counted.lost, counted.doubled), (0, 0));
+    counted.assert_exact(&board);
+}
