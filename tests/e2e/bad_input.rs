@@ -1,7 +1,7 @@
 //! Scenario 8: bad input through real HTTP, including requests no ordinary client sends.
 //! Every answer the app controls is a JSON 4xx naming what is wrong; the few that actix
 //! answers before the app sees the request (a request line or header block it cannot
-//! parse, or one too large) are asserted as they are and listed in `tests/GUARANTEES.md`.
+//! parse, or one too large) are asserted as they are and listed in the README's "Guarantees and failure modes".
 //! The server is alive afterwards and has counted exactly the valid visits.
 
 use std::time::{Duration, Instant};
@@ -290,7 +290,7 @@ fn check(case: &Case, response: &HttpResponse) -> Result<(), String> {
         Expect::Actix(_) => {
             if is_json || response.header("x-process-time").is_some() {
                 return Err(format!(
-                    "the app answered (good, but update the table and GUARANTEES.md): {}",
+                    "the app answered (good, but update the table and the README guarantees): {}",
                     short(&response.text())
                 ));
             }

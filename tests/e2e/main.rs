@@ -1,6 +1,6 @@
 //! End-to-end fault suite: the real server binary (`tally-e2e-server`, the code of
 //! `tally-server`) over real `redis-server` nodes, under the faults production brings.
-//! Each module is one scenario of `tests/GUARANTEES.md`; each test prints its figures
+//! Each module is one scenario of the README's "Guarantees and failure modes"; each test prints its figures
 //! (acknowledged, counted, 503s, unknown) at the end, visible with `--nocapture`.
 //!
 //! Scenarios run one at a time (see `support::one_at_a_time`). Tests whose name starts

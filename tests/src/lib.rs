@@ -7,7 +7,7 @@
 //! from its append-only file, replies lost by a proxy, SIGTERM to the server, two servers
 //! on the same nodes, overload, bad input, a flood of distinct URLs, and passwords.
 //!
-//! `tests/GUARANTEES.md` says what tally promises, which test proves each promise, and what
+//! the README's "Guarantees and failure modes" says what tally promises, which test proves each promise, and what
 //! it does not promise.
 //!
 //! ```text
