@@ -1,0 +1,111 @@
+//! The counter's hot path: `increment` on a key already pending, against a plain
+//! `Mutex<HashMap<String, u64>>` doing the same job, in one run.
+//!
+//! The flusher is configured not to fire during a sample (an hour's interval, a size limit
+//! above the key count), so this measures the increment itself: stripe lock, map update, no
+//! allocation. Flush costs are the store's and are measured by the `redis` bench.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tally_counter::{Counter, CounterConfig, MemoryStore};
+
+const KEYS: usize = 10_000;
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("page{i}")).collect()
+}
+
+/// What is being incremented: the same loop drives both implementations.
+trait Target: Sync {
+    fn add(&self, key: &str);
+}
+
+impl Target for Counter<MemoryStore> {
+    fn add(&self, key: &str) {
+        self.increment(key, 1)
+            .expect("the bound is far above the key count");
+    }
+}
+
+struct MutexMap(Mutex<HashMap<String, u64>>);
+
+impl Target for MutexMap {
+    fn add(&self, key: &str) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get_mut(key) {
+            Some(v) => *v += 1,
+            None => {
+                map.insert(key.to_owned(), 1);
+            }
+        }
+    }
+}
+
+/// Runs `iters` increments on each of `threads` threads at once; returns the wall time.
+fn run(target: &dyn Target, keys: &[String], threads: usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                // Threads walk the keys from different offsets, as independent requests do.
+                let mut i = t * KEYS / threads.max(1);
+                for _ in 0..iters {
+                    target.add(black_box(&keys[i]));
+                    i = if i + 1 == KEYS { 0 } else { i + 1 };
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn increment(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _guard = runtime.enter();
+    let config = CounterConfig {
+        batch_interval: Duration::from_secs(3600),
+        batch_size_limit: KEYS * 10,
+        max_pending_keys: KEYS * 10,
+        ..CounterConfig::default()
+    };
+    let counter = Counter::new(MemoryStore::new(), config).expect("valid config");
+    let map = MutexMap(Mutex::new(HashMap::new()));
+    let keys = keys();
+    // Warm both so every measured increment hits a pending key.
+    for key in &keys {
+        counter.add(key);
+        map.add(key);
+    }
+
+    let mut group = c.benchmark_group("increment");
+    for threads in [1usize, 2] {
+        let label = if threads == 1 {
+            "1-thread".to_owned()
+        } else {
+            format!("{threads}-threads")
+        };
+        group.throughput(Throughput::Elements(threads as u64));
+        let targets: [(&str, &dyn Target); 2] =
+            [("tally-counter", &counter), ("mutex-hashmap", &map)];
+        for (name, target) in targets {
+            group.bench_function(BenchmarkId::new(name, &label), |b| {
+                b.iter_custom(|iters| run(target, &keys, threads, iters));
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, increment);
+criterion_main!(benches);

@@ -1,0 +1,290 @@
+//! The servers under test, each started on the server runtime on a free loopback port:
+//! the actix-web floor, the naive one-`INCR`-per-visit handlers, and tally-server itself.
+//!
+//! Every target is an actix-web `HttpServer` with the settings tally-server uses (default
+//! worker count, signals off), spawned the way tally-server spawns it, so the only
+//! difference between targets is what the handlers do.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use deadpool_redis::redis;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Connections per Redis node of the naive pool: tally-server's `REDIS_POOL_SIZE` default.
+const NAIVE_POOL_SIZE: usize = 16;
+
+/// Longest a server gets to stop (drain, and for tally flush) before the harness gives up.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What runs behind the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A bare actix-web handler answering a small JSON: the ceiling for any handler.
+    Floor,
+    /// One `INCR` per visit through a deadpool-redis pool per node.
+    Naive,
+    /// One `INCR` per visit on one shared multiplexed connection per node (no pool).
+    NaiveMux,
+    /// tally-server on its embedded in-process store.
+    TallyEmbedded,
+    /// tally-server on the three Redis nodes.
+    TallyRedis,
+}
+
+impl Kind {
+    /// Every target, in the order they run.
+    pub const ALL: [Kind; 5] = [
+        Kind::Floor,
+        Kind::Naive,
+        Kind::NaiveMux,
+        Kind::TallyEmbedded,
+        Kind::TallyRedis,
+    ];
+
+    /// The name used on the command line and in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor",
+            Kind::Naive => "naive",
+            Kind::NaiveMux => "naive-mux",
+            Kind::TallyEmbedded => "tally-embedded",
+            Kind::TallyRedis => "tally-redis",
+        }
+    }
+
+    /// Whether the target talks to the Redis nodes.
+    pub fn uses_redis(self) -> bool {
+        matches!(self, Kind::Naive | Kind::NaiveMux | Kind::TallyRedis)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A started server: its address and how to stop it.
+pub struct Running {
+    /// Where it listens (127.0.0.1, a free port).
+    pub address: SocketAddr,
+    stop: Stop,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Stop {
+    Actix {
+        handle: ServerHandle,
+        task: JoinHandle<std::io::Result<()>>,
+    },
+    Tally {
+        signal: oneshot::Sender<()>,
+        task: JoinHandle<anyhow::Result<tally_server::ShutdownReport>>,
+    },
+}
+
+/// Starts `kind`; `redis_urls` are the nodes (`redis://127.0.0.1:PORT`); `metrics` is
+/// tally-server's `ENABLE_METRICS`. Call inside the server runtime: the server's tasks are
+/// spawned on it.
+pub async fn start(kind: Kind, redis_urls: &[String], metrics: bool) -> anyhow::Result<Running> {
+    match kind {
+        Kind::Floor => start_actix(None),
+        Kind::Naive => {
+            let pools = redis_urls
+                .iter()
+                .map(|url| {
+                    deadpool_redis::Config::from_url(url.as_str())
+                        .builder()
+                        .context("naive pool config")?
+                        .max_size(NAIVE_POOL_SIZE)
+                        .runtime(deadpool_redis::Runtime::Tokio1)
+                        .build()
+                        .context("naive pool")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            start_actix(Some(Naive::Pooled(pools)))
+        }
+        Kind::NaiveMux => {
+            let mut conns = Vec::with_capacity(redis_urls.len());
+            for url in redis_urls {
+                let client = redis::Client::open(url.as_str()).context("naive node url")?;
+                conns.push(
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .with_context(|| format!("cannot connect to {url}"))?,
+                );
+            }
+            start_actix(Some(Naive::Multiplexed(conns)))
+        }
+        Kind::TallyEmbedded => start_tally(None, metrics).await,
+        Kind::TallyRedis => start_tally(Some(redis_urls.join(",")), metrics).await,
+    }
+}
+
+impl Running {
+    /// Stops the server (tally also flushes its pending counts), within [`STOP_TIMEOUT`].
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let stopped = async {
+            match self.stop {
+                Stop::Actix { handle, task } => {
+                    handle.stop(true).await;
+                    task.await?.context("the server failed")
+                }
+                Stop::Tally { signal, task } => {
+                    let _ = signal.send(());
+                    let report = task.await??;
+                    anyhow::ensure!(
+                        report.keys_unwritten == 0,
+                        "tally-server could not write {} pages at shutdown",
+                        report.keys_unwritten
+                    );
+                    Ok(())
+                }
+            }
+        };
+        tokio::time::timeout(STOP_TIMEOUT, stopped)
+            .await
+            .context("the server did not stop within 30 s")?
+    }
+}
+
+async fn start_tally(redis_nodes: Option<String>, metrics: bool) -> anyhow::Result<Running> {
+    // Defaults for everything else, as `cargo run -p tally-server` with only these set.
+    let mut vars = vec![
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", "0".to_owned()),
+        ("ENABLE_METRICS", metrics.to_string()),
+    ];
+    if let Some(nodes) = redis_nodes {
+        vars.push(("REDIS_NODES", nodes));
+    }
+    let config = tally_server::Config::from_vars(vars).context("tally-server config")?;
+    let app = tally_server::run(config)
+        .await
+        .context("cannot start tally-server")?;
+    let address = app.address();
+    let (signal, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        address,
+        stop: Stop::Tally { signal, task },
+    })
+}
+
+/// The naive handlers' connections to the nodes.
+#[derive(Clone)]
+enum Naive {
+    /// What the deadpool-redis docs show: a pool per node, a connection checked out per
+    /// command (deadpool pings it on checkout).
+    Pooled(Vec<deadpool_redis::Pool>),
+    /// A multiplexed connection per node, shared by every request.
+    Multiplexed(Vec<redis::aio::MultiplexedConnection>),
+}
+
+impl Naive {
+    async fn incr(&self, page_id: &str) -> anyhow::Result<u64> {
+        let key = format!("naive:v:{page_id}");
+        let mut command = redis::cmd("INCR");
+        command.arg(&key);
+        // Routing: xxh3 of the page id modulo the node count (a simple hash, not the ring).
+        let hash = xxh3_64(page_id.as_bytes());
+        match self {
+            Naive::Pooled(pools) => {
+                let pool = &pools[(hash % pools.len() as u64) as usize];
+                let mut conn = pool.get().await?;
+                Ok(command.query_async(&mut *conn).await?)
+            }
+            Naive::Multiplexed(conns) => {
+                let mut conn = conns[(hash % conns.len() as u64) as usize].clone();
+                Ok(command.query_async(&mut conn).await?)
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Echo<'a> {
+    status: &'static str,
+    path: &'a str,
+}
+
+/// The floor: answers every route with a small JSON, nothing else.
+async fn floor(req: HttpRequest) -> HttpResponse {
+    HttpResponse::Ok().json(Echo {
+        status: "success",
+        path: req.path(),
+    })
+}
+
+#[derive(Serialize)]
+struct Counted<'a> {
+    status: &'static str,
+    page_id: &'a str,
+    visits: u64,
+}
+
+/// The naive visit: one `INCR` on the page's node, awaited before answering.
+async fn naive_visit(naive: web::Data<Naive>, page_id: web::Path<String>) -> HttpResponse {
+    match naive.incr(&page_id).await {
+        Ok(visits) => HttpResponse::Ok().json(Counted {
+            status: "success",
+            page_id: &page_id,
+            visits,
+        }),
+        Err(e) => HttpResponse::ServiceUnavailable().json(Echo {
+            status: "error",
+            path: &e.to_string(),
+        }),
+    }
+}
+
+/// An actix-web server on a free loopback port: the floor's routes, or with `naive` the
+/// visit route counting through Redis.
+fn start_actix(naive: Option<Naive>) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        let app = actix_web::App::new();
+        match &naive {
+            Some(naive) => app.app_data(web::Data::new(naive.clone())).route(
+                "/api/v1/counter/visit/{page_id}",
+                web::post().to(naive_visit),
+            ),
+            None => app
+                .route("/api/v1/counter/visit/{page_id}", web::post().to(floor))
+                .route("/api/v1/counter/visits/{page_id}", web::get().to(floor))
+                .route("/api/{tail:.*}", web::get().to(floor))
+                .route("/health", web::get().to(floor)),
+        }
+    })
+    // As tally-server: the harness owns signals.
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .context("cannot start the HTTP server")?
+    .run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    Ok(Running {
+        address,
+        stop: Stop::Actix { handle, task },
+    })
+}
