@@ -413,3 +413,32 @@ pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     tally_testkit::ServerProcess::run_to_exit(BINARY, env, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{env:?}: {e}"))
 }
+
+/// POSTs `visits` visits, round robin over the pages `{page_prefix}0..{pages}` under
+/// `{api_prefix}/counter/visit/`, from `clients` concurrent keep-alive connections to
+/// `address` (`host:port`), asserting that every answer is 200. The connections are closed
+/// when this returns (an idle one would only slow a server's drain).
+pub async fn post_visits_concurrently(
+    address: &str,
+    api_prefix: &str,
+    page_prefix: &str,
+    (visits, clients, pages): (usize, usize, usize),
+) {
+    let tasks = (0..clients).map(|client| {
+        let paths: Vec<String> = (client..visits)
+            .step_by(clients)
+            .map(|i| format!("{api_prefix}/counter/visit/{page_prefix}{}", i % pages))
+            .collect();
+        let address = address.to_owned();
+        tokio::spawn(async move {
+            let mut http = KeepAliveClient::connect(&address).await;
+            for path in paths {
+                let (status, body) = http.send("POST", &path).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.expect("client task");
+    }
+}

@@ -2,7 +2,9 @@
 
 use tally_testkit::RedisCluster;
 
-use crate::helpers::{KeepAliveClient, owner, redis_config, spawn_app_with, stored, stored_total};
+use crate::helpers::{
+    owner, post_visits_concurrently, redis_config, spawn_app_with, stored, stored_total,
+};
 
 const VISITS: usize = 50_000;
 const CLIENTS: usize = 64;
@@ -14,25 +16,7 @@ async fn fifty_thousand_concurrent_visits_are_counted_exactly() {
     // Short batches, so batches are written while visits keep arriving.
     let app = spawn_app_with(redis_config(&cluster, &[("BATCH_INTERVAL_SECONDS", "0.1")])).await;
     let address = app.address.trim_start_matches("http://").to_owned();
-    let prefix = app.prefix.clone();
-
-    let clients = (0..CLIENTS).map(|client| {
-        let paths: Vec<String> = (client..VISITS)
-            .step_by(CLIENTS)
-            .map(|i| format!("{prefix}/counter/visit/load{}", i % PAGES))
-            .collect();
-        let address = address.clone();
-        tokio::spawn(async move {
-            let mut http = KeepAliveClient::connect(&address).await;
-            for path in paths {
-                let (status, body) = http.send("POST", &path).await;
-                assert_eq!(status, 200, "{body}");
-            }
-        })
-    });
-    for client in futures::future::join_all(clients).await {
-        client.expect("client task");
-    }
+    post_visits_concurrently(&address, &app.prefix, "load", (VISITS, CLIENTS, PAGES)).await;
 
     for page in 0..PAGES {
         let (visits, _, _) = app.count(&format!("load{page}")).await;

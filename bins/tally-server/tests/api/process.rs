@@ -7,7 +7,7 @@ use reqwest::Method;
 use tally_testkit::{RedisCluster, RedisNode, free_port};
 
 use crate::helpers::{
-    KeepAliveClient, ServerProcess, owner, page_owned_by_name, run_to_exit, send, stored,
+    ServerProcess, owner, page_owned_by_name, post_visits_concurrently, run_to_exit, send, stored,
     stored_total,
 };
 
@@ -24,24 +24,7 @@ async fn sigterm_flushes_every_acknowledged_visit_and_exits_0() {
     ]);
     let address = format!("127.0.0.1:{}", server.port);
 
-    let clients = (0..CLIENTS).map(|client| {
-        let paths: Vec<String> = (client..VISITS)
-            .step_by(CLIENTS)
-            .map(|i| format!("/api/v1/counter/visit/term{}", i % PAGES))
-            .collect();
-        let address = address.clone();
-        tokio::spawn(async move {
-            let mut http = KeepAliveClient::connect(&address).await;
-            for path in paths {
-                let (status, body) = http.send("POST", &path).await;
-                assert_eq!(status, 200, "{body}");
-            }
-            // Dropped here: an idle keep-alive connection would only slow the drain.
-        })
-    });
-    for client in futures::future::join_all(clients).await {
-        client.expect("client task");
-    }
+    post_visits_concurrently(&address, "/api/v1", "term", (VISITS, CLIENTS, PAGES)).await;
     // With a 60 s interval nothing is written yet: the flush below is the shutdown's.
     assert_eq!(stored_total(&cluster), 0);
 
