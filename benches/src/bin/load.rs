@@ -23,8 +23,18 @@
 //! default 1), all in this process; redis-server nodes are child processes. The client is
 //! the harness's own (see `src/load/client.rs` for why not reqwest), and its CPU use is shown.
 //!
+//! Side measurements per phase: Redis commands from `INFO commandstats` before and after,
+//! summed over the nodes (commands run inside tally's Lua script count, as Redis counts
+//! them); CPU time of the client threads, the server threads, the redis-servers, softirq
+//! (loopback networking, charged to no process) and everything else on the machine. A
+//! busy neighbour skews every figure on a 2-core machine, so in a full run each scenario
+//! first waits (up to `--quiet-wait`) for other processes to go quiet, is run again (up
+//! to `--retries`) when they used over a quarter of a core during it, and the `other` CPU
+//! column shows how quiet the attempt reported stayed.
+//!
 //! Everything is bounded: phases by time, the whole run by a watchdog; Ctrl-C, SIGTERM and
-//! the watchdog kill the redis-server children before exiting.
+//! the watchdog kill the redis-server children before exiting. Exit code 1 when a phase got
+//! no 2xx answer at all (the CI check); targets missed are reported, not failed.
 
 #[path = "../load/client.rs"]
 mod client;
@@ -49,9 +59,10 @@ const USAGE: &str = "\
 usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
-            [--timeline]
+            [--retries N] [--timeline]
 
-  --quick            1 s warm-up and 2 s phases (CI: keeps the harness working)
+  --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
+                     working; the figures are printed, not checked)
   --duration SECS    length of each measured phase (default 10)
   --warmup SECS      warm-up before each scenario's first phase (default 2)
   --connections N    keep-alive connections (default 64)
@@ -66,6 +77,9 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --server-metrics on|off  tally-server's Prometheus recorder (ENABLE_METRICS, default on)
   --quiet-wait SECS  before each scenario, wait up to SECS for other processes to use
                      under 10% of a core (default 30; 0 with --quick; 0 = do not wait)
+  --retries N        run a scenario again, up to N times, when other processes used over
+                     25% of a core during it; the quietest attempt is reported
+                     (default 2; 0 with --quick)
   --timeline         print on stderr, per phase, the 100 ms windows whose slowest answer
                      took over 5 ms (where a latency tail comes from)";
 
@@ -75,6 +89,9 @@ const HOT_PAGES: u64 = 100;
 const COLD_PAGES: u64 = 1_000_000;
 /// The paced phase offers this fraction of the closed-loop rate.
 const PACED_FRACTION: f64 = 0.5;
+/// A scenario during which other processes used more than this (% of one core) is run
+/// again, up to `--retries` times; the quietest attempt is reported.
+const NOISY: f64 = 25.0;
 /// Time requests still in flight at a phase's end get to finish.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -95,11 +112,15 @@ struct Options {
     server_metrics: bool,
     timeline: bool,
     quiet_wait: Duration,
+    /// Length of the paced phase: `duration`, but 1 s with `--quick`.
+    paced: Duration,
+    retries: u32,
 }
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
-        let (mut quick, mut duration, mut warmup, mut quiet_wait) = (false, None, None, None);
+        let (mut quick, mut duration, mut warmup, mut quiet_wait, mut retries) =
+            (false, None, None, None, None);
         let mut options = Options {
             quick: false,
             duration: Duration::from_secs(10),
@@ -113,6 +134,8 @@ impl Options {
             server_metrics: true,
             timeline: false,
             quiet_wait: Duration::from_secs(30),
+            paced: Duration::ZERO,
+            retries: 2,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -144,6 +167,15 @@ impl Options {
                 "--markdown" => options.markdown = Some(value("--markdown")?.into()),
                 "--compare-clients" => options.compare_clients = true,
                 "--timeline" => options.timeline = true,
+                "--retries" => {
+                    let n = value("--retries")?;
+                    retries = Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|n| *n <= 10)
+                            .ok_or(format!("--retries {n:?}: expected 0 to 10"))?,
+                    );
+                }
                 "--quiet-wait" => {
                     let secs = value("--quiet-wait")?;
                     quiet_wait = Some(if secs == "0" {
@@ -168,8 +200,15 @@ impl Options {
             options.duration = Duration::from_secs(2);
             options.warmup = Duration::from_secs(1);
             options.quiet_wait = Duration::ZERO;
+            options.retries = 0;
         }
+        options.retries = retries.unwrap_or(options.retries);
         options.quiet_wait = quiet_wait.unwrap_or(options.quiet_wait);
+        options.paced = if quick && duration.is_none() {
+            Duration::from_secs(1)
+        } else {
+            options.duration
+        };
         options.duration = duration.unwrap_or(options.duration);
         options.warmup = warmup.unwrap_or(options.warmup);
         Ok(options)
@@ -177,9 +216,13 @@ impl Options {
 
     /// Longest the whole run can rightly take; the watchdog stops it past twice this.
     fn budget(&self, scenarios: usize) -> Duration {
-        let per_scenario =
-            self.warmup + self.duration * 2 + GRACE * 3 + self.quiet_wait + Duration::from_secs(45);
-        per_scenario * scenarios as u32 + Duration::from_secs(30)
+        let per_scenario = self.warmup
+            + self.duration
+            + self.paced
+            + GRACE * 3
+            + self.quiet_wait
+            + Duration::from_secs(45);
+        per_scenario * scenarios as u32 * (self.retries + 1) + Duration::from_secs(30)
     }
 }
 
@@ -313,6 +356,14 @@ struct Row {
     paced: Option<Measured>,
 }
 
+impl Row {
+    /// CPU other processes used during the scenario's phases (% of a core, the worse).
+    fn noise(&self) -> f64 {
+        let paced = self.paced.as_ref().map_or(0.0, |m| m.cpu.other);
+        self.max.cpu.other.max(paced)
+    }
+}
+
 fn main() -> ExitCode {
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
@@ -382,23 +433,42 @@ fn run(options: &Options) -> anyhow::Result<bool> {
     eprintln!(
         "load: {} scenarios, ~{} s; server logs in {}",
         plan.len(),
-        (options.warmup + options.duration * 2).as_secs_f64().ceil() as u64 * plan.len() as u64,
+        (options.warmup + options.duration + options.paced)
+            .as_secs_f64()
+            .ceil() as u64
+            * plan.len() as u64,
         log_path.display()
     );
     let mut rows = Vec::with_capacity(plan.len());
     let mut all_answered = true;
     for (kind, load) in plan {
-        let row = run_scenario(
-            options,
-            kind,
-            load,
-            &server_rt,
-            &client_rt,
-            cluster.as_ref(),
-            &redis_urls,
-            &redis_pids,
-        )
-        .with_context(|| format!("{kind} / {}", load.name()))?;
+        let mut best: Option<Row> = None;
+        for attempt in 0..=options.retries {
+            let row = run_scenario(
+                options,
+                kind,
+                load,
+                &server_rt,
+                &client_rt,
+                cluster.as_ref(),
+                &redis_urls,
+                &redis_pids,
+            )
+            .with_context(|| format!("{kind} / {}", load.name()))?;
+            let noise = row.noise();
+            if best.as_ref().is_none_or(|b| noise < b.noise()) {
+                best = Some(row);
+            }
+            if noise <= NOISY {
+                break;
+            }
+            if attempt < options.retries {
+                eprintln!(
+                    "load: other processes used {noise:.0}% of a core during that scenario; running it again"
+                );
+            }
+        }
+        let row = best.expect("at least one attempt");
         all_answered &= row.max.outcome.ok > 0;
         rows.push(row);
     }
@@ -483,7 +553,7 @@ fn run_scenario(
         let phase = Phase {
             workload: workload.clone(),
             pace: Pace::Rate(rate),
-            duration: options.duration,
+            duration: options.paced,
             grace: GRACE,
         };
         let (_, mut measured) = measured_phase(client_rt, conns, &phase, cluster, redis_pids)?;
@@ -691,7 +761,7 @@ fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration)
         "- {profile} build; per scenario a fresh server, {} s warm-up, {} s closed loop, {} s paced at {:.0}% of the closed-loop rate; {} keep-alive connections; client on {} tokio thread(s); servers on actix-web's default workers plus a {cpus}-thread tokio runtime, in the same process",
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64(),
-        options.duration.as_secs_f64(),
+        options.paced.as_secs_f64(),
         PACED_FRACTION * 100.0,
         options.connections,
         options.client_threads,

@@ -9,7 +9,10 @@
 //! which it needs for exactness checks and we do not. Here a request is formatted into a
 //! reused buffer and written with one `write`; a response is read into a reused buffer and
 //! parsed in place (status line, `Content-Length`, `Connection`), with no allocation per
-//! request. The client's own CPU use is measured and printed beside every figure.
+//! request. The client's own CPU use is measured and printed beside every figure, and
+//! `load --compare-clients` drives the floor with both: on the 2-core machine of issue 9
+//! reqwest spent about 41 µs of client CPU per request against 10 µs here, and the floor
+//! then reached a third of the rate it reaches with this client.
 //!
 //! Two ways to drive the connections:
 //! - closed loop ([`Pace::Max`]): each connection sends its next request as soon as the
