@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
 //!   running as root), then runs the whole test suite.
-//! - `cargo xtask ci`: formatting, clippy, cargo-deny, the compose file's validity, then the
-//!   same tests. `.ci/run` calls it.
+//! - `cargo xtask ci`: formatting, clippy, cargo-deny, the compose file's validity, the
+//!   same tests, then one `--quick` run of the load harness. `.ci/run` calls it.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
 
 use std::process::{Command, ExitCode};
