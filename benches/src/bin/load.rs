@@ -59,7 +59,7 @@ const USAGE: &str = "\
 usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
-            [--retries N] [--timeline]
+            [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
                      working; the figures are printed, not checked)
@@ -80,6 +80,10 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --retries N        run a scenario again, up to N times, when other processes used over
                      25% of a core during it; the quietest attempt is reported
                      (default 2; 0 with --quick)
+  --rounds N         run every scenario N times, targets interleaved, and report per
+                     scenario the round with the median closed-loop rate (default 1)
+  --paced-fraction F the paced phase's rate as a fraction of the closed-loop rate
+                     (default 0.5, the issue's p99 target)
   --timeline         print on stderr, per phase, the 100 ms windows whose slowest answer
                      took over 5 ms (where a latency tail comes from)";
 
@@ -87,7 +91,8 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
 const HOT_PAGES: u64 = 100;
 /// Pages of the cold set.
 const COLD_PAGES: u64 = 1_000_000;
-/// The paced phase offers this fraction of the closed-loop rate.
+/// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
+/// the maximum rate), unless `--paced-fraction` says otherwise.
 const PACED_FRACTION: f64 = 0.5;
 /// A scenario during which other processes used more than this (% of one core) is run
 /// again, up to `--retries` times; the quietest attempt is reported.
@@ -115,6 +120,8 @@ struct Options {
     /// Length of the paced phase: `duration`, but 1 s with `--quick`.
     paced: Duration,
     retries: u32,
+    paced_fraction: f64,
+    rounds: usize,
 }
 
 impl Options {
@@ -136,6 +143,8 @@ impl Options {
             quiet_wait: Duration::from_secs(30),
             paced: Duration::ZERO,
             retries: 2,
+            paced_fraction: PACED_FRACTION,
+            rounds: 1,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -167,6 +176,17 @@ impl Options {
                 "--markdown" => options.markdown = Some(value("--markdown")?.into()),
                 "--compare-clients" => options.compare_clients = true,
                 "--timeline" => options.timeline = true,
+                "--rounds" => options.rounds = count("--rounds", &value("--rounds")?)?,
+                "--paced-fraction" => {
+                    let f = value("--paced-fraction")?;
+                    options.paced_fraction = f
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| *f > 0.0 && *f <= 1.0)
+                        .ok_or(format!(
+                            "--paced-fraction {f:?}: expected above 0, at most 1"
+                        ))?;
+                }
                 "--retries" => {
                     let n = value("--retries")?;
                     retries = Some(
@@ -222,7 +242,8 @@ impl Options {
             + GRACE * 3
             + self.quiet_wait
             + Duration::from_secs(45);
-        per_scenario * scenarios as u32 * (self.retries + 1) + Duration::from_secs(30)
+        per_scenario * scenarios as u32 * (self.retries + 1) * self.rounds as u32
+            + Duration::from_secs(30)
     }
 }
 
@@ -436,42 +457,66 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         (options.warmup + options.duration + options.paced)
             .as_secs_f64()
             .ceil() as u64
-            * plan.len() as u64,
+            * plan.len() as u64
+            * options.rounds as u64,
         log_path.display()
     );
-    let mut rows = Vec::with_capacity(plan.len());
+    // Round r holds every scenario's r-th measurement; rounds interleave the targets so a
+    // slow minute of the machine does not land on one target only.
+    let mut rounds: Vec<Vec<Row>> = Vec::with_capacity(options.rounds);
     let mut all_answered = true;
-    for (kind, load) in plan {
-        let mut best: Option<Row> = None;
-        for attempt in 0..=options.retries {
-            let row = run_scenario(
-                options,
-                kind,
-                load,
-                &server_rt,
-                &client_rt,
-                cluster.as_ref(),
-                &redis_urls,
-                &redis_pids,
-            )
-            .with_context(|| format!("{kind} / {}", load.name()))?;
-            let noise = row.noise();
-            if best.as_ref().is_none_or(|b| noise < b.noise()) {
-                best = Some(row);
-            }
-            if noise <= NOISY {
-                break;
-            }
-            if attempt < options.retries {
-                eprintln!(
-                    "load: other processes used {noise:.0}% of a core during that scenario; running it again"
-                );
-            }
+    for round in 0..options.rounds {
+        if options.rounds > 1 {
+            eprintln!("load: round {} of {}", round + 1, options.rounds);
         }
-        let row = best.expect("at least one attempt");
-        all_answered &= row.max.outcome.ok > 0;
-        rows.push(row);
+        let mut rows = Vec::with_capacity(plan.len());
+        for &(kind, load) in &plan {
+            let mut best: Option<Row> = None;
+            for attempt in 0..=options.retries {
+                let row = run_scenario(
+                    options,
+                    kind,
+                    load,
+                    &server_rt,
+                    &client_rt,
+                    cluster.as_ref(),
+                    &redis_urls,
+                    &redis_pids,
+                )
+                .with_context(|| format!("{kind} / {}", load.name()))?;
+                let noise = row.noise();
+                if best.as_ref().is_none_or(|b| noise < b.noise()) {
+                    best = Some(row);
+                }
+                if noise <= NOISY {
+                    break;
+                }
+                if attempt < options.retries {
+                    eprintln!(
+                        "load: other processes used {noise:.0}% of a core during that scenario; running it again"
+                    );
+                }
+            }
+            let row = best.expect("at least one attempt");
+            all_answered &= row.max.outcome.ok > 0;
+            rows.push(row);
+        }
+        rounds.push(rows);
     }
+    // Per scenario, the round with the median closed-loop rate (the whole row of that
+    // round, so its figures stay consistent with each other).
+    let rows: Vec<Row> = (0..plan.len())
+        .map(|i| {
+            let mut runs: Vec<&Row> = rounds.iter().map(|round| &round[i]).collect();
+            runs.sort_by(|a, b| {
+                a.max
+                    .outcome
+                    .throughput()
+                    .total_cmp(&b.max.outcome.throughput())
+            });
+            runs[runs.len() / 2].clone()
+        })
+        .collect();
     let comparison = if options.compare_clients {
         Some(compare_clients(options, &server_rt, &client_rt)?)
     } else {
@@ -549,7 +594,7 @@ fn run_scenario(
     }
     let mut paced = None;
     if max.outcome.ok > 0 {
-        let rate = max.outcome.throughput() * PACED_FRACTION;
+        let rate = max.outcome.throughput() * options.paced_fraction;
         let phase = Phase {
             workload: workload.clone(),
             pace: Pace::Rate(rate),
@@ -762,10 +807,17 @@ fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration)
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64(),
         options.paced.as_secs_f64(),
-        PACED_FRACTION * 100.0,
+        options.paced_fraction * 100.0,
         options.connections,
         options.client_threads,
     );
+    if options.rounds > 1 {
+        let _ = writeln!(
+            out,
+            "- {} rounds, targets interleaved; each row is the round with the median closed-loop rate for that scenario",
+            options.rounds
+        );
+    }
     let _ = writeln!(
         out,
         "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s), its log subscriber at `info` writing to a file {}, Prometheus recorder {}",
@@ -829,7 +881,7 @@ fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration)
     let _ = writeln!(
         out,
         "\n### Paced at {:.0}% of the maximum (open loop)\n",
-        PACED_FRACTION * 100.0
+        options.paced_fraction * 100.0
     );
     let _ = writeln!(
         out,
@@ -859,8 +911,17 @@ fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration)
     let _ = writeln!(out, "| figure | value | target | met |");
     let _ = writeln!(out, "|---|--:|--:|:-:|");
     let mut check = |figure: String, value: Option<f64>, target: &str, met: fn(f64) -> bool| {
+        // Figures given for reference have no target to meet.
+        let reference = target.starts_with('(');
         let (value, verdict) = match value {
-            Some(v) if v.is_finite() => (format!("{v:.2}"), if met(v) { "yes" } else { "**no**" }),
+            Some(v) if v.is_finite() => (
+                format!("{v:.2}"),
+                match (reference, met(v)) {
+                    (true, _) => "",
+                    (false, true) => "yes",
+                    (false, false) => "**no**",
+                },
+            ),
             _ => ("n/a".to_owned(), "n/a"),
         };
         let _ = writeln!(out, "| {figure} | {value} | {target} | {verdict} |");
@@ -921,15 +982,23 @@ fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration)
         "<= 2",
         |v| v <= 2.0,
     );
+    let percent = options.paced_fraction * 100.0;
     for row in rows {
-        if !matches!(row.kind, Kind::TallyEmbedded | Kind::TallyRedis) {
-            continue;
-        }
+        let (target, met): (&str, fn(f64) -> bool) = match row.kind {
+            Kind::TallyEmbedded | Kind::TallyRedis => ("<= 2", |v| v <= 2.0),
+            // The same figure for the floor: what the machine allows any handler.
+            Kind::Floor => ("(reference)", |_| true),
+            _ => continue,
+        };
         check(
-            format!("{} {}: p99 ms at 50% of max", row.kind, row.load.name()),
+            format!(
+                "{} {}: p99 ms at {percent:.0}% of its max",
+                row.kind,
+                row.load.name()
+            ),
             row.paced.as_ref().map(|m| m.outcome.latency_ms(0.99)),
-            "<= 2",
-            |v| v <= 2.0,
+            target,
+            met,
         );
     }
     out
