@@ -367,22 +367,34 @@ impl<S: Store> Counter<S> {
     /// # Errors
     /// [`Error::Store`] when the key is not cached and its shard does not answer.
     pub async fn get(&self, key: &str) -> Result<Count> {
+        if let Some(count) = self.get_cached(key) {
+            return Ok(count);
+        }
         let inner = &*self.inner;
         let shard = inner.shard_of(key);
-        if let Some(value) = inner.cached_count(shard, key) {
-            inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            inner.metrics.cache_hits.increment(1);
-            return Ok(Count {
-                value,
-                served_via: ServedVia::Cache,
-            });
-        }
         inner.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         inner.metrics.cache_misses.increment(1);
         let value = inner.read_through(shard, key).await?;
         Ok(Count {
             value,
             served_via: ServedVia::Store(shard),
+        })
+    }
+
+    /// The count of `key` when its stored value is cached, without awaiting anything:
+    /// what [`Counter::get`] answers on a cache hit (counted as a hit), or `None` on a miss
+    /// (not counted; [`Counter::get`] then reads the store and counts the miss).
+    ///
+    /// For callers on a thread that should not wait for the store: answer from here, and
+    /// hand only the misses to wherever store calls run.
+    pub fn get_cached(&self, key: &str) -> Option<Count> {
+        let inner = &*self.inner;
+        let value = inner.cached_count(inner.shard_of(key), key)?;
+        inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.cache_hits.increment(1);
+        Some(Count {
+            value,
+            served_via: ServedVia::Cache,
         })
     }
 

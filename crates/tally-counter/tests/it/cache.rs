@@ -24,6 +24,30 @@ async fn hits_and_misses_are_counted() {
 }
 
 #[tokio::test]
+async fn get_cached_answers_hits_only_and_includes_pending_deltas() {
+    let counter = Counter::new(MemoryStore::new(), manual_config()).unwrap();
+    counter.increment("a", 2).unwrap();
+
+    let before_read = counter.get_cached("a");
+    assert_eq!(counter.get("a").await.unwrap().value, 2);
+    counter.increment("a", 3).unwrap();
+    let after_read = counter.get_cached("a");
+
+    assert_eq!(before_read, None, "nothing cached before the first read");
+    let after_read = after_read.expect("the read cached the stored value");
+    assert_eq!(
+        (after_read.value, after_read.served_via),
+        (5, ServedVia::Cache)
+    );
+    let snapshot = counter.snapshot();
+    assert_eq!(
+        (snapshot.cache_hits, snapshot.cache_misses),
+        (1, 1),
+        "a miss of get_cached is counted by the get that follows, not twice"
+    );
+}
+
+#[tokio::test]
 async fn cache_entry_expires_after_ttl() {
     let config = CounterConfig {
         cache_ttl: Duration::from_millis(100),
