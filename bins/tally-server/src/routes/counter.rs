@@ -66,11 +66,18 @@ pub(crate) async fn get_visits(
     state: web::Data<AppState>,
     page_id: PageId,
 ) -> Result<HttpResponse, ApiError> {
-    let count = state
-        .store_call(page_id.as_str(), |counter, key| async move {
-            counter.get(&key).await
-        })
-        .await?;
+    // A cache hit is answered here on the worker; only a miss goes to the app runtime,
+    // where the store's connections live (see `AppState::store_call`).
+    let count = match state.counter.get_cached(page_id.as_str()) {
+        Some(count) => count,
+        None => {
+            state
+                .store_call(page_id.as_str(), |counter, key| async move {
+                    counter.get(&key).await
+                })
+                .await?
+        }
+    };
     let store = state.counter.store();
     Ok(HttpResponse::Ok().json(Visits {
         visits: count.value,
