@@ -138,14 +138,19 @@ local n = tonumber(ARGV[4])
 local d = 4
 if zset then d = 4 + n end
 
--- Current values (false when absent).
+-- Current values (false when absent). Layout 'c' also lists the keys MGET found absent:
+-- MGET answers nil for keys of another type too.
 local current = {}
+local absent = {}
 for first = 1, n, CHUNK do
   local last = math.min(first + CHUNK - 1, n)
   local part
   if zset then part = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 4 + first, 4 + last))
   else part = redis.call('MGET', unpack(KEYS, 1 + first, 1 + last)) end
-  for i = first, last do current[i] = part[i - first + 1] end
+  for i = first, last do
+    current[i] = part[i - first + 1]
+    if not zset and not current[i] then absent[#absent + 1] = KEYS[1 + i] end
+  end
 end
 
 -- A read, or a batch already applied (a retry after a lost reply): current totals.
@@ -154,7 +159,20 @@ if seq <= mark then
   return {0, mark, current}
 end
 
--- Check everything and compute the new totals before the first write.
+-- Check everything and compute the new totals before the first write. Absent keys are
+-- checked with one EXISTS per chunk (new keys are the common case); only when one of
+-- them exists, as another type, does TYPE find which.
+for first = 1, #absent, CHUNK do
+  local last = math.min(first + CHUNK - 1, #absent)
+  if redis.call('EXISTS', unpack(absent, first, last)) > 0 then
+    for i = first, last do
+      local kind = redis.call('TYPE', absent[i]).ok
+      if kind ~= 'none' then
+        return redis.error_reply('WRONGTYPE tally: ' .. absent[i] .. ' is a ' .. kind .. ', not a counter')
+      end
+    end
+  end
+end
 local totals = {}
 for i = 1, n do
   local value = 0
@@ -164,12 +182,6 @@ for i = 1, n do
     if value == nil or value < 0 or value % 1 ~= 0 then
       local key = zset and ARGV[4 + i] or KEYS[1 + i]
       return redis.error_reply('ERR tally: ' .. key .. ' holds ' .. text .. ', not a count')
-    end
-  elseif not zset then
-    -- MGET answers nil for keys of another type too.
-    local kind = redis.call('TYPE', KEYS[1 + i]).ok
-    if kind ~= 'none' then
-      return redis.error_reply('WRONGTYPE tally: ' .. KEYS[1 + i] .. ' is a ' .. kind .. ', not a counter')
     end
   end
   local total = value + tonumber(ARGV[d + i])

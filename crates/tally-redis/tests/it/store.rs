@@ -4,7 +4,7 @@ use tally_counter::{InstanceId, Store as _};
 use tally_redis::{COUNTER_MARKS_KEY, Error, Layout};
 use tally_testkit::{FaultProxy, Mode, RedisNode};
 
-use crate::helpers::{TestResult, batch, connect, redis_error};
+use crate::helpers::{TestResult, batch, connect, everything_shown, redis_error};
 
 #[tokio::test]
 async fn apply_returns_new_totals_in_batch_order() -> TestResult {
@@ -135,9 +135,49 @@ async fn a_batch_touching_a_non_count_is_refused_whole() -> TestResult {
         node.hget(COUNTER_MARKS_KEY, &InstanceId::from_u64(1).to_string())?,
         None
     );
+    assert!(
+        everything_shown(&*type_err).contains("tally:v:hash is a hash"),
+        "the error names the key and its type: {type_err}"
+    );
     // A refused batch is a data problem, not a node problem: the node stays up.
     assert!(store.health()[0].up);
     Ok(())
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_found_past_the_first_chunk() -> TestResult {
+    // The script checks absent keys with one EXISTS per 500; the hash sits in the third
+    // chunk of a batch of new keys.
+    let node = RedisNode::start()?;
+    node.query::<()>(redis::cmd("HSET").arg("tally:v:hash").arg("f").arg("v"))?;
+    let store = connect(&node.url()).await;
+    let mut keys: Vec<String> = (0..1_200).map(|i| format!("new{i}")).collect();
+    keys.insert(1_100, "hash".to_owned());
+
+    let refused = store
+        .apply(0, &batch(1, 1, &deltas_of(&keys)))
+        .await
+        .unwrap_err();
+
+    assert!(
+        everything_shown(&*refused).contains("tally:v:hash is a hash"),
+        "{refused}"
+    );
+    assert_eq!(
+        node.get("tally:v:new0")?,
+        None,
+        "part of a refused batch was applied"
+    );
+    // Without the hash, the same keys go through.
+    keys.remove(1_100);
+    store.apply(0, &batch(1, 2, &deltas_of(&keys))).await?;
+    assert_eq!(node.get_u64("tally:v:new0")?, Some(1));
+    assert_eq!(node.get_u64("tally:v:new1199")?, Some(1));
+    Ok(())
+}
+
+fn deltas_of(keys: &[String]) -> Vec<(&str, u64)> {
+    keys.iter().map(|k| (k.as_str(), 1)).collect()
 }
 
 #[tokio::test]
