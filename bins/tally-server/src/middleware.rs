@@ -1,12 +1,22 @@
-//! The one middleware every request goes through: a tracing span, the request count, the
-//! HTTP metrics and the `X-Process-Time` header.
+//! The one middleware every request goes through: the request count, the HTTP metrics,
+//! the `X-Process-Time` header, and a log event for every refused or failed request.
+//!
+//! It runs on every request, so it is kept cheap (the load harness measures it: `GET
+//! /health` against the floor handler): the route label is the resource's own
+//! [`RouteLabel`] rather than a pattern rebuilt per request, metric handles are looked up
+//! once per worker thread and label set, the per-request span is at `debug` (created only
+//! when debug logging is on), and the header is written without float formatting.
 
-use std::time::Instant;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
 use actix_web::{ResponseError as _, web};
 use tally_stats::UrlPath;
@@ -18,25 +28,31 @@ use crate::state::AppState;
 /// scanners cannot grow the metrics without bound.
 const UNMATCHED: &str = "unmatched";
 
+/// The metrics label of a route: its pattern as registered (`/api/v1/counter/visit/{page_id}`),
+/// never the raw path, since page ids would make the label set unbounded. Set as the
+/// resource's app data by [`crate::routes`], so the middleware reads it after routing at
+/// the cost of a pointer look-up.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteLabel(pub(crate) Arc<str>);
+
 /// Wraps the whole app (the 404 default service included).
 pub(crate) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        state.count_request();
-    }
+    let metrics_on = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => {
+            state.count_request();
+            state.metrics.is_some()
+        }
+        None => false,
+    };
     let method = method_label(req.method());
-    let span = tracing::info_span!(
-        "http_request",
-        method = %req.method(),
-        path = %req.path(),
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
-    let result = next.call(req).instrument(span.clone()).await;
+    // Cheap clones (shared bytes), for the log event after the request is gone.
+    let uri = req.uri().clone();
+    let span = tracing::debug_span!("http_request", method = %req.method(), path = %req.path());
+    let result = next.call(req).instrument(span).await;
     let elapsed = started.elapsed();
     let mut response = match result {
         Ok(response) => response.map_into_boxed_body(),
@@ -45,28 +61,35 @@ pub(crate) async fn observe(
             // which turns it into a response after us. Count it; there is no response
             // (nor request: it cannot be cloned before routing) to put a header on.
             let status = error.as_response_error().status_code().as_u16();
-            record(
-                UNMATCHED.to_owned(),
+            let outcome = Outcome {
+                route: UNMATCHED,
                 method,
                 status,
-                elapsed.as_secs_f64(),
-                &span,
-            );
+                elapsed,
+            };
+            outcome.log(&uri);
+            if metrics_on {
+                outcome.record_metrics();
+            }
             return Err(error);
         }
     };
-    let seconds = elapsed.as_secs_f64();
-    if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.6}")) {
+    if let Some(value) = process_time(elapsed) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-process-time"), value);
     }
-    // The route pattern, never the raw path: page ids would make the label set unbounded.
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| UNMATCHED.to_owned());
-    record(route, method, response.status().as_u16(), seconds, &span);
+    let label = response.request().app_data::<RouteLabel>().cloned();
+    let outcome = Outcome {
+        route: label.as_ref().map_or(UNMATCHED, |label| &*label.0),
+        method,
+        status: response.status().as_u16(),
+        elapsed,
+    };
+    outcome.log(&uri);
+    if metrics_on {
+        outcome.record_metrics();
+    }
     Ok(response)
 }
 
@@ -89,25 +112,83 @@ pub(crate) async fn count_api_requests(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// Metrics and the closing log event of one request.
-fn record(route: String, method: &'static str, status: u16, seconds: f64, span: &tracing::Span) {
-    metrics::counter!(
-        "tally_http_requests_total",
-        "route" => route.clone(),
-        "method" => method,
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!("tally_http_request_duration_seconds", "route" => route.clone(), "method" => method)
-        .record(seconds);
-    span.record("route", route.as_str());
-    span.record("status", status);
-    span.record("latency_ms", seconds * 1000.0);
-    span.in_scope(|| match status {
-        500.. => tracing::warn!("request failed"),
-        400..500 => tracing::info!("request refused"),
-        _ => tracing::debug!("request served"),
-    });
+/// `X-Process-Time`: seconds with microseconds (`0.000412`), formatted without floats or
+/// a heap allocation.
+fn process_time(elapsed: Duration) -> Option<HeaderValue> {
+    let micros = elapsed.as_micros();
+    let mut buffer = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    write!(cursor, "{}.{:06}", micros / 1_000_000, micros % 1_000_000).ok()?;
+    let written = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buffer[..written]).ok()
+}
+
+/// How one request ended, for its metrics and log event.
+struct Outcome<'a> {
+    route: &'a str,
+    method: &'static str,
+    status: u16,
+    elapsed: Duration,
+}
+
+/// Per worker thread: the metric handles of each (route, method, status) seen so far.
+/// Registering a handle hashes and compares its labels in the recorder's registry (and
+/// allocates them); a handle is a shared atomic, so it is looked up once per label set
+/// and thread. Bounded: routes are patterns, methods and statuses few.
+type HandleCache =
+    HashMap<Box<str>, HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>>;
+
+thread_local! {
+    static HANDLES: RefCell<HandleCache> = RefCell::new(HashMap::new());
+}
+
+impl Outcome<'_> {
+    /// `tally_http_requests_total` and `tally_http_request_duration_seconds`.
+    fn record_metrics(&self) {
+        let seconds = self.elapsed.as_secs_f64();
+        HANDLES.with_borrow_mut(|cache| {
+            let by_route = match cache.get_mut(self.route) {
+                Some(by_route) => by_route,
+                None => cache.entry(self.route.into()).or_default(),
+            };
+            let (requests, duration) =
+                by_route
+                    .entry((self.method, self.status))
+                    .or_insert_with(|| {
+                        (
+                            metrics::counter!(
+                                "tally_http_requests_total",
+                                "route" => self.route.to_owned(),
+                                "method" => self.method,
+                                "status" => self.status.to_string()
+                            ),
+                            metrics::histogram!(
+                                "tally_http_request_duration_seconds",
+                                "route" => self.route.to_owned(),
+                                "method" => self.method
+                            ),
+                        )
+                    });
+            requests.increment(1);
+            duration.record(seconds);
+        });
+    }
+
+    /// The closing log event: `warn` for a 5xx, `info` for a 4xx, `debug` otherwise, each
+    /// with the request's method, path, route, status and latency.
+    fn log(&self, uri: &Uri) {
+        let (method, path, route, status) = (self.method, uri.path(), self.route, self.status);
+        let latency_ms = self.elapsed.as_secs_f64() * 1000.0;
+        match status {
+            500.. => {
+                tracing::warn!(method, path, route, status, latency_ms, "request failed");
+            }
+            400..500 => {
+                tracing::info!(method, path, route, status, latency_ms, "request refused");
+            }
+            _ => tracing::debug!(method, path, route, status, latency_ms, "request served"),
+        }
+    }
 }
 
 /// The method as a metrics label: the standard methods by name, anything else `OTHER`
@@ -130,6 +211,14 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_time_is_seconds_with_six_decimals() {
+        let value = |micros| process_time(Duration::from_micros(micros)).unwrap();
+        assert_eq!(value(0), "0.000000");
+        assert_eq!(value(412), "0.000412");
+        assert_eq!(value(12_345_678), "12.345678");
+    }
 
     #[test]
     fn unknown_methods_share_one_label() {

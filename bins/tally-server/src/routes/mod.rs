@@ -14,6 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tally_counter::Store as _;
 
 use crate::error::ApiError;
+use crate::middleware::RouteLabel;
 use crate::store::AppStore;
 
 /// Registers every route. `prefix` is `API_PREFIX` (no trailing slash, maybe empty).
@@ -70,14 +71,17 @@ fn json_extractor_errors(cfg: &mut web::ServiceConfig) {
         .app_data(web::JsonConfig::default().error_handler(|e, _| bad_request(e)));
 }
 
-/// A resource whose other methods answer 405 with `Allow: {allowed}` and a JSON body.
+/// A resource whose other methods answer 405 with `Allow: {allowed}` and a JSON body,
+/// labelled with its pattern for the HTTP metrics.
 fn resource(path: &str, allowed: &'static str) -> Resource {
-    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-            method: req.method().to_string(),
-            allowed,
-        })
-    }))
+    web::resource(path)
+        .app_data(RouteLabel(path.into()))
+        .default_service(web::to(move |req: HttpRequest| async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allowed,
+            })
+        }))
 }
 
 /// The app's default service: 404 with a JSON body.
