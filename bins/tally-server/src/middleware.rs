@@ -210,7 +210,71 @@ fn method_label(method: &Method) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::{App, HttpResponse, middleware::from_fn, test as actix_test};
+
     use super::*;
+
+    /// Log lines written by the `fmt` subscriber, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn refused_requests_are_logged_at_info_with_their_outcome_and_served_ones_are_not() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = actix_test::init_service(
+            App::new()
+                .service(
+                    web::resource("/ok/{id}")
+                        .app_data(RouteLabel("/ok/{id}".into()))
+                        .route(web::get().to(HttpResponse::Ok)),
+                )
+                .wrap(from_fn(observe)),
+        )
+        .await;
+
+        for uri in ["/ok/1", "/missing?q=1"] {
+            let response = actix_test::call_service(
+                &app,
+                actix_test::TestRequest::get().uri(uri).to_request(),
+            )
+            .await;
+            assert!(response.headers().contains_key("x-process-time"), "{uri}");
+        }
+
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, for the 404 only: {logs}");
+        for part in [
+            "INFO",
+            "request refused",
+            "method=\"GET\"",
+            "path=\"/missing\"",
+            "route=\"unmatched\"",
+            "status=404",
+            "latency_ms=",
+        ] {
+            assert!(lines[0].contains(part), "no {part} in {logs}");
+        }
+    }
 
     #[test]
     fn process_time_is_seconds_with_six_decimals() {
