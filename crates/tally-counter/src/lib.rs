@@ -4,7 +4,9 @@
 //! [`Counter::increment`] records a delta in memory (no I/O, no `.await`); a flusher per
 //! store shard writes the deltas in batches to a [`Store`]; [`Counter::get`] answers from a
 //! short-lived read cache (or the store on a miss) plus this instance's own unwritten
-//! deltas. The crate knows nothing of Redis or HTTP: a store is anything implementing
+//! deltas; [`Counter::get_cached`] is its await-free half, for threads that should answer
+//! cache hits themselves and hand only misses elsewhere. The crate knows nothing of Redis
+//! or HTTP: a store is anything implementing
 //! [`Store`]. [`MemoryStore`] is the embedded one; `tally-redis` provides Redis.
 //!
 //! # Example
