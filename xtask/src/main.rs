@@ -49,7 +49,18 @@ fn ci() -> Result {
         "docker-compose",
         &["-f", "docker/docker-compose.yml", "config", "-q"],
     )?;
-    test()
+    test()?;
+    // Keeps the load harness working: a few seconds per target, figures printed, not
+    // checked (CI machines are shared; the README's tables come from full runs).
+    cargo(&[
+        "run",
+        "-p",
+        "tally-benches",
+        "--bin",
+        "load",
+        "--",
+        "--quick",
+    ])
 }
 
 fn test() -> Result {
