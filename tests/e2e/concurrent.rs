@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, Scoreboard, run_load};
+use tally_testkit::{LoadSpec, run_load};
 
-use crate::support::{Rig, one_at_a_time, report};
+use crate::support::{Outcome, Rig, one_at_a_time, report};
 
 /// How big a run is, so the secrets scenario can repeat this one smaller.
 pub struct Size {
@@ -18,16 +18,6 @@ pub struct Size {
     pub connections: usize,
     /// Extra server settings (e.g. debug logs).
     pub env: &'static [(&'static str, &'static str)],
-}
-
-/// The figures of a run, for the caller's own checks.
-pub struct Outcome {
-    /// The load's score.
-    pub board: Scoreboard,
-    /// Everything the server printed, up to its exit.
-    pub output: String,
-    /// Bodies of the responses the scenario read itself (counts, metrics, status).
-    pub bodies: Vec<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, Scoreboard, run_load};
+use tally_testkit::{LoadSpec, run_load};
 
-use crate::support::{Rig, json, one_at_a_time, pages_on, report};
+use crate::support::{Outcome, Rig, json, one_at_a_time, pages_on, report};
 
 /// How big a run is, so the secrets scenario can repeat this one smaller.
 pub struct Size {
@@ -24,16 +24,6 @@ pub struct Size {
     pub after: Duration,
     /// Extra server settings (e.g. debug logs).
     pub env: &'static [(&'static str, &'static str)],
-}
-
-/// What a run saw, for the caller's own checks.
-pub struct Outcome {
-    /// The visit load's score.
-    pub board: Scoreboard,
-    /// Everything the server printed, up to its exit.
-    pub output: String,
-    /// Bodies (and headers) of every read the scenario made itself.
-    pub bodies: Vec<String>,
 }
 
 /// How long a cached count is trusted: short, so the cache of the paused node's visited

@@ -29,6 +29,18 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// What a scenario run saw, for callers that repeat it with other settings (the secrets
+/// scenario) and check more of it.
+pub struct Outcome {
+    /// The visit load's score.
+    pub board: Scoreboard,
+    /// Everything the server printed, up to its exit.
+    pub output: String,
+    /// Bodies (and headers, where the scenario kept them) of the responses the scenario
+    /// read itself: counts, metrics, status.
+    pub bodies: Vec<String>,
+}
+
 /// Settings every scenario starts from: loopback, quick failure detection, frequent
 /// batches so batches are written while load runs. A scenario's own `extra` wins.
 const BASE_ENV: &[(&str, &str)] = &[
