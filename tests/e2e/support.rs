@@ -10,7 +10,7 @@ use serde_json::Value;
 use tally_ring::Ring;
 use tally_testkit::{
     HttpConnection, HttpResponse, NodeBuilder, RedisCluster, RedisNode, Score, Scoreboard,
-    ServerProcess,
+    ServerProcess, miscounted,
 };
 
 /// The server under test: `tally_server::cli::main`, the code of the shipped binary.
@@ -373,16 +373,7 @@ pub fn check_urls(
             ));
         }
     }
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    wrong.sort();
-    let shown = wrong.len().min(50);
-    Err(format!(
-        "{} URLs miscounted (first {shown}):\n{}",
-        wrong.len(),
-        wrong[..shown].join("\n")
-    ))
+    miscounted("URLs", wrong)
 }
 
 /// The sum of every visit counter on `node`.

@@ -63,7 +63,7 @@ mod signal;
 
 pub use error::{Error, Result};
 pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
-pub use load::{LoadSpec, Score, Scoreboard, run_load};
+pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
 pub use proxy::{FaultProxy, Mode};
 pub use server::{ServerProcess, TEST_LOG_ENV, resident_memory};

@@ -163,17 +163,7 @@ impl Scoreboard {
                 ));
             }
         }
-        if wrong.is_empty() {
-            Ok(())
-        } else {
-            wrong.sort();
-            let shown = wrong.len().min(50);
-            Err(format!(
-                "{} keys miscounted (first {shown}):\n{}",
-                wrong.len(),
-                wrong[..shown].join("\n")
-            ))
-        }
+        miscounted("keys", wrong)
     }
 
     /// One line of figures for the end of a test.
@@ -363,6 +353,21 @@ pub async fn run_load(spec: LoadSpec) -> Scoreboard {
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 60 s at three significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// `Ok` when `wrong` (one line per miscounted item) is empty; otherwise an error naming how
+/// many `what` were miscounted and listing the first 50, sorted.
+pub fn miscounted(what: &str, mut wrong: Vec<String>) -> Result<(), String> {
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    wrong.sort();
+    let shown = wrong.len().min(50);
+    Err(format!(
+        "{} {what} miscounted (first {shown}):\n{}",
+        wrong.len(),
+        wrong[..shown].join("\n")
+    ))
 }
 
 #[cfg(test)]
