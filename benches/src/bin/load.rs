@@ -583,15 +583,7 @@ fn run_scenario(
         cluster,
         redis_pids,
     )?;
-    eprintln!(
-        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms",
-        load.name(),
-        max.outcome.throughput(),
-        max.outcome.latency_ms(0.99)
-    );
-    if options.timeline {
-        print_timeline(&max.outcome);
-    }
+    report_phase(options, kind, load, &max.outcome, "");
     let mut paced = None;
     if max.outcome.ok > 0 {
         let rate = max.outcome.throughput() * options.paced_fraction;
@@ -603,15 +595,7 @@ fn run_scenario(
         };
         let (_, mut measured) = measured_phase(client_rt, conns, &phase, cluster, redis_pids)?;
         measured.offered = Some(rate);
-        eprintln!(
-            "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms (paced)",
-            load.name(),
-            measured.outcome.throughput(),
-            measured.outcome.latency_ms(0.99)
-        );
-        if options.timeline {
-            print_timeline(&measured.outcome);
-        }
+        report_phase(options, kind, load, &measured.outcome, " (paced)");
         paced = Some(measured);
     } else {
         drop(conns);
@@ -678,6 +662,20 @@ fn compare_clients(
         );
     }
     Ok(out)
+}
+
+/// A phase's progress line on stderr (`suffix` tells the paced phase), then its slow
+/// windows with `--timeline`.
+fn report_phase(options: &Options, kind: Kind, load: Load, outcome: &Outcome, suffix: &str) {
+    eprintln!(
+        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{suffix}",
+        load.name(),
+        outcome.throughput(),
+        outcome.latency_ms(0.99)
+    );
+    if options.timeline {
+        print_timeline(outcome);
+    }
 }
 
 /// The 100 ms windows of a phase whose slowest answer took over 5 ms, on stderr.
