@@ -60,17 +60,13 @@ pub(crate) async fn observe(
             // Handlers' errors are responses by now; an `Err` here comes from actix itself,
             // which turns it into a response after us. Count it; there is no response
             // (nor request: it cannot be cloned before routing) to put a header on.
-            let status = error.as_response_error().status_code().as_u16();
-            let outcome = Outcome {
+            Outcome {
                 route: UNMATCHED,
                 method,
-                status,
+                status: error.as_response_error().status_code().as_u16(),
                 elapsed,
-            };
-            outcome.log(&uri);
-            if metrics_on {
-                outcome.record_metrics();
             }
+            .report(&uri, metrics_on);
             return Err(error);
         }
     };
@@ -79,17 +75,16 @@ pub(crate) async fn observe(
             .headers_mut()
             .insert(HeaderName::from_static("x-process-time"), value);
     }
-    let label = response.request().app_data::<RouteLabel>().cloned();
-    let outcome = Outcome {
-        route: label.as_ref().map_or(UNMATCHED, |label| &*label.0),
+    Outcome {
+        route: response
+            .request()
+            .app_data::<RouteLabel>()
+            .map_or(UNMATCHED, |label| &*label.0),
         method,
         status: response.status().as_u16(),
         elapsed,
-    };
-    outcome.log(&uri);
-    if metrics_on {
-        outcome.record_metrics();
     }
+    .report(&uri, metrics_on);
     Ok(response)
 }
 
@@ -143,6 +138,14 @@ thread_local! {
 }
 
 impl Outcome<'_> {
+    /// The log event, and the metrics when the server records them.
+    fn report(&self, uri: &Uri, metrics_on: bool) {
+        self.log(uri);
+        if metrics_on {
+            self.record_metrics();
+        }
+    }
+
     /// `tally_http_requests_total` and `tally_http_request_duration_seconds`.
     fn record_metrics(&self) {
         let seconds = self.elapsed.as_secs_f64();
