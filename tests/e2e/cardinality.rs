@@ -1,6 +1,6 @@
 //! Scenario 9: a cardinality flood. A hundred thousand distinct `/api/` URLs, each one a
-//! new key of the request statistics, with one node paused for 6 s in the middle so the
-//! pending bound is reached: the server's resident memory stays under a stated bound (it
+//! new key of the request statistics, with one node paused for 6 s once 30% of the flood
+//! is answered, so the pending bound is reached: the server's resident memory stays under a stated bound (it
 //! holds at most `MAX_PENDING_KEYS` URLs, Redis holds the rest; past the bound it answers
 //! 503 and counts nothing), and `/stats/` stays exact.
 //!
@@ -22,11 +22,13 @@ use crate::support::{Rig, check_urls, one_at_a_time, urls_counted};
 const DISTINCT: usize = 100_000;
 /// `MAX_PENDING_KEYS` of the server.
 const MAX_PENDING_KEYS: &str = "3000";
-/// Node paused in the middle of the flood, when, and for how long.
+/// Node paused during the flood, when (the share of the flood answered: a machine's speed
+/// moves the time, not the place in the flood), and for how long.
 const PAUSED: usize = 1;
-const PAUSE_AT: Duration = Duration::from_secs(10);
+const PAUSE_AT_SHARE: f64 = 0.3;
 const PAUSE_FOR: Duration = Duration::from_secs(6);
-/// Hot URLs: `/api/hot/{i}/` is requested `HOT_BASE + i` times on top of the flood.
+/// Hot URLs: `/api/hot/{i}/` is requested `HOT_BASE + i` times on top of the flood, spread
+/// evenly through it, so each is requested before, during and after the pause.
 const HOT: usize = 10;
 const HOT_BASE: usize = 20;
 /// The stated bounds on the server's resident memory during the flood (a debug build):
@@ -44,12 +46,7 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
         ("MAX_PENDING_KEYS", MAX_PENDING_KEYS),
         ("BATCH_INTERVAL_SECONDS", "0.2"),
     ]);
-    let mut keys: Vec<String> = (0..DISTINCT).map(|i| format!("u{i}")).collect();
-    for hot in 0..HOT {
-        for _ in 0..HOT_BASE + hot {
-            keys.push(format!("hot/{hot}"));
-        }
-    }
+    let keys = flood_keys();
     let requests = keys.len() as u64;
     let baseline = server.process().rss_bytes().expect("VmRSS");
 
@@ -76,7 +73,11 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
     };
     let path = spec.path;
     let load = tokio::spawn(run_load(spec));
-    tokio::time::sleep(PAUSE_AT).await;
+    let pause_after = requests as f64 * PAUSE_AT_SHARE;
+    while server.metric("tally_http_requests_total", &[]).await < pause_after {
+        assert!(!load.is_finished(), "the flood ended before the pause");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
     tokio::time::sleep(PAUSE_FOR).await;
     rig.cluster.node(PAUSED).resume().expect("SIGCONT");
@@ -154,4 +155,23 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
         .map(|(count, url)| serde_json::json!({"count": count, "url": url}))
         .collect();
     assert_eq!(top, serde_json::Value::Array(want));
+}
+
+/// The flood's keys in request order: `DISTINCT` distinct URLs with the hot URLs' requests
+/// spread evenly among them, the hot URLs taking turns.
+fn flood_keys() -> Vec<String> {
+    let rounds = HOT_BASE + HOT;
+    let hot: Vec<String> = (0..rounds)
+        .flat_map(|round| (0..HOT).filter(move |i| round < HOT_BASE + i))
+        .map(|i| format!("hot/{i}"))
+        .collect();
+    let mut keys = Vec::with_capacity(DISTINCT + hot.len());
+    let mut next_hot = hot.iter().enumerate().peekable();
+    for i in 0..DISTINCT {
+        keys.push(format!("u{i}"));
+        while let Some((_, url)) = next_hot.next_if(|(j, _)| j * DISTINCT / hot.len() <= i) {
+            keys.push(url.clone());
+        }
+    }
+    keys
 }
