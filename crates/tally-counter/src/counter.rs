@@ -40,6 +40,10 @@ const READ_ATTEMPTS: usize = 4;
 
 type KeyMap<V> = HashMap<Box<str>, V, KeyHash>;
 
+/// How a store read shared by concurrent misses of one key ended: `None` while it runs,
+/// then `Ok` (the cache holds the value) or the error's text.
+type ReadOutcome = Option<std::result::Result<(), Arc<str>>>;
+
 /// A shard's pending deltas within one stripe. A `HashTable` rather than a `HashMap` so the
 /// hash computed once per increment (which also picked the stripe) is reused for the slot.
 type PendingTable = hashbrown::HashTable<(Box<str>, u64)>;
@@ -137,6 +141,10 @@ struct Inner<S> {
     /// too, although their stores take batches.
     shard_limit: usize,
     cache: moka::sync::Cache<Box<str>, CacheEntry, KeyHash>,
+    /// Store reads in progress, by key: a miss of a key already being read waits for that
+    /// read instead of sending its own, so an entry expiring under load costs one read,
+    /// not one per concurrent reader.
+    reads: Mutex<KeyMap<tokio::sync::watch::Receiver<ReadOutcome>>>,
     stats: Stats,
     metrics: CounterMetrics,
     closed: std::sync::atomic::AtomicBool,
@@ -222,6 +230,34 @@ struct Stats {
     last_batch_at: Mutex<Option<SystemTime>>,
 }
 
+/// Takes a finished (or cancelled) shared read out of [`Inner::reads`].
+struct ReadLeader<'a, S> {
+    inner: &'a Inner<S>,
+    key: &'a str,
+}
+
+impl<S> Drop for ReadLeader<'_, S> {
+    fn drop(&mut self) {
+        lock(&self.inner.reads).remove(self.key);
+    }
+}
+
+/// What caused `error`, its chain of sources on one line (the error itself when it has
+/// none): the store error that waiters of a failed shared read report as theirs.
+fn cause_text(error: &Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    if causes.is_empty() {
+        error.to_string()
+    } else {
+        causes.join(": ")
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain maps behind, still consistent
     // for our purposes; keep counting rather than poisoning every later call.
@@ -271,6 +307,7 @@ impl<S: Store> Counter<S> {
             buffered_keys: AtomicUsize::new(0),
             shard_limit,
             cache,
+            reads: Mutex::new(KeyMap::with_hasher(hash)),
             stats: Stats::default(),
             metrics,
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -374,7 +411,7 @@ impl<S: Store> Counter<S> {
         let shard = inner.shard_of(key);
         inner.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         inner.metrics.cache_misses.increment(1);
-        let value = inner.read_through(shard, key).await?;
+        let value = inner.read_shared(shard, key).await?;
         Ok(Count {
             value,
             served_via: ServedVia::Store(shard),
@@ -556,6 +593,51 @@ impl<S: Store> Inner<S> {
             .unwrap_or_else(PoisonError::into_inner);
         let entry = self.cache.get(key)?;
         Some(entry.value + view.inflight_delta(key, entry.seq) + self.pending_delta(shard, key))
+    }
+
+    /// The count of a key that missed the cache: read through, or, when a read of the key
+    /// is already in progress, wait for it and answer from the cache it fills, as a hit
+    /// would (its own pending and in-flight deltas included). A failed read fails its
+    /// waiters with the same error; a cancelled one lets the first waiter read instead.
+    async fn read_shared(&self, shard: ShardId, key: &str) -> Result<u64> {
+        loop {
+            let joined = {
+                let mut reads = lock(&self.reads);
+                match reads.get(key) {
+                    Some(running) => Ok(running.clone()),
+                    None => {
+                        let (done, running) = tokio::sync::watch::channel(None);
+                        reads.insert(key.into(), running);
+                        Err(done)
+                    }
+                }
+            };
+            let mut running = match joined {
+                Ok(running) => running,
+                Err(done) => {
+                    let _leave = ReadLeader { inner: self, key };
+                    let result = self.read_through(shard, key).await;
+                    done.send_replace(Some(match &result {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(cause_text(e).into()),
+                    }));
+                    return result;
+                }
+            };
+            let outcome = match running.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                // The reading call was cancelled: read again, perhaps as the reader.
+                Err(_) => continue,
+            };
+            return match outcome {
+                Some(Err(message)) => Err(self.store_error(shard, message.to_string().into())),
+                // Evicted already (or never cached): read it ourselves.
+                _ => match self.cached_count(shard, key) {
+                    Some(value) => Ok(value),
+                    None => self.read_through(shard, key).await,
+                },
+            };
+        }
     }
 
     /// Reads the stored value, caches it and adds what the store does not include yet.

@@ -45,6 +45,11 @@
 //!   so a delta is never added twice or missed, even while a batch is on the wire.
 //! - **Staleness.** Other instances' writes show after at most their `batch_interval` plus
 //!   this instance's `cache_ttl`.
+//! - **One store read per miss, not per reader.** Concurrent misses of one key share one
+//!   store read: the first reads, the others wait for it and answer from the cache it
+//!   fills (with their own deltas, as any hit), so an entry expiring under load costs one
+//!   read. A failed read fails its waiters with its error; a cancelled one passes the read
+//!   to a waiter.
 //! - **Reset.** [`Counter::reset`] waits for the shard's in-flight batch, so a delta
 //!   recorded before the reset is never applied after it.
 //! - **Bounded memory.** At most `max_pending_keys` distinct keys are buffered, and at

@@ -2,11 +2,67 @@
 //!
 //! The cache (moka) keeps its own clock, so TTL is tested on real time with short values.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
+use tally_counter::{
+    Batch, BatchId, Counter, CounterConfig, Error, InstanceId, MemoryStore, ServedVia, Store,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
-use crate::support::manual_config;
+use crate::support::{ScriptedStore, manual_config};
+
+/// A counter over one shard whose reads wait for permits of the returned gate.
+fn gated_reads() -> (Counter<ScriptedStore>, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ScriptedStore::new(1).reads_gated(Arc::clone(&gate));
+    (Counter::new(store, manual_config()).unwrap(), gate)
+}
+
+/// Adds `delta` to `key` in the store as another instance would (this counter's cache
+/// does not learn of it).
+async fn stored_elsewhere(counter: &Counter<ScriptedStore>, key: &str, delta: u64) {
+    let batch = Batch {
+        id: BatchId {
+            instance: InstanceId::from_u64(7),
+            seq: 1,
+        },
+        deltas: vec![(key.into(), delta)],
+    };
+    counter.store().inner.apply(0, &batch).await.unwrap();
+}
+
+/// `n` concurrent `get`s of `key`, returned once every one of them has missed the cache
+/// (and so has joined the read in progress or started it).
+async fn concurrent_gets(
+    counter: &Counter<ScriptedStore>,
+    key: &'static str,
+    n: u64,
+) -> Vec<JoinHandle<tally_counter::Result<tally_counter::Count>>> {
+    let misses_before = counter.snapshot().cache_misses;
+    let tasks = (0..n)
+        .map(|_| {
+            let counter = counter.clone();
+            tokio::spawn(async move { counter.get(key).await })
+        })
+        .collect();
+    until(|| counter.snapshot().cache_misses == misses_before + n).await;
+    tasks
+}
+
+/// Lets other tasks run until `done` holds; panics after 10 s.
+async fn until(done: impl Fn() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the readers got there within 10 s");
+}
 
 #[tokio::test]
 async fn hits_and_misses_are_counted() {
@@ -101,4 +157,92 @@ async fn a_flush_refreshes_the_cache_with_store_totals() {
     let count = counter.get("a").await.unwrap();
 
     assert_eq!((count.value, count.served_via), (4, ServedVia::Cache));
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_one_key_share_one_store_read() {
+    let (counter, gate) = gated_reads();
+    stored_elsewhere(&counter, "a", 3).await;
+
+    let readers = concurrent_gets(&counter, "a", 20).await;
+    // Recorded while the read is on the wire: every reader's answer includes it.
+    counter.increment("a", 4).unwrap();
+    gate.add_permits(100);
+    let mut answers = Vec::new();
+    for reader in readers {
+        answers.push(reader.await.unwrap().unwrap());
+    }
+
+    assert_eq!(
+        counter.store().gets.load(Ordering::SeqCst),
+        1,
+        "one store read"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|count| (count.value, count.served_via) == (7, ServedVia::Store(0))),
+        "{answers:?}"
+    );
+    let next = counter.get("a").await.unwrap();
+    assert_eq!((next.value, next.served_via), (7, ServedVia::Cache));
+}
+
+#[tokio::test]
+async fn a_failed_shared_read_fails_each_of_its_waiters_and_is_not_reused() {
+    let (counter, gate) = gated_reads();
+    counter.store().fail_reads.store(true, Ordering::SeqCst);
+
+    let readers = concurrent_gets(&counter, "a", 10).await;
+    gate.add_permits(100);
+    let mut messages = Vec::new();
+    for reader in readers {
+        match reader.await.unwrap() {
+            Err(e @ Error::Store { .. }) => {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                messages.push(format!("{e}: {}", cause.unwrap_or_default()));
+            }
+            other => panic!("expected a store error, got {other:?}"),
+        }
+    }
+    counter.store().fail_reads.store(false, Ordering::SeqCst);
+    let after = counter.get("a").await;
+
+    assert_eq!(
+        counter.store().gets.load(Ordering::SeqCst),
+        2,
+        "one read each"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m == "store shard 0 (memory-0) is unavailable: scripted read failure"),
+        "{messages:?}"
+    );
+    assert_eq!(after.unwrap().value, 0, "the next miss reads again");
+}
+
+#[tokio::test]
+async fn a_cancelled_shared_read_hands_over_to_a_waiter() {
+    let (counter, gate) = gated_reads();
+    stored_elsewhere(&counter, "a", 5).await;
+
+    let first = concurrent_gets(&counter, "a", 1).await.remove(0);
+    until(|| counter.store().gets.load(Ordering::SeqCst) == 1).await;
+    let waiter = concurrent_gets(&counter, "a", 1).await.remove(0);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    gate.add_permits(100);
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter answers once the reader is gone")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(answer.value, 5);
+    assert_eq!(
+        counter.store().gets.load(Ordering::SeqCst),
+        2,
+        "the waiter read"
+    );
 }

@@ -1,8 +1,9 @@
-//! A store wrapper whose `apply` can be made to fail, lose its reply, or hold open.
+//! A store wrapper whose `apply` can be made to fail, lose its reply, or hold open, and
+//! whose reads can be held open or made to fail.
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tally_counter::{
@@ -34,6 +35,12 @@ pub struct ScriptedStore {
     /// Notified when an apply has started (before the gate).
     pub entered: Arc<Notify>,
     pub applies: AtomicUsize,
+    /// When set, every read waits for a permit before touching the store.
+    read_gate: Option<Arc<Semaphore>>,
+    /// Reads fail while this is set.
+    pub fail_reads: AtomicBool,
+    /// Reads started (counted before the gate).
+    pub gets: AtomicUsize,
 }
 
 impl ScriptedStore {
@@ -45,7 +52,16 @@ impl ScriptedStore {
             gate: None,
             entered: Arc::new(Notify::new()),
             applies: AtomicUsize::new(0),
+            read_gate: None,
+            fail_reads: AtomicBool::new(false),
+            gets: AtomicUsize::new(0),
         }
+    }
+
+    /// Every read waits on this semaphore for a permit (consumed).
+    pub fn reads_gated(mut self, gate: Arc<Semaphore>) -> Self {
+        self.read_gate = Some(gate);
+        self
     }
 
     /// Queue faults for the next apply calls, in order.
@@ -110,6 +126,13 @@ impl Store for ScriptedStore {
         instance: InstanceId,
         keys: &[&str],
     ) -> Result<StoredValues, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.read_gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err("scripted read failure".into());
+        }
         self.inner.get(shard, instance, keys).await
     }
 
