@@ -102,6 +102,13 @@ impl Store for AppStore {
             Self::Redis { store, .. } => store.health(),
         }
     }
+
+    fn shard_up(&self, shard: ShardId) -> bool {
+        match self {
+            Self::Memory(store) => store.shard_up(shard),
+            Self::Redis { store, .. } => store.shard_up(shard),
+        }
+    }
 }
 
 impl RankedStore for AppStore {

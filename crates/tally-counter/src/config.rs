@@ -28,7 +28,8 @@ pub struct CounterConfig {
     pub max_pending_keys: usize,
     /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
     pub retry_backoff_min: Duration,
-    /// Longest wait between retries of a failed batch (default 5 s).
+    /// Longest wait between retries of a failed batch (default 5 s). A batch whose shard
+    /// the store reports down is retried as soon as the store reports it up again.
     pub retry_backoff_max: Duration,
 }
 

@@ -38,6 +38,10 @@ const STRIPES: usize = 64;
 /// only happens when the store lost data it had acknowledged.
 const READ_ATTEMPTS: usize = 4;
 
+/// How often a failed batch waiting for its retry asks whether its shard, down at the
+/// failure, is back up.
+const UP_POLL: Duration = Duration::from_millis(50);
+
 type KeyMap<V> = HashMap<Box<str>, V, KeyHash>;
 
 /// How a store read shared by concurrent misses of one key ended: `None` while it runs,
@@ -765,8 +769,25 @@ impl<S: Store> Inner<S> {
                 Err(e) => self.batch_failed(shard, &e.to_string()),
             }
             let jittered = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
-            tokio::time::sleep(jittered).await;
+            self.wait_to_retry(shard, jittered).await;
             backoff = (backoff * 2).min(self.config.retry_backoff_max);
+        }
+    }
+
+    /// Waits `pause` before a failed batch is sent again, or less: when the shard is down
+    /// (as the store says) and comes back up during the pause, until then. A store that is
+    /// up and failing waits the whole pause.
+    async fn wait_to_retry(&self, shard: ShardId, pause: Duration) {
+        let until = Instant::now() + pause;
+        if self.store.shard_up(shard) {
+            tokio::time::sleep_until(until).await;
+            return;
+        }
+        while Instant::now() < until {
+            tokio::time::sleep_until(until.min(Instant::now() + UP_POLL)).await;
+            if self.store.shard_up(shard) {
+                return;
+            }
         }
     }
 

@@ -38,8 +38,11 @@
 //!   the process lives until its batch is acknowledged (at most `batch_interval` plus the
 //!   store's outage) or until [`Counter::shutdown`] has flushed it. A failed batch is
 //!   retried unchanged, with the same [`BatchId`], and stores apply an id at most once, so
-//!   a retry after a lost reply cannot count twice. A shard has at most one batch in
-//!   flight; newer deltas wait for the next batch. One failing shard never holds others.
+//!   a retry after a lost reply cannot count twice. Retries back off (jittered, doubling
+//!   up to `retry_backoff_max`), except that a batch whose shard the store reports down
+//!   ([`Store::shard_up`]) is sent again as soon as the shard is back up. A shard has at
+//!   most one batch in flight; newer deltas wait for the next batch. One failing shard
+//!   never holds others.
 //! - **Read your writes.** [`Counter::get`] adds this instance's pending and in-flight
 //!   deltas to the stored value, using the store's record of which of our batches it holds,
 //!   so a delta is never added twice or missed, even while a batch is on the wire.

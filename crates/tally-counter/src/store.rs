@@ -139,6 +139,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Health of every shard, indexed by shard id.
     fn health(&self) -> Vec<ShardHealth>;
+
+    /// Whether `shard` is up, as [`Store::health`] says; a store with a cheaper way to tell
+    /// should override it. While a failed batch waits to be retried, the counter asks this
+    /// every few tens of milliseconds, so a shard that was down is retried as soon as it is
+    /// back rather than at the end of its backoff.
+    fn shard_up(&self, shard: ShardId) -> bool {
+        self.health().get(shard).is_none_or(|health| health.up)
+    }
 }
 
 /// A [`Store`] that can also rank its keys by value, for leaderboards such as the request

@@ -361,6 +361,10 @@ impl Store for RedisStore {
     fn health(&self) -> Vec<ShardHealth> {
         self.shared.nodes.iter().map(Node::health).collect()
     }
+
+    fn shard_up(&self, shard: ShardId) -> bool {
+        self.shared.nodes.get(shard).is_none_or(Node::is_up)
+    }
 }
 
 impl RankedStore for RedisStore {

@@ -273,3 +273,59 @@ async fn a_hung_shard_fills_only_its_share_of_the_pending_bound() {
         "only the hung shard's keys wait"
     );
 }
+
+/// A counter over `store` whose failed batches wait 30 to 60 minutes before a retry.
+fn hour_backoff(store: ScriptedStore) -> Counter<ScriptedStore> {
+    let config = CounterConfig {
+        retry_backoff_min: Duration::from_secs(3600),
+        retry_backoff_max: Duration::from_secs(3600),
+        ..manual_config()
+    };
+    Counter::new(store, config).unwrap()
+}
+
+/// Starts a flush of one pending key and returns it once its first batch has failed.
+async fn flush_after_one_failure(counter: &Counter<ScriptedStore>) -> tokio::task::JoinHandle<()> {
+    counter.increment("page", 1).unwrap();
+    let flush = tokio::spawn({
+        let counter = counter.clone();
+        async move { counter.flush().await }
+    });
+    while counter.snapshot().batches_failed == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    flush
+}
+
+#[tokio::test]
+async fn a_batch_failed_on_a_down_shard_is_retried_as_soon_as_the_shard_is_back() {
+    let store = ScriptedStore::new(1).with_faults(&[Fault::Fail]);
+    store.down.store(true, Ordering::SeqCst);
+    let counter = hour_backoff(store);
+
+    let flush = flush_after_one_failure(&counter).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waited_while_down = !flush.is_finished();
+    counter.store().down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), flush)
+        .await
+        .expect("retried once the shard was back up, not after the hour's backoff")
+        .unwrap();
+
+    assert!(waited_while_down, "no retry while the shard was down");
+    assert_eq!(counter.store().applies.load(Ordering::SeqCst), 2);
+    assert_eq!(counter.store().inner.value("page"), 1);
+}
+
+#[tokio::test]
+async fn a_batch_failed_on_a_shard_that_is_up_waits_its_whole_backoff() {
+    let store = ScriptedStore::new(1).with_faults(&[Fault::Fail]);
+    let counter = hour_backoff(store);
+
+    let flush = flush_after_one_failure(&counter).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(!flush.is_finished(), "not retried early");
+    assert_eq!(counter.store().applies.load(Ordering::SeqCst), 1);
+    flush.abort();
+}

@@ -41,6 +41,8 @@ pub struct ScriptedStore {
     pub fail_reads: AtomicBool,
     /// Reads started (counted before the gate).
     pub gets: AtomicUsize,
+    /// The health this store reports: every shard down while set.
+    pub down: AtomicBool,
 }
 
 impl ScriptedStore {
@@ -55,6 +57,7 @@ impl ScriptedStore {
             read_gate: None,
             fail_reads: AtomicBool::new(false),
             gets: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
         }
     }
 
@@ -141,7 +144,10 @@ impl Store for ScriptedStore {
     }
 
     fn health(&self) -> Vec<ShardHealth> {
-        self.inner.health()
+        let up = !self.down.load(Ordering::SeqCst);
+        let mut health = self.inner.health();
+        health.iter_mut().for_each(|shard| shard.up = up);
+        health
     }
 }
 

@@ -14,6 +14,7 @@ async fn a_timed_out_command_marks_the_node_down_until_it_answers_a_ping() -> Te
     let store = connect(&node.url()).await;
     let before = store.health()[0].clone();
     assert!(before.up);
+    assert!(store.shard_up(0), "shard_up agrees with health");
 
     node.pause()?;
     let timed_out = store
@@ -40,10 +41,11 @@ async fn a_timed_out_command_marks_the_node_down_until_it_answers_a_ping() -> Te
     );
     let down = store.health()[0].clone();
     assert!(!down.up);
+    assert!(!store.shard_up(0), "shard_up agrees with health");
     assert!(down.since > before.since);
 
     node.resume()?;
-    let back = eventually(Duration::from_secs(3), || async { store.health()[0].up }).await;
+    let back = eventually(Duration::from_secs(3), || async { store.shard_up(0) }).await;
     assert!(back, "the node answered again but stayed down");
     store.get(0, InstanceId::from_u64(1), &["k"]).await?;
     Ok(())
