@@ -203,6 +203,9 @@ struct View {
     inflight_seq: u64,
     inflight: Option<KeyMap<u64>>,
     acked_seq: u64,
+    /// Resets done on this shard: a read that saw this change while it was on the wire
+    /// may hold a value from before the reset, and does not cache it.
+    resets: u64,
 }
 
 impl View {
@@ -460,7 +463,7 @@ impl<S: Store> Counter<S> {
             .reset(shard, key)
             .await
             .map_err(|source| inner.store_error(shard, source))?;
-        let view = inner.shards[shard]
+        let mut view = inner.shards[shard]
             .view
             .write()
             .unwrap_or_else(PoisonError::into_inner);
@@ -480,6 +483,7 @@ impl<S: Store> Counter<S> {
                 seq: view.acked_seq,
             },
         );
+        view.resets += 1;
         drop(view);
         drop(slot);
         Ok(())
@@ -649,6 +653,11 @@ impl<S: Store> Inner<S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let resets = self.shards[shard]
+                .view
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .resets;
             let read = self
                 .store
                 .get(shard, self.instance, &[key])
@@ -664,13 +673,18 @@ impl<S: Store> Inner<S> {
                 // misses it and it is no longer in flight. Ask again.
                 continue;
             }
-            self.cache.insert(
-                key.into(),
-                CacheEntry {
-                    value: stored,
-                    seq: read.applied_seq,
-                },
-            );
+            // A reset during the read: answer (the read was concurrent with it, so either
+            // side is right), but do not cache what may be the value before the reset
+            // over the reset's zero.
+            if view.resets == resets {
+                self.cache.insert(
+                    key.into(),
+                    CacheEntry {
+                        value: stored,
+                        seq: read.applied_seq,
+                    },
+                );
+            }
             return Ok(stored
                 + view.inflight_delta(key, read.applied_seq)
                 + self.pending_delta(shard, key));

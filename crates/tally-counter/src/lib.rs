@@ -54,7 +54,9 @@
 //!   read. A failed read fails its waiters with its error; a cancelled one passes the read
 //!   to a waiter.
 //! - **Reset.** [`Counter::reset`] waits for the shard's in-flight batch, so a delta
-//!   recorded before the reset is never applied after it.
+//!   recorded before the reset is never applied after it, and a read on the wire while
+//!   it ran does not cache its answer, so a read after it never sees the count from
+//!   before it.
 //! - **Bounded memory.** At most `max_pending_keys` distinct keys are buffered, and at
 //!   most a shard's share of them (`max_pending_keys / shards`, rounded up) for any one
 //!   shard, so a shard whose store is down fills only its own share and the others keep

@@ -246,3 +246,23 @@ async fn a_cancelled_shared_read_hands_over_to_a_waiter() {
         "the waiter read"
     );
 }
+
+#[tokio::test]
+async fn a_read_that_raced_a_reset_does_not_cache_the_count_from_before_it() {
+    let (counter, gate) = gated_reads();
+    stored_elsewhere(&counter, "a", 5).await;
+
+    // The read has the stored 5 and is on its way back when the reset lands.
+    let reader = concurrent_gets(&counter, "a", 1).await.remove(0);
+    until(|| counter.store().gets.load(Ordering::SeqCst) == 1).await;
+    counter.reset("a").await.unwrap();
+    gate.add_permits(100);
+    let raced = reader.await.unwrap().unwrap();
+    let after = counter.get("a").await.unwrap();
+
+    assert!(
+        raced.value == 5 || raced.value == 0,
+        "a read concurrent with the reset answers either side: {raced:?}"
+    );
+    assert_eq!(after.value, 0, "the reset's zero stays: {after:?}");
+}

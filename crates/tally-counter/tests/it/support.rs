@@ -35,7 +35,7 @@ pub struct ScriptedStore {
     /// Notified when an apply has started (before the gate).
     pub entered: Arc<Notify>,
     pub applies: AtomicUsize,
-    /// When set, every read waits for a permit before touching the store.
+    /// When set, every read's answer (read from the store already) waits for a permit.
     read_gate: Option<Arc<Semaphore>>,
     /// Reads fail while this is set.
     pub fail_reads: AtomicBool,
@@ -61,7 +61,8 @@ impl ScriptedStore {
         }
     }
 
-    /// Every read waits on this semaphore for a permit (consumed).
+    /// Every read, once done, waits on this semaphore for a permit (consumed) before it
+    /// answers.
     pub fn reads_gated(mut self, gate: Arc<Semaphore>) -> Self {
         self.read_gate = Some(gate);
         self
@@ -130,13 +131,14 @@ impl Store for ScriptedStore {
         keys: &[&str],
     ) -> Result<StoredValues, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
+        let read = self.inner.get(shard, instance, keys).await;
         if let Some(gate) = &self.read_gate {
             gate.acquire().await.expect("gate open").forget();
         }
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err("scripted read failure".into());
         }
-        self.inner.get(shard, instance, keys).await
+        read
     }
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
