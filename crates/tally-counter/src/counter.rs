@@ -273,7 +273,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<S: Store> Counter<S> {
     /// Creates a counter over `store` and starts one flusher task per store shard on the
-    /// current tokio runtime.
+    /// current tokio runtime. Its metrics go to the `metrics` recorder installed now (a
+    /// recorder installed later does not see them).
     ///
     /// # Errors
     /// [`Error::Config`] when `config` is out of range.

@@ -73,7 +73,9 @@
 //! - `counter`: [`Counter`], the write buffer, the read cache and the flushers.
 //! - `memory`: [`MemoryStore`].
 //! - `config`: [`CounterConfig`]; `error`: [`Error`]; `metrics`: the `tally_counter_*`
-//!   metrics emitted through the `metrics` facade.
+//!   metrics emitted through the `metrics` facade. [`Counter::new`] registers their
+//!   handles with the recorder installed at that moment (once, so the hot paths pay an
+//!   atomic add): install yours before creating counters, or theirs go nowhere.
 #![deny(missing_docs)]
 
 mod config;
