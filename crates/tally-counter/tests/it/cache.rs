@@ -52,6 +52,27 @@ async fn concurrent_gets(
     tasks
 }
 
+/// A gated counter whose store holds `stored` for key `a`, and a `get("a")` that has read
+/// it from the store and waits for a permit of the gate to answer.
+async fn a_read_held_back(
+    stored: u64,
+) -> (
+    Counter<ScriptedStore>,
+    Arc<Semaphore>,
+    JoinHandle<tally_counter::Result<tally_counter::Count>>,
+) {
+    let (counter, gate) = gated_reads();
+    stored_elsewhere(&counter, "a", stored).await;
+    let reader = concurrent_gets(&counter, "a", 1).await.remove(0);
+    until(|| store_reads(&counter) == 1).await;
+    (counter, gate, reader)
+}
+
+/// Store reads started so far.
+fn store_reads(counter: &Counter<ScriptedStore>) -> usize {
+    counter.store().gets.load(Ordering::SeqCst)
+}
+
 /// Lets other tasks run until `done` holds; panics after 10 s.
 async fn until(done: impl Fn() -> bool) {
     let wait = async {
@@ -173,11 +194,7 @@ async fn concurrent_misses_of_one_key_share_one_store_read() {
         answers.push(reader.await.unwrap().unwrap());
     }
 
-    assert_eq!(
-        counter.store().gets.load(Ordering::SeqCst),
-        1,
-        "one store read"
-    );
+    assert_eq!(store_reads(&counter), 1, "one store read");
     assert!(
         answers
             .iter()
@@ -208,11 +225,7 @@ async fn a_failed_shared_read_fails_each_of_its_waiters_and_is_not_reused() {
     counter.store().fail_reads.store(false, Ordering::SeqCst);
     let after = counter.get("a").await;
 
-    assert_eq!(
-        counter.store().gets.load(Ordering::SeqCst),
-        2,
-        "one read each"
-    );
+    assert_eq!(store_reads(&counter), 2, "one read each");
     assert!(
         messages
             .iter()
@@ -224,11 +237,7 @@ async fn a_failed_shared_read_fails_each_of_its_waiters_and_is_not_reused() {
 
 #[tokio::test]
 async fn a_cancelled_shared_read_hands_over_to_a_waiter() {
-    let (counter, gate) = gated_reads();
-    stored_elsewhere(&counter, "a", 5).await;
-
-    let first = concurrent_gets(&counter, "a", 1).await.remove(0);
-    until(|| counter.store().gets.load(Ordering::SeqCst) == 1).await;
+    let (counter, gate, first) = a_read_held_back(5).await;
     let waiter = concurrent_gets(&counter, "a", 1).await.remove(0);
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
@@ -240,21 +249,13 @@ async fn a_cancelled_shared_read_hands_over_to_a_waiter() {
         .unwrap();
 
     assert_eq!(answer.value, 5);
-    assert_eq!(
-        counter.store().gets.load(Ordering::SeqCst),
-        2,
-        "the waiter read"
-    );
+    assert_eq!(store_reads(&counter), 2, "the waiter read");
 }
 
 #[tokio::test]
 async fn a_read_that_raced_a_reset_does_not_cache_the_count_from_before_it() {
-    let (counter, gate) = gated_reads();
-    stored_elsewhere(&counter, "a", 5).await;
-
     // The read has the stored 5 and is on its way back when the reset lands.
-    let reader = concurrent_gets(&counter, "a", 1).await.remove(0);
-    until(|| counter.store().gets.load(Ordering::SeqCst) == 1).await;
+    let (counter, gate, reader) = a_read_held_back(5).await;
     counter.reset("a").await.unwrap();
     gate.add_permits(100);
     let raced = reader.await.unwrap().unwrap();
