@@ -359,7 +359,10 @@ impl<S: Store> Counter<S> {
     /// # Errors
     /// [`Error::Overloaded`] when `key` is not pending and `max_pending_keys` keys already
     /// are, or its shard already holds its share of them (`max_pending_keys` divided by
-    /// the number of shards, rounded up): the increment was not recorded.
+    /// the number of shards, rounded up): the increment was not recorded. A key in its
+    /// shard's batch in flight is waiting already and is never refused: past the bounds
+    /// it takes one more place (so a shard holds at most its share plus its batch in
+    /// flight, which is at most its share).
     /// [`Error::ShutDown`] after [`Counter::shutdown`].
     pub fn increment(&self, key: &str, n: u64) -> Result<()> {
         let inner = &*self.inner;
@@ -385,6 +388,12 @@ impl<S: Store> Counter<S> {
             inner.buffered_keys.fetch_sub(1, Ordering::AcqRel);
             state.buffered.fetch_sub(1, Ordering::AcqRel);
             drop(maps);
+            if inner.in_flight(shard, key) {
+                // Already waiting (in the batch on the wire, perhaps to a shard that is
+                // down): it takes its increments past the bound, one more place at most.
+                inner.record_over_bound(shard, hash, key, n);
+                return Ok(());
+            }
             inner.metrics.overloaded.increment(1);
             // Report the bound that refused: the whole buffer, or this shard's share.
             let (pending, limit) = if buffered >= limit {
@@ -394,15 +403,7 @@ impl<S: Store> Counter<S> {
             };
             return Err(Error::Overloaded { pending, limit });
         }
-        table.insert_unique(hash, (key.into(), n), |(k, _)| inner.hash.hash_str(k));
-        // Counted under the stripe lock, like the drain that subtracts it, so the shard's
-        // count never runs below the keys actually in its maps.
-        let pending = state.pending.fetch_add(1, Ordering::AcqRel) + 1;
-        drop(maps);
-        inner.metrics.buffered_keys.increment(1.0);
-        if pending == inner.config.batch_size_limit {
-            state.wake.notify_one();
-        }
+        inner.insert_pending(maps, shard, hash, key, n);
         Ok(())
     }
 
@@ -576,6 +577,52 @@ impl<S: Store> Inner<S> {
         maps[shard]
             .find(hash, |(k, _)| &**k == key)
             .map_or(0, |(_, delta)| *delta)
+    }
+
+    /// Inserts `key`, absent from its stripe's map for `shard` (held in `maps`), as a new
+    /// pending key already counted in the buffered totals.
+    fn insert_pending(
+        &self,
+        mut maps: MutexGuard<'_, Vec<PendingTable>>,
+        shard: ShardId,
+        hash: u64,
+        key: &str,
+        n: u64,
+    ) {
+        maps[shard].insert_unique(hash, (key.into(), n), |(k, _)| self.hash.hash_str(k));
+        // Counted under the stripe lock, like the drain that subtracts it, so the shard's
+        // count never runs below the keys actually in its maps.
+        let state = &self.shards[shard];
+        let pending = state.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(maps);
+        self.metrics.buffered_keys.increment(1.0);
+        if pending == self.config.batch_size_limit {
+            state.wake.notify_one();
+        }
+    }
+
+    /// Whether `key` is in `shard`'s batch in flight.
+    fn in_flight(&self, shard: ShardId, key: &str) -> bool {
+        let view = self.shards[shard]
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        view.inflight
+            .as_ref()
+            .is_some_and(|keys| keys.contains_key(key))
+    }
+
+    /// Records `n` for `key` whatever the bounds (a key in flight, see
+    /// [`Counter::increment`]).
+    fn record_over_bound(&self, shard: ShardId, hash: u64, key: &str, n: u64) {
+        let mut maps = lock(&self.stripe(hash).maps);
+        if let Some((_, delta)) = maps[shard].find_mut(hash, |(k, _)| &**k == key) {
+            *delta += n;
+            return;
+        }
+        self.buffered_keys.fetch_add(1, Ordering::AcqRel);
+        self.shards[shard].buffered.fetch_add(1, Ordering::AcqRel);
+        self.insert_pending(maps, shard, hash, key, n);
     }
 
     fn forget_keys(&self, shard: ShardId, keys: usize) {

@@ -61,7 +61,10 @@
 //!   most a shard's share of them (`max_pending_keys / shards`, rounded up) for any one
 //!   shard, so a shard whose store is down fills only its own share and the others keep
 //!   taking new keys; past either bound [`Counter::increment`] returns
-//!   [`Error::Overloaded`] and records nothing.
+//!   [`Error::Overloaded`] and records nothing. Keys already waiting are never refused:
+//!   pending ones, and those of a shard's batch in flight (a shard down for long has
+//!   every key it had in flight), which take one more place each, so a shard holds at
+//!   most twice its share.
 //! - **What a crash loses.** If the process dies without [`Counter::shutdown`], the
 //!   increments not yet written (at most one `batch_interval` of them, more while a shard
 //!   is down) are lost. A store that loses data it acknowledged (Redis without AOF) loses

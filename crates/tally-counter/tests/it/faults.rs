@@ -329,3 +329,48 @@ async fn a_batch_failed_on_a_shard_that_is_up_waits_its_whole_backoff() {
     assert_eq!(counter.store().applies.load(Ordering::SeqCst), 1);
     flush.abort();
 }
+
+#[tokio::test]
+async fn a_key_in_a_stuck_batch_still_takes_increments_when_the_share_is_full() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
+    let config = CounterConfig {
+        max_pending_keys: 3,
+        ..manual_config()
+    };
+    let counter = Counter::new(store, config).unwrap();
+    for key in ["a", "b"] {
+        counter.increment(key, 1).unwrap();
+    }
+    // "a" and "b" go out in a batch the store holds; "c" and "d" fill the bound behind it.
+    let flush = tokio::spawn({
+        let counter = counter.clone();
+        async move { counter.flush().await }
+    });
+    counter.store().entered.notified().await;
+    counter.increment("c", 1).unwrap();
+
+    let in_flight = counter.increment("a", 10);
+    let in_flight_again = counter.increment("a", 100);
+    let new_key = counter.increment("d", 1);
+    gate.add_permits(100);
+    flush.await.unwrap();
+    counter.flush().await;
+
+    assert!(in_flight.is_ok(), "{in_flight:?}");
+    assert!(in_flight_again.is_ok(), "{in_flight_again:?}");
+    assert!(
+        matches!(new_key, Err(tally_counter::Error::Overloaded { .. })),
+        "a new key is still refused: {new_key:?}"
+    );
+    let values: Vec<u64> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| counter.store().inner.value(k))
+        .collect();
+    assert_eq!(values, [111, 1, 1, 0]);
+    assert_eq!(
+        counter.snapshot().write_buffer_size,
+        0,
+        "every place given back"
+    );
+}
