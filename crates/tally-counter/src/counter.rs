@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -187,6 +187,19 @@ struct Shard {
     slot: tokio::sync::Mutex<Slot>,
     /// The in-flight deltas as readers see them. Held briefly, never across an `.await`.
     view: RwLock<View>,
+}
+
+impl Shard {
+    /// The in-flight view, for reading. Plain data: a panic elsewhere cannot leave it
+    /// inconsistent, so a poisoned lock is used as it is.
+    fn view(&self) -> RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The in-flight view, for changing it.
+    fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Default)]
@@ -465,10 +478,7 @@ impl<S: Store> Counter<S> {
             .reset(shard, key)
             .await
             .map_err(|source| inner.store_error(shard, source))?;
-        let mut view = inner.shards[shard]
-            .view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut view = inner.shards[shard].view_mut();
         {
             let hash = inner.hash.hash_str(key);
             let mut maps = lock(&inner.stripe(hash).maps);
@@ -603,10 +613,7 @@ impl<S: Store> Inner<S> {
 
     /// Whether `key` is in `shard`'s batch in flight.
     fn in_flight(&self, shard: ShardId, key: &str) -> bool {
-        let view = self.shards[shard]
-            .view
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let view = self.shards[shard].view();
         view.inflight
             .as_ref()
             .is_some_and(|keys| keys.contains_key(key))
@@ -643,10 +650,7 @@ impl<S: Store> Inner<S> {
 
     /// The count from the cache, or `None` on a miss.
     fn cached_count(&self, shard: ShardId, key: &str) -> Option<u64> {
-        let view = self.shards[shard]
-            .view
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let view = self.shards[shard].view();
         let entry = self.cache.get(key)?;
         Some(entry.value + view.inflight_delta(key, entry.seq) + self.pending_delta(shard, key))
     }
@@ -701,21 +705,14 @@ impl<S: Store> Inner<S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resets = self.shards[shard]
-                .view
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .resets;
+            let resets = self.shards[shard].view().resets;
             let read = self
                 .store
                 .get(shard, self.instance, &[key])
                 .await
                 .map_err(|source| self.store_error(shard, source))?;
             let stored = read.values.first().copied().unwrap_or(0);
-            let view = self.shards[shard]
-                .view
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let view = self.shards[shard].view();
             if view.acked_seq > read.applied_seq && attempt < READ_ATTEMPTS {
                 // A batch of ours was acknowledged after the store answered: that answer
                 // misses it and it is no longer in flight. Ask again.
@@ -757,7 +754,7 @@ impl<S: Store> Inner<S> {
         if state.pending.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let mut view = state.view.write().unwrap_or_else(PoisonError::into_inner);
+        let mut view = state.view_mut();
         let mut taken =
             KeyMap::with_capacity_and_hasher(state.pending.load(Ordering::Acquire), self.hash);
         for stripe in self.stripes.iter() {
@@ -868,7 +865,7 @@ impl<S: Store> Inner<S> {
     /// Makes an applied batch visible as stored: cache the totals, clear the in-flight set.
     fn acknowledge(&self, shard: ShardId, batch: &Batch, totals: &[u64]) {
         let state = &self.shards[shard];
-        let mut view = state.view.write().unwrap_or_else(PoisonError::into_inner);
+        let mut view = state.view_mut();
         for ((key, _), total) in batch.deltas.iter().zip(totals) {
             self.cache.insert(
                 key.clone(),
@@ -902,7 +899,7 @@ impl<S: Store> Inner<S> {
         let mut keys = 0;
         let mut sum = 0;
         for shard in self.shards.iter() {
-            let view = shard.view.read().unwrap_or_else(PoisonError::into_inner);
+            let view = shard.view();
             if let Some(map) = &view.inflight {
                 keys += map.len();
                 sum += map.values().sum::<u64>();
