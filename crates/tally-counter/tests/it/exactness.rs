@@ -4,7 +4,7 @@ use std::sync::Arc;
 use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
 use tokio::sync::Semaphore;
 
-use crate::support::{ScriptedStore, fast_config, manual_config};
+use crate::support::{ScriptedStore, fast_config, manual_config, spawn_flush};
 
 const TASKS: u64 = 8;
 const PER_TASK: u64 = 125_000;
@@ -90,10 +90,7 @@ async fn reads_stay_exact_while_a_batch_is_in_flight() {
     let counter = Counter::new(store, manual_config()).unwrap();
     counter.increment("k", 4).unwrap();
 
-    let flusher = {
-        let counter = counter.clone();
-        tokio::spawn(async move { counter.flush().await })
-    };
+    let flusher = spawn_flush(&counter);
     entered.notified().await;
     counter.increment("k", 1).unwrap();
     // The batch of 4 is in flight and not applied; 1 is pending; the store holds 0.

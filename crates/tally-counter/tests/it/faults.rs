@@ -7,7 +7,7 @@ use std::time::Duration;
 use tally_counter::{Counter, CounterConfig, Store};
 use tokio::sync::Semaphore;
 
-use crate::support::{Fault, ScriptedStore, manual_config};
+use crate::support::{Fault, ScriptedStore, manual_config, spawn_flush};
 
 #[tokio::test]
 async fn lost_reply_is_retried_and_counted_once() {
@@ -42,10 +42,7 @@ async fn read_during_retry_after_lost_reply_counts_the_batch_once() {
     let entered = Arc::clone(&store.entered);
     let counter = Counter::new(store, config).unwrap();
     counter.increment("page", 3).unwrap();
-    let flusher = {
-        let counter = counter.clone();
-        tokio::spawn(async move { counter.flush().await })
-    };
+    let flusher = spawn_flush(&counter);
     entered.notified().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The store applied the batch but the counter does not know: it is still in flight.
@@ -95,10 +92,7 @@ async fn reset_wins_over_inflight_batch() {
     let entered = Arc::clone(&store.entered);
     let counter = Counter::new(store, manual_config()).unwrap();
     counter.increment("page", 10).unwrap();
-    let flusher = {
-        let counter = counter.clone();
-        tokio::spawn(async move { counter.flush().await })
-    };
+    let flusher = spawn_flush(&counter);
     entered.notified().await;
 
     // The reset must wait for the held batch; release it only once the reset is waiting.
@@ -287,10 +281,7 @@ fn hour_backoff(store: ScriptedStore) -> Counter<ScriptedStore> {
 /// Starts a flush of one pending key and returns it once its first batch has failed.
 async fn flush_after_one_failure(counter: &Counter<ScriptedStore>) -> tokio::task::JoinHandle<()> {
     counter.increment("page", 1).unwrap();
-    let flush = tokio::spawn({
-        let counter = counter.clone();
-        async move { counter.flush().await }
-    });
+    let flush = spawn_flush(counter);
     while counter.snapshot().batches_failed == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -343,10 +334,7 @@ async fn a_key_in_a_stuck_batch_still_takes_increments_when_the_share_is_full() 
         counter.increment(key, 1).unwrap();
     }
     // "a" and "b" go out in a batch the store holds; "c" and "d" fill the bound behind it.
-    let flush = tokio::spawn({
-        let counter = counter.clone();
-        async move { counter.flush().await }
-    });
+    let flush = spawn_flush(&counter);
     counter.store().entered.notified().await;
     counter.increment("c", 1).unwrap();
 

@@ -1,5 +1,5 @@
 //! A store wrapper whose `apply` can be made to fail, lose its reply, or hold open, and
-//! whose reads can be held open or made to fail.
+//! whose reads can be held open or made to fail; and helpers the tests share.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tally_counter::{
-    Batch, CounterConfig, InstanceId, MemoryStore, ShardHealth, ShardId, Store, StoreError,
-    StoredValues,
+    Batch, Counter, CounterConfig, InstanceId, MemoryStore, ShardHealth, ShardId, Store,
+    StoreError, StoredValues,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -171,4 +171,10 @@ pub fn manual_config() -> CounterConfig {
         batch_interval: Duration::from_secs(3600),
         ..fast_config()
     }
+}
+
+/// `counter.flush()` on a task of its own, for tests that act while it runs.
+pub fn spawn_flush<S: Store>(counter: &Counter<S>) -> tokio::task::JoinHandle<()> {
+    let counter = counter.clone();
+    tokio::spawn(async move { counter.flush().await })
 }
