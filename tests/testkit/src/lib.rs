@@ -5,8 +5,9 @@
 //! killed when the value is dropped (also when the test panics). Tests pause it (SIGSTOP),
 //! kill it, restart it with its append-only file, and read its keys directly to check what
 //! the code under test wrote. A [`FaultProxy`] sits between a client and a node and can hold
-//! all traffic ([`Mode::BlackHole`]) or lose the reply of a request the node executed
-//! ([`Mode::DropReplies`]), the case exactly-once counting has to survive.
+//! all traffic ([`Mode::BlackHole`]), refuse it ([`Mode::Refuse`]) or lose the reply of a
+//! request the node executed ([`Mode::DropReplies`]), the case exactly-once counting has
+//! to survive.
 //!
 //! [`run_load`] is the load client that keeps score: keep-alive HTTP to a loopback server,
 //! bounded in requests and time, recording per key what was acknowledged (2xx), refused
@@ -49,6 +50,8 @@
 //! - `proxy`: [`FaultProxy`] and its [`Mode`]s.
 //! - `http`: [`HttpConnection`], the bare keep-alive HTTP/1.1 client.
 //! - `load`: [`run_load`] and its [`Scoreboard`].
+//! - `overlap`: [`second_while_first_runs`], a request made while another is proven to
+//!   be under way.
 //! - `server`: [`ServerProcess`], a server binary as a child process.
 //! - `signal`: signals through `kill`; `error`: [`Error`].
 #![deny(missing_docs)]
@@ -57,6 +60,7 @@ mod error;
 mod http;
 mod load;
 mod node;
+mod overlap;
 mod proxy;
 mod server;
 mod signal;
@@ -65,5 +69,6 @@ pub use error::{Error, Result};
 pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
 pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
+pub use overlap::{Overlap, second_while_first_runs};
 pub use proxy::{FaultProxy, Mode};
 pub use server::{ServerProcess, TEST_LOG_ENV, resident_memory};

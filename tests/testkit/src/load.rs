@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,10 @@ pub struct LoadSpec {
     /// Text no response (status line, headers or body) may contain, e.g. a password:
     /// responses that do are counted in [`Scoreboard::forbidden_seen`].
     pub forbidden: Option<String>,
+    /// When set, the run also stops starting requests once this flag is true: a test ends
+    /// its load when the faults it stages are over, whatever the machine's speed, with
+    /// [`LoadSpec::time_limit`] as the bound.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl LoadSpec {
@@ -88,6 +92,7 @@ impl LoadSpec {
             time_limit: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             forbidden: None,
+            stop: None,
         }
     }
 }
@@ -288,7 +293,11 @@ pub async fn run_load(spec: LoadSpec) -> Scoreboard {
                 let mut conn: Option<HttpConnection> = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= spec.requests || Instant::now() >= deadline {
+                    let stopped = spec
+                        .stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(Ordering::Relaxed));
+                    if i >= spec.requests || Instant::now() >= deadline || stopped {
                         break;
                     }
                     let key = &spec.keys[(i % spec.keys.len() as u64) as usize];

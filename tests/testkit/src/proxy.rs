@@ -1,8 +1,8 @@
 //! A TCP proxy between the code under test and a node, with faults switchable at runtime.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -36,19 +36,27 @@ pub enum Mode {
     /// never hears the answer of a request the node applied, nor of anything else in flight
     /// on that connection. The proxy keeps forwarding the rest of the request while it
     /// waits, and lets the node see a clean end of stream. After `n` events the mode
-    /// becomes [`Mode::Pass`].
+    /// becomes [`Mode::Pass`], or the mode given to [`FaultProxy::set_mode_then`].
     DropReplies(usize),
     /// Like [`Mode::DropReplies`], but only request events whose bytes contain the needle
     /// count, e.g. `b"EVALSHA"` to lose the reply of a script call and not of the `PING` a
     /// connection pool sends first.
     DropRepliesMatching(usize, Vec<u8>),
+    /// The node is unreachable: every client connection is closed at once, new ones as soon
+    /// as they are accepted, without contacting the node (a connection still waiting for a
+    /// reply it must drop finishes that first). Clients see their commands fail at once,
+    /// as when the node's port refuses connections.
+    Refuse,
 }
 
 #[derive(Debug)]
 struct Shared {
     target: SocketAddr,
     mode: watch::Sender<Mode>,
+    /// The mode a `DropReplies*` mode turns into once its count is used up.
+    after_drops: Mutex<Mode>,
     dropped: AtomicUsize,
+    discarded: AtomicUsize,
     accepted: AtomicUsize,
 }
 
@@ -64,7 +72,11 @@ impl Shared {
             };
             *remaining -= 1;
             if *remaining == 0 {
-                *mode = Mode::Pass;
+                *mode = self
+                    .after_drops
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
             }
             hit = true;
             true
@@ -104,7 +116,9 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             target,
             mode: watch::Sender::new(Mode::Pass),
+            after_drops: Mutex::new(Mode::Pass),
             dropped: AtomicUsize::new(0),
+            discarded: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -126,8 +140,22 @@ impl FaultProxy {
         format!("redis://{}", self.addr)
     }
 
-    /// Switches the mode; applies at once to existing and new connections.
+    /// Switches the mode; applies at once to existing and new connections. A
+    /// `DropReplies*` mode becomes [`Mode::Pass`] once its count is used up.
     pub fn set_mode(&self, mode: Mode) {
+        self.set_mode_then(mode, Mode::Pass);
+    }
+
+    /// Like [`FaultProxy::set_mode`], but a `DropReplies*` `mode` becomes `after_drops`
+    /// (instead of [`Mode::Pass`]) the moment its last reply is condemned, so that no other
+    /// request slips through in between: e.g. lose a batch's reply, then make the node
+    /// unreachable until the test says otherwise.
+    pub fn set_mode_then(&self, mode: Mode, after_drops: Mode) {
+        *self
+            .shared
+            .after_drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = after_drops;
         self.shared.mode.send_replace(mode);
     }
 
@@ -136,9 +164,18 @@ impl FaultProxy {
         self.shared.mode.borrow().clone()
     }
 
-    /// How many replies the proxy has dropped so far.
+    /// How many replies the proxy has condemned so far: requests forwarded whose reply it
+    /// will discard. The node may not have answered yet; see
+    /// [`FaultProxy::replies_discarded`].
     pub fn replies_dropped(&self) -> usize {
         self.shared.dropped.load(Ordering::SeqCst)
+    }
+
+    /// How many condemned replies the node has sent and the proxy has thrown away, closing
+    /// the client's connection: each such request was executed by the node, and its
+    /// client never heard the answer.
+    pub fn replies_discarded(&self) -> usize {
+        self.shared.discarded.load(Ordering::SeqCst)
     }
 
     /// How many client connections the proxy has accepted so far.
@@ -179,6 +216,9 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     if mode.wait_for(|m| *m != Mode::BlackHole).await.is_err() {
         return;
     }
+    if *mode.borrow() == Mode::Refuse {
+        return; // Dropping the client socket closes it before anything reached the node.
+    }
     let Ok(server) = TcpStream::connect(shared.target).await else {
         return; // Dropping the client socket tells the client the node is unreachable.
     };
@@ -192,6 +232,9 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     // Set once a request event of this connection had its reply condemned.
     let mut losing_reply = false;
     loop {
+        if !losing_reply && *mode.borrow() == Mode::Refuse {
+            return;
+        }
         if *mode.borrow_and_update() == Mode::BlackHole {
             if mode.wait_for(|m| *m != Mode::BlackHole).await.is_err() {
                 return;
@@ -221,6 +264,7 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
                     // The node has answered, so it executed the request: discard the answer
                     // and hang up on the client.
                     drop((client_rx, client_tx));
+                    shared.discarded.fetch_add(1, Ordering::SeqCst);
                     let _ = server_tx.shutdown().await;
                     let drain = async {
                         while let Ok(n) = server_rx.read(&mut server_buf).await {
@@ -261,7 +305,9 @@ mod tests {
         Shared {
             target: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
             mode: watch::Sender::new(mode),
+            after_drops: Mutex::new(Mode::Pass),
             dropped: AtomicUsize::new(0),
+            discarded: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
         }
     }
@@ -275,6 +321,15 @@ mod tests {
         assert_eq!(*shared.mode.borrow(), Mode::Pass);
         assert!(!shared.take_event(b"GET"));
         assert_eq!(shared.dropped.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn drop_replies_turns_into_the_mode_after_drops() {
+        let shared = shared(Mode::DropReplies(1));
+        *shared.after_drops.lock().unwrap() = Mode::Refuse;
+        assert!(shared.take_event(b"PING"));
+        assert_eq!(*shared.mode.borrow(), Mode::Refuse);
+        assert!(!shared.take_event(b"PING"));
     }
 
     #[test]

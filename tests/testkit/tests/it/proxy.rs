@@ -116,3 +116,51 @@ async fn dropping_the_proxy_closes_its_connections() -> TestResult {
     assert!(conn.get::<_, Option<u64>>("k").await.is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn refuse_closes_every_connection_and_pass_heals_it() -> TestResult {
+    let node = RedisNode::start()?;
+    let proxy = FaultProxy::start(node.addr()).await?;
+    let mut open = connect(&proxy.url()).await?;
+    let _: () = open.set("k", 1).await?;
+    proxy.set_mode(Mode::Refuse);
+
+    let on_open = open.incr::<_, _, u64>("k", 1).await;
+    let new = connect(&proxy.url()).await;
+
+    assert!(on_open.is_err(), "a command went through: {on_open:?}");
+    if let Ok(mut new) = new {
+        // The handshake may complete in the kernel; the first command must fail.
+        assert!(new.get::<_, Option<u64>>("k").await.is_err());
+    }
+    assert_eq!(node.get_u64("k")?, Some(1), "the node saw a command");
+    proxy.set_mode(Mode::Pass);
+    let mut healed = connect(&proxy.url()).await?;
+    assert_eq!(healed.incr::<_, _, u64>("k", 1).await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn set_mode_then_refuses_from_the_moment_the_reply_is_condemned() -> TestResult {
+    let node = RedisNode::start()?;
+    let proxy = FaultProxy::start(node.addr()).await?;
+    let mut conn = connect(&proxy.url()).await?;
+    proxy.set_mode_then(
+        Mode::DropRepliesMatching(1, b"INCRBY".to_vec()),
+        Mode::Refuse,
+    );
+
+    let lost = conn.incr::<_, _, u64>("k", 4).await;
+
+    assert!(lost.is_err(), "the reply arrived: {lost:?}");
+    assert_eq!(node.get_u64("k")?, Some(4), "the node executed the request");
+    assert_eq!((proxy.replies_dropped(), proxy.replies_discarded()), (1, 1));
+    assert_eq!(proxy.mode(), Mode::Refuse);
+    let retry = match connect(&proxy.url()).await {
+        Ok(mut conn) => conn.incr::<_, _, u64>("k", 4).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(retry.is_err(), "a retry reached the node while refused");
+    assert_eq!(node.get_u64("k")?, Some(4));
+    Ok(())
+}
