@@ -51,7 +51,7 @@
 //!
 //! Through the `metrics` facade: `tally_redis_commands_total{node,op}`,
 //! `tally_redis_errors_total{node,op,kind}`, `tally_redis_node_up{node}`,
-//! `tally_redis_command_seconds{node,op}` and `tally_redis_batches_replayed_total{node}`.
+//! `tally_redis_command_seconds{node,op}` and `tally_redis_batches_replayed_total{node,layout}`.
 #![deny(missing_docs)]
 
 mod config;

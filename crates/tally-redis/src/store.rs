@@ -239,8 +239,12 @@ impl RedisStore {
                 ));
             }
             if !reply.applied {
-                metrics::counter!("tally_redis_batches_replayed_total", "node" => node.name().to_owned())
-                    .increment(1);
+                metrics::counter!(
+                    "tally_redis_batches_replayed_total",
+                    "node" => node.name().to_owned(),
+                    "layout" => self.layout.to_string()
+                )
+                .increment(1);
                 tracing::debug!(
                     mark = reply.mark,
                     "batch already applied (a retry after a lost reply); answered current totals"
@@ -425,6 +429,6 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "tally_redis_batches_replayed_total",
-        "Batches a node had already applied (retries after lost replies), answered without applying."
+        "Batches a node had already applied (retries after lost replies), answered without applying, by node and key layout (counters: visits; sorted-set: request statistics)."
     );
 }
