@@ -1,69 +1,96 @@
-//! Scenario 4: lost replies. One node sits behind a [`FaultProxy`] that, several times
-//! during a visit load, forwards a batch script to the node, lets the node run it, then
-//! drops the answer and hangs up. The server cannot know whether the batch was applied and
+//! Scenario 4: lost replies. One node sits behind a [`tally_testkit::FaultProxy`] that,
+//! six times during a visit load (three visit batches, three batches of the request
+//! statistics), forwards a batch script to the node, lets the node run it, then drops the
+//! answer and hangs up. The server cannot know whether the batch was applied and
 //! sends it again, unchanged; the node's high-water mark for the instance answers the
-//! retry without applying it twice. Visits and request statistics are both exact.
+//! retry without applying it twice: each lost reply is followed by a replay of its own
+//! layout. Visits and request statistics are both exact, no URL is counted that no request
+//! named, and every visit was answered promptly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_testkit::{FaultProxy, LoadSpec, Mode, RedisCluster, run_load};
+use tally_testkit::{LoadSpec, Mode, RedisNode, run_load};
 
 use crate::support::{
-    Server, check_urls, name_of, one_at_a_time, report, ring, urls_counted, visits_counted,
+    Rig, STATS_BATCH, VISIT_BATCH, assert_answered_promptly, check_no_stray_urls, check_urls,
+    one_at_a_time, report, urls_counted,
 };
 
-/// Replies lost in all, one at a time.
+/// The node behind the proxy.
+const PROXIED: usize = 1;
+/// Replies lost in all, one at a time, taking turns between a visit batch and a batch of
+/// the request statistics.
 const DROPS: usize = 6;
+/// Bound on the slowest answer (no request waits for a batch).
+const PROMPT: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_whose_replies_are_lost_are_counted_once() {
     let _serial = one_at_a_time().await;
     let started = Instant::now();
-    let cluster = RedisCluster::start(3).expect("nodes");
-    let proxy = FaultProxy::start(cluster.node(1).addr())
-        .await
-        .expect("proxy");
-    // The server knows node 1 by the proxy's address: that is its name on the ring.
-    let names = [
-        name_of(cluster.node(0)),
-        format!("127.0.0.1:{}", proxy.port()),
-        name_of(cluster.node(2)),
-    ];
-    let nodes_env = [cluster.node(0).url(), proxy.url(), cluster.node(2).url()].join(",");
-    let ring = ring(&names);
-    let server = Server::start(&nodes_env, &[]);
+    let (rig, proxy) = Rig::start_behind_proxy(3, &RedisNode::builder(), PROXIED).await;
+    let server = rig.server(&[]);
     let pages: Vec<String> = (0..300).map(|i| format!("page-{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
     let spec = LoadSpec {
         concurrency: 16,
         requests: u64::MAX,
-        time_limit: Duration::from_secs(10),
+        time_limit: Duration::from_secs(120),
+        stop: Some(Arc::clone(&stop)),
         ..LoadSpec::visits(&server.base_url(), pages, 0)
     };
     let path = spec.path;
     let load = tokio::spawn(run_load(spec));
 
-    // Once batches flow, lose one batch reply at a time, a second apart.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once both counters' batches flow (their scripts are loaded), lose one batch reply at
+    // a time, and wait for the retry of each to be answered as a replay.
+    for counter in ["visits", "stats"] {
+        server
+            .wait_for_metric(
+                "tally_counter_batches_total",
+                &[&format!("counter=\"{counter}\""), "outcome=\"ok\""],
+                3.0,
+                Duration::from_secs(30),
+                "batches written",
+            )
+            .await;
+    }
+    let proxy_node = format!("node=\"127.0.0.1:{}\"", proxy.port());
+    let layouts = [
+        ("layout=\"counters\"", VISIT_BATCH),
+        ("layout=\"sorted-set\"", STATS_BATCH),
+    ];
     for dropped in 1..=DROPS {
-        proxy.set_mode(Mode::DropRepliesMatching(1, b"EVALSHA".to_vec()));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while proxy.replies_dropped() < dropped {
+        let (layout, needle) = layouts[(dropped - 1) % 2];
+        let replays = server
+            .metric("tally_redis_batches_replayed_total", &[&proxy_node, layout])
+            .await;
+        proxy.set_mode(Mode::DropRepliesMatching(1, needle.to_vec()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while proxy.replies_discarded() < dropped {
             assert!(Instant::now() < deadline, "no batch reached the proxy");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        server
+            .wait_for_metric(
+                "tally_redis_batches_replayed_total",
+                &[&proxy_node, layout],
+                replays + 1.0,
+                Duration::from_secs(30),
+                "the batch whose reply was lost, retried and answered as applied",
+            )
+            .await;
     }
+    stop.store(true, Ordering::Relaxed);
     let board = load.await.expect("load task");
     server.wait_flushed(Duration::from_secs(30)).await;
-    let proxy_node = format!("node=\"127.0.0.1:{}\"", proxy.port());
-    let replays = server
-        .metric("tally_redis_batches_replayed_total", &[&proxy_node])
-        .await as u64;
+    let replays: Vec<u64> = replays_by_layout(&server, &proxy_node, &layouts).await;
     // `/stats/` writes this instance's pending statistics first.
     let _ = server.get_json("/stats/").await;
-    let nodes: Vec<_> = cluster.nodes().iter().collect();
-    let counted = visits_counted(&nodes, &ring, &board);
-    let urls = urls_counted(&nodes, &ring);
+    let counted = rig.visits_counted(&board);
+    let urls = urls_counted(&rig.nodes(), &rig.ring);
     let output = server.stop();
     report(
         "scenario 4: lost replies",
@@ -72,23 +99,47 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
         started.elapsed(),
     );
     println!(
-        "[scenario 4: lost replies] replies dropped {} | batches answered as replays {replays}",
-        proxy.replies_dropped()
+        "[scenario 4: lost replies] replies dropped {} | batches answered as replays: visits {}, statistics {}",
+        proxy.replies_discarded(),
+        replays[0],
+        replays[1]
     );
 
-    assert_eq!(proxy.replies_dropped(), DROPS);
-    assert!(
-        replays >= 1,
-        "a retried batch was recognised as applied: {output}"
-    );
+    assert_eq!(proxy.replies_discarded(), DROPS);
+    for (replays, (layout, _)) in replays.iter().zip(layouts) {
+        assert!(
+            *replays >= (DROPS / 2) as u64,
+            "{layout}: one replay per lost reply at least ({replays}): {output}"
+        );
+    }
     let totals = board.totals();
     assert_eq!(totals.rejected + totals.other, 0, "{board:?}");
+    assert_answered_promptly(&board, PROMPT);
     assert_eq!((counted.lost, counted.doubled), (0, 0));
     counted.assert_exact(&board);
-    // Every request reached the statistics once: answered ones certainly, unknown ones
-    // maybe.
+    // Every request reached the statistics once (all were answered), and nothing else
+    // did but the counter metrics the test polled.
     check_urls(&board, path, &urls, |s| {
         (s.answered(), s.answered() + s.unknown)
     })
     .unwrap_or_else(|wrong| panic!("{wrong}"));
+    check_no_stray_urls(&board, path, &urls, &["/api/v1/counter/metrics"])
+        .unwrap_or_else(|wrong| panic!("{wrong}"));
+}
+
+/// The replays of each layout answered by the proxied node.
+async fn replays_by_layout(
+    server: &crate::support::Server,
+    node: &str,
+    layouts: &[(&str, &[u8]); 2],
+) -> Vec<u64> {
+    let mut replays = Vec::new();
+    for (layout, _) in layouts {
+        replays.push(
+            server
+                .metric("tally_redis_batches_replayed_total", &[node, layout])
+                .await as u64,
+        );
+    }
+    replays
 }

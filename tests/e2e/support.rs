@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tally_ring::Ring;
 use tally_testkit::{
-    HttpConnection, HttpResponse, NodeBuilder, RedisCluster, RedisNode, Score, Scoreboard,
-    ServerProcess, miscounted,
+    FaultProxy, HttpConnection, HttpResponse, NodeBuilder, RedisCluster, RedisNode, Score,
+    Scoreboard, ServerProcess, miscounted,
 };
 
 /// The server under test: `tally_server::cli::main`, the code of the shipped binary.
@@ -19,9 +19,9 @@ pub const SERVER: &str = env!("CARGO_BIN_EXE_tally-e2e-server");
 /// Virtual nodes per node of the server's ring (its `VIRTUAL_NODES` default).
 const VNODES: u32 = 160;
 
-/// Scenarios run one at a time: each drives the two cores of a CI machine flat out, and
-/// several of them assert timings (visibility within TTL + interval, answers during a
-/// pause) that a neighbour's load would blur.
+/// Scenarios run one at a time: each drives the two cores of a CI machine flat out, and a
+/// neighbour's load would only slow it down (no scenario depends on a machine's speed, but
+/// each is sized for the cores it has).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Held for the whole of a scenario.
@@ -151,6 +151,30 @@ impl Server {
         prometheus_sum(&response.text(), name, labels)
     }
 
+    /// Waits until [`Server::metric`] of `name` and `labels` reaches `at_least`, panicking
+    /// with `what` after `timeout`; returns the value reached.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[&str],
+        at_least: f64,
+        timeout: Duration,
+        what: &str,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(name, labels).await;
+            if value >= at_least {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {name}{labels:?} is {value} after {timeout:?}, expected at least {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits up to `deadline` for the exit; returns the status and the
     /// time the shutdown took.
     pub fn terminate(&mut self, deadline: Duration) -> (ExitStatus, Duration) {
@@ -204,6 +228,8 @@ pub struct Rig {
     pub ring: Ring<String>,
     /// `requirepass` of every node, passed to servers as `REDIS_PASSWORD`.
     pub password: Option<String>,
+    /// The servers' `REDIS_NODES`: the nodes' URLs, or a proxy's in place of one.
+    redis_nodes: String,
 }
 
 impl Rig {
@@ -218,9 +244,38 @@ impl Rig {
         let names: Vec<String> = cluster.nodes().iter().map(name_of).collect();
         Self {
             ring: ring(&names),
+            redis_nodes: cluster.urls(),
             cluster,
             password: password.map(str::to_owned),
         }
+    }
+
+    /// `n` nodes with `options`, node `proxied` known to servers only through a
+    /// [`FaultProxy`] in front of it: its name on the ring (and so its keys) is the
+    /// proxy's address. Helpers that read the nodes read them directly.
+    pub async fn start_behind_proxy(
+        n: usize,
+        options: &NodeBuilder,
+        proxied: usize,
+    ) -> (Self, FaultProxy) {
+        let cluster = RedisCluster::start_with(n, options).unwrap_or_else(|e| panic!("{e}"));
+        let proxy = FaultProxy::start(cluster.node(proxied).addr())
+            .await
+            .expect("proxy");
+        let (mut names, mut urls): (Vec<String>, Vec<String>) = cluster
+            .nodes()
+            .iter()
+            .map(|node| (name_of(node), node.url()))
+            .unzip();
+        names[proxied] = format!("127.0.0.1:{}", proxy.port());
+        urls[proxied] = proxy.url();
+        let rig = Self {
+            ring: ring(&names),
+            redis_nodes: urls.join(","),
+            cluster,
+            password: None,
+        };
+        (rig, proxy)
     }
 
     /// The nodes, for the helpers that read them.
@@ -239,7 +294,7 @@ impl Rig {
         if let Some(password) = &self.password {
             env.push(("REDIS_PASSWORD", password));
         }
-        Server::start(&self.cluster.urls(), &env)
+        Server::start(&self.redis_nodes, &env)
     }
 
     /// [`visits_counted`] on these nodes.
@@ -374,6 +429,60 @@ pub fn check_urls(
         }
     }
     miscounted("URLs", wrong)
+}
+
+/// Bytes that only a visit batch's script call carries (its high-water-mark hash as the
+/// first key), for a [`FaultProxy`] to pick it out. A visit read carries them too: use it
+/// where nothing reads counts meanwhile.
+pub const VISIT_BATCH: &[u8] = b"\r\ntally:applied\r\n";
+/// Likewise for a batch of the request statistics.
+pub const STATS_BATCH: &[u8] = b"\r\ntally:applied:urls\r\n";
+
+/// The high-water marks a node holds in `hash` (`tally:applied`, `tally:applied:urls`):
+/// field (instance) → sequence.
+pub fn marks(node: &RedisNode, hash: &str) -> HashMap<String, String> {
+    node.query(redis::cmd("HGETALL").arg(hash))
+        .expect("HGETALL answers")
+}
+
+/// Asserts that every request of a run without HTTP faults was answered (none unknown, none
+/// unsent) and the slowest within `bound`: a server that held requests back while a node
+/// was away would show here, not hide in the unknown window.
+pub fn assert_answered_promptly(board: &Scoreboard, bound: Duration) {
+    let totals = board.totals();
+    assert_eq!(
+        (totals.unknown, totals.unsent),
+        (0, 0),
+        "every request answered: {board:?}"
+    );
+    let slowest = Duration::from_micros(board.latency_us.max());
+    assert!(
+        slowest < bound,
+        "the slowest answer took {slowest:?} (bound {bound:?}): {}",
+        board.summary()
+    );
+}
+
+/// Checks that the request statistics hold no URL but those of the load (`path(key)` for
+/// each key of `board`) and `also` (URLs the test requested itself). Returns every stray.
+pub fn check_no_stray_urls(
+    board: &Scoreboard,
+    path: fn(&str) -> String,
+    urls: &HashMap<String, u64>,
+    also: &[&str],
+) -> Result<(), String> {
+    let expected: std::collections::HashSet<String> = board
+        .keys
+        .keys()
+        .map(|key| path(key))
+        .chain(also.iter().map(|url| (*url).to_owned()))
+        .collect();
+    let stray = urls
+        .iter()
+        .filter(|(url, _)| !expected.contains(*url))
+        .map(|(url, count)| format!("{url}: counted {count}, never requested"))
+        .collect();
+    miscounted("URLs", stray)
 }
 
 /// The sum of every visit counter on `node`.
