@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tally_testkit::{LoadSpec, run_load};
 
-use crate::support::{Outcome, Rig, json, one_at_a_time, pages_on, report};
+use crate::support::{
+    Outcome, Rig, assert_answered_promptly, json, one_at_a_time, pages_on, report,
+};
 
 /// How big a run is, so the secrets scenario can repeat this one smaller.
 pub struct Size {
@@ -195,9 +197,12 @@ pub async fn paused_node_loses_nothing(scenario: &str, rig: &Rig, size: &Size) -
             "{page}: never cached, on the paused node: every read answers 503"
         );
     }
-    // Visits were never refused: they wait in the buffer for the node.
+    // Visits were never refused: they wait in the buffer for the node. And never held
+    // back: a server that made visits to the paused node's pages wait for it would answer
+    // them only after the pause (or never, within the load's timeout).
     let totals = board.totals();
     assert_eq!(totals.rejected + totals.other, 0, "{board:?}");
+    assert_answered_promptly(&board, size.pause / 2);
     assert!(totals.acked > 0);
     let on_paused: u64 = board
         .keys

@@ -10,6 +10,9 @@ use crate::support::{Rig, one_at_a_time, report};
 
 /// `SHUTDOWN_TIMEOUT_SECONDS` of the server.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of the visit load: each has at most one request in flight when the server
+/// stops, so at most this many requests can be left without an answer.
+const CONNECTIONS: usize = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_writes_every_acknowledged_visit_and_exits_0() {
@@ -23,7 +26,7 @@ async fn sigterm_mid_run_writes_every_acknowledged_visit_and_exits_0() {
     ]);
     let pages: Vec<String> = (0..1000).map(|i| format!("page-{i}")).collect();
     let load = tokio::spawn(run_load(LoadSpec {
-        concurrency: 32,
+        concurrency: CONNECTIONS,
         requests: u64::MAX,
         // Outlasts the server: the load goes on against a server that is stopping, then gone.
         time_limit: Duration::from_secs(6),
@@ -57,6 +60,19 @@ async fn sigterm_mid_run_writes_every_acknowledged_visit_and_exits_0() {
         "the load outlasted the server (connections refused at the end): {board:?}"
     );
     assert_eq!(totals.other, 0, "{board:?}");
+    // Requests in flight at SIGTERM are finished, not refused: the server stops taking
+    // connections and then drains, so no request it reads gets 503 `shutting_down`.
+    assert_eq!(
+        totals.rejected, 0,
+        "requests refused while the server stopped: {board:?}"
+    );
+    // A request is left without an answer only if it was on the wire when its connection
+    // closed: one per connection at most.
+    assert!(
+        totals.unknown <= CONNECTIONS as u64,
+        "{} requests without an answer, more than the {CONNECTIONS} connections: {board:?}",
+        totals.unknown
+    );
     assert_eq!((counted.lost, counted.doubled), (0, 0));
     counted.assert_exact(&board);
 }
