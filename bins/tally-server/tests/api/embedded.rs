@@ -50,7 +50,15 @@ async fn visits_survive_a_flush_into_the_embedded_store() {
     for _ in 0..3 {
         assert_eq!(app.visit("café%20page").await.status, 200);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Written once the metrics say a batch went out and nothing waits.
+    assert!(
+        crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
+            let metrics = app.counter_metrics().await.json();
+            metrics["last_batch_write"].is_string() && metrics["metrics"]["write_buffer_size"] == 0
+        })
+        .await,
+        "the visits were never written"
+    );
     let (visits, served_via, _) = app.count("caf%C3%A9%20page").await;
     assert_eq!((visits, served_via.as_str()), (3, "in_memory"));
     let metrics = app.counter_metrics().await.json();

@@ -169,15 +169,13 @@ async fn a_reset_on_a_paused_node_answers_503_in_bounded_time() {
     let page = page_owned_by(&cluster, 0, "paused");
     cluster.node(0).pause().unwrap();
 
-    let started = std::time::Instant::now();
-    let response = app.reset(&page).await;
+    // The server gives up after its store deadline (twice REDIS_TIMEOUT, 1 s here); a
+    // reset that waited for the node would still be waiting at 20 s.
+    let response = tokio::time::timeout(Duration::from_secs(20), app.reset(&page))
+        .await
+        .expect("a reset on a paused node is answered, not held until the node returns");
     response.assert_error(503, "store_unavailable");
     assert!(response.header("retry-after").is_some());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
     cluster.node(0).resume().unwrap();
 }
 
