@@ -1,6 +1,9 @@
 //! The read cache: hits, misses, TTL and capacity.
 //!
-//! The cache (moka) keeps its own clock, so TTL is tested on real time with short values.
+//! The cache (moka) keeps time on the real clock, not tokio's, so paused time does not
+//! move it. Tests that expect a hit run with the hour-long TTL of the support configs; the
+//! test of expiry uses a short TTL and waits for the entry to go, however long the machine
+//! takes, rather than sleeping a fixed time.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +15,7 @@ use tally_counter::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::support::{ScriptedStore, manual_config};
+use crate::support::{PATIENCE, ScriptedStore, eventually, manual_config, wait_until};
 
 /// A counter over one shard whose reads wait for permits of the returned gate.
 fn gated_reads() -> (Counter<ScriptedStore>, Arc<Semaphore>) {
@@ -48,7 +51,10 @@ async fn concurrent_gets(
             tokio::spawn(async move { counter.get(key).await })
         })
         .collect();
-    until(|| counter.snapshot().cache_misses == misses_before + n).await;
+    wait_until("every reader missed the cache", || {
+        counter.snapshot().cache_misses == misses_before + n
+    })
+    .await;
     tasks
 }
 
@@ -64,25 +70,13 @@ async fn a_read_held_back(
     let (counter, gate) = gated_reads();
     stored_elsewhere(&counter, "a", stored).await;
     let reader = concurrent_gets(&counter, "a", 1).await.remove(0);
-    until(|| store_reads(&counter) == 1).await;
+    wait_until("the read reached the store", || store_reads(&counter) == 1).await;
     (counter, gate, reader)
 }
 
 /// Store reads started so far.
 fn store_reads(counter: &Counter<ScriptedStore>) -> usize {
     counter.store().gets.load(Ordering::SeqCst)
-}
-
-/// Lets other tasks run until `done` holds; panics after 10 s.
-async fn until(done: impl Fn() -> bool) {
-    let wait = async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .expect("the readers got there within 10 s");
 }
 
 #[tokio::test]
@@ -126,19 +120,35 @@ async fn get_cached_answers_hits_only_and_includes_pending_deltas() {
 
 #[tokio::test]
 async fn cache_entry_expires_after_ttl() {
+    let ttl = Duration::from_millis(100);
     let config = CounterConfig {
-        cache_ttl: Duration::from_millis(100),
+        cache_ttl: ttl,
         ..manual_config()
     };
-    let counter = Counter::new(MemoryStore::new(), config).unwrap();
+    let counter = Counter::new(ScriptedStore::new(1), config).unwrap();
     counter.increment("a", 1).unwrap();
+    let before_caching = std::time::Instant::now();
     counter.flush().await;
-    assert_eq!(counter.get("a").await.unwrap().served_via, ServedVia::Cache);
+    // Another instance's write: a cached answer still says 1, the store says 3.
+    stored_elsewhere(&counter, "a", 2).await;
 
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let count = counter.get("a").await.unwrap();
+    let count = first_miss(&counter, "a").await;
+    let waited = before_caching.elapsed();
 
-    assert_eq!((count.value, count.served_via), (1, ServedVia::Store(0)));
+    assert!(
+        waited >= ttl,
+        "served from the cache until the TTL passed, not {waited:?}"
+    );
+    assert_eq!((count.value, count.served_via), (3, ServedVia::Store(0)));
+}
+
+/// Reads `key` until the answer comes from the store, and returns that answer.
+async fn first_miss(counter: &Counter<ScriptedStore>, key: &str) -> tally_counter::Count {
+    eventually("the cache entry expired", || async {
+        let count = counter.get(key).await.unwrap();
+        (count.served_via != ServedVia::Cache).then_some(count)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -242,7 +252,7 @@ async fn a_cancelled_shared_read_hands_over_to_a_waiter() {
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     gate.add_permits(100);
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+    let answer = tokio::time::timeout(PATIENCE, waiter)
         .await
         .expect("the waiter answers once the reader is gone")
         .unwrap()

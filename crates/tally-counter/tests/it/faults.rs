@@ -7,7 +7,7 @@ use std::time::Duration;
 use tally_counter::{Counter, CounterConfig, Store};
 use tokio::sync::Semaphore;
 
-use crate::support::{Fault, ScriptedStore, manual_config, spawn_flush};
+use crate::support::{Fault, ScriptedStore, manual_config, spawn_flush, wait_until};
 
 #[tokio::test]
 async fn lost_reply_is_retried_and_counted_once() {
@@ -31,30 +31,28 @@ async fn lost_reply_is_retried_and_counted_once() {
     assert_eq!((snapshot.batches_ok, snapshot.batches_failed), (1, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn read_during_retry_after_lost_reply_counts_the_batch_once() {
-    let config = CounterConfig {
-        retry_backoff_min: Duration::from_millis(300),
-        retry_backoff_max: Duration::from_millis(300),
-        ..manual_config()
-    };
     let store = ScriptedStore::new(1).with_faults(&[Fault::LoseReply]);
-    let entered = Arc::clone(&store.entered);
-    let counter = Counter::new(store, config).unwrap();
-    counter.increment("page", 3).unwrap();
-    let flusher = spawn_flush(&counter);
-    entered.notified().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // The store applied the batch but the counter does not know: it is still in flight.
+    let counter = hour_backoff(store);
+    let flusher = flush_after_one_failure(&counter, 3).await;
+    // The store applied the batch but the counter does not know: it is still in flight,
+    // its retry an hour away on the paused clock.
     assert_eq!(counter.store().inner.value("page"), 3);
 
     let count = counter.get("page").await.unwrap();
+    let acknowledged_before_the_read = counter.snapshot().batches_ok;
 
+    assert_eq!(
+        acknowledged_before_the_read, 0,
+        "the read ran while the batch was in flight"
+    );
     assert_eq!(
         count.value, 3,
         "the store value already holds the in-flight batch"
     );
     flusher.await.unwrap();
+    assert_eq!(counter.store().applies.load(Ordering::SeqCst), 2);
     assert_eq!(counter.get("page").await.unwrap().value, 3);
 }
 
@@ -85,7 +83,7 @@ async fn store_failing_three_times_then_recovering_loses_nothing_and_keeps_reset
     assert_eq!(counter.get("a").await.unwrap().value, 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reset_wins_over_inflight_batch() {
     let gate = Arc::new(Semaphore::new(0));
     let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
@@ -96,6 +94,8 @@ async fn reset_wins_over_inflight_batch() {
     entered.notified().await;
 
     // The reset must wait for the held batch; release it only once the reset is waiting.
+    // On the paused clock the sleep ends only when every task is idle: the reset has gone
+    // as far as it can.
     let reset = {
         let counter = counter.clone();
         tokio::spawn(async move { counter.reset("page").await })
@@ -132,7 +132,7 @@ async fn reset_drops_pending_deltas_of_the_key_only() {
     assert_eq!(counter.snapshot().write_buffer_size, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn one_failing_shard_does_not_hold_back_others() {
     // Find one key per shard of a two-shard store.
     let probe = ScriptedStore::new(2);
@@ -153,14 +153,10 @@ async fn one_failing_shard_does_not_hold_back_others() {
 
     counter.increment(&hung, 1).unwrap();
     counter.increment(&healthy, 1).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while counter.store().inner.value(&healthy) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "healthy shard never flushed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the healthy shard flushed", || {
+        counter.store().inner.value(&healthy) != 0
+    })
+    .await;
 
     assert_eq!(counter.store().inner.value(&hung), 0);
     assert_eq!(
@@ -208,7 +204,7 @@ async fn overload_refuses_new_keys_and_counts_nothing_it_refused() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_hung_shard_fills_only_its_share_of_the_pending_bound() {
     let probe = ScriptedStore::new(2);
     let keys_on = |shard, n| {
@@ -252,14 +248,10 @@ async fn a_hung_shard_fills_only_its_share_of_the_pending_bound() {
     // bound shared with the hung shard would leave it.
     for key in &healthy {
         counter.increment(key, 1).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while counter.store().inner.value(key) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{key} never flushed"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(&format!("{key} flushed"), || {
+            counter.store().inner.value(key) != 0
+        })
+        .await;
     }
     assert_eq!(
         counter.snapshot().write_buffer_size,
@@ -268,7 +260,8 @@ async fn a_hung_shard_fills_only_its_share_of_the_pending_bound() {
     );
 }
 
-/// A counter over `store` whose failed batches wait 30 to 60 minutes before a retry.
+/// A counter over `store` whose failed batches wait 30 to 60 minutes before a retry: on
+/// the paused clock, until the test lets time run.
 fn hour_backoff(store: ScriptedStore) -> Counter<ScriptedStore> {
     let config = CounterConfig {
         retry_backoff_min: Duration::from_secs(3600),
@@ -278,27 +271,32 @@ fn hour_backoff(store: ScriptedStore) -> Counter<ScriptedStore> {
     Counter::new(store, config).unwrap()
 }
 
-/// Starts a flush of one pending key and returns it once its first batch has failed.
-async fn flush_after_one_failure(counter: &Counter<ScriptedStore>) -> tokio::task::JoinHandle<()> {
-    counter.increment("page", 1).unwrap();
+/// Adds `n` to `page`, starts a flush and returns it once its first batch has failed.
+async fn flush_after_one_failure(
+    counter: &Counter<ScriptedStore>,
+    n: u64,
+) -> tokio::task::JoinHandle<()> {
+    counter.increment("page", n).unwrap();
     let flush = spawn_flush(counter);
-    while counter.snapshot().batches_failed == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the first attempt failed", || {
+        counter.snapshot().batches_failed == 1
+    })
+    .await;
     flush
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_batch_failed_on_a_down_shard_is_retried_as_soon_as_the_shard_is_back() {
     let store = ScriptedStore::new(1).with_faults(&[Fault::Fail]);
     store.down.store(true, Ordering::SeqCst);
     let counter = hour_backoff(store);
 
-    let flush = flush_after_one_failure(&counter).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flush = flush_after_one_failure(&counter, 1).await;
+    // Twenty minutes down, well inside the backoff (30 to 60 minutes).
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
     let waited_while_down = !flush.is_finished();
     counter.store().down.store(false, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), flush)
+    tokio::time::timeout(Duration::from_secs(1), flush)
         .await
         .expect("retried once the shard was back up, not after the hour's backoff")
         .unwrap();
@@ -308,17 +306,25 @@ async fn a_batch_failed_on_a_down_shard_is_retried_as_soon_as_the_shard_is_back(
     assert_eq!(counter.store().inner.value("page"), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_batch_failed_on_a_shard_that_is_up_waits_its_whole_backoff() {
     let store = ScriptedStore::new(1).with_faults(&[Fault::Fail]);
     let counter = hour_backoff(store);
 
-    let flush = flush_after_one_failure(&counter).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flush = flush_after_one_failure(&counter, 1).await;
+    // The backoff is 30 to 60 minutes (jittered): no retry before 30, one by 60.
+    tokio::time::sleep(Duration::from_secs(29 * 60)).await;
+    let applies_before_the_backoff = counter.store().applies.load(Ordering::SeqCst);
+    let finished_before_the_backoff = flush.is_finished();
+    tokio::time::timeout(Duration::from_secs(32 * 60), flush)
+        .await
+        .expect("retried at the end of the backoff")
+        .unwrap();
 
-    assert!(!flush.is_finished(), "not retried early");
-    assert_eq!(counter.store().applies.load(Ordering::SeqCst), 1);
-    flush.abort();
+    assert!(!finished_before_the_backoff, "not retried early");
+    assert_eq!(applies_before_the_backoff, 1, "not retried early");
+    assert_eq!(counter.store().applies.load(Ordering::SeqCst), 2);
+    assert_eq!(counter.store().inner.value("page"), 1);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Batch triggers (interval, size) and shutdown, on tokio's paused clock.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tally_counter::{Counter, CounterConfig, Error, MemoryStore};
@@ -107,18 +108,25 @@ async fn shutdown_resends_a_batch_cut_off_mid_retry_with_the_same_id() {
     let handle = counter.clone();
     counter.increment("page", 7).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let store = handle.store();
     assert_eq!(
-        handle.store().inner.value("page"),
-        7,
-        "first attempt applied, reply lost"
+        (
+            store.applies.load(Ordering::SeqCst),
+            store.inner.value("page")
+        ),
+        (1, 7),
+        "first attempt applied, reply lost, retry waiting out its backoff"
     );
 
     let report = counter.shutdown(Duration::from_secs(5)).await;
 
     assert_eq!(report.keys_unwritten, 0);
     assert_eq!(
-        handle.store().inner.value("page"),
-        7,
-        "the resend was recognised"
+        store.applies.load(Ordering::SeqCst),
+        2,
+        "the lost reply's attempt, then the shutdown's resend"
     );
+    let sent = store.sent();
+    assert_eq!(sent[1], sent[0], "resent with the same id");
+    assert_eq!(store.inner.value("page"), 7, "the resend was recognised");
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tally_counter::{
-    Batch, Counter, CounterConfig, InstanceId, MemoryStore, ShardHealth, ShardId, Store,
+    Batch, BatchId, Counter, CounterConfig, InstanceId, MemoryStore, ShardHealth, ShardId, Store,
     StoreError, StoredValues,
 };
 use tokio::sync::{Notify, Semaphore};
@@ -26,7 +26,9 @@ pub enum Fault {
 /// [`MemoryStore`] with scripted faults on `apply`, optionally only on one shard.
 #[derive(Debug)]
 pub struct ScriptedStore {
+    /// The store underneath, read directly by assertions.
     pub inner: MemoryStore,
+    /// Faults still to come, the next one last.
     faults: Mutex<Vec<Fault>>,
     /// Shard the faults apply to (`None`: any).
     fault_shard: Option<ShardId>,
@@ -34,7 +36,10 @@ pub struct ScriptedStore {
     gate: Option<Arc<Semaphore>>,
     /// Notified when an apply has started (before the gate).
     pub entered: Arc<Notify>,
+    /// Applies started, whatever their outcome.
     pub applies: AtomicUsize,
+    /// The id of every apply started, in order.
+    sent: Mutex<Vec<BatchId>>,
     /// When set, every read's answer (read from the store already) waits for a permit.
     read_gate: Option<Arc<Semaphore>>,
     /// Reads fail while this is set.
@@ -46,6 +51,7 @@ pub struct ScriptedStore {
 }
 
 impl ScriptedStore {
+    /// A store of `shards` shards with no faults, gates or failures.
     pub fn new(shards: usize) -> Self {
         Self {
             inner: MemoryStore::with_shards(shards),
@@ -54,6 +60,7 @@ impl ScriptedStore {
             gate: None,
             entered: Arc::new(Notify::new()),
             applies: AtomicUsize::new(0),
+            sent: Mutex::new(Vec::new()),
             read_gate: None,
             fail_reads: AtomicBool::new(false),
             gets: AtomicUsize::new(0),
@@ -74,7 +81,22 @@ impl ScriptedStore {
         self
     }
 
-    /// Faults (queued or `always_fail`) hit only this shard.
+    /// Queues `fault` after those already queued, while the store is in use.
+    pub fn queue_fault(&self, fault: Fault) {
+        self.faults.lock().unwrap().insert(0, fault);
+    }
+
+    /// Faults queued and not yet met by an apply.
+    pub fn faults_left(&self) -> usize {
+        self.faults.lock().unwrap().len()
+    }
+
+    /// The batch id of every apply started so far, in order (a retry repeats its id).
+    pub fn sent(&self) -> Vec<BatchId> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Queued faults hit only this shard.
     pub fn on_shard(mut self, shard: ShardId) -> Self {
         self.fault_shard = Some(shard);
         self
@@ -86,6 +108,7 @@ impl ScriptedStore {
         self
     }
 
+    /// The fault the next apply on `shard` meets, taken off the queue.
     fn next_fault(&self, shard: ShardId) -> Option<Fault> {
         if self.fault_shard.is_some_and(|s| s != shard) {
             return None;
@@ -109,6 +132,7 @@ impl Store for ScriptedStore {
 
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         self.applies.fetch_add(1, Ordering::SeqCst);
+        self.sent.lock().unwrap().push(batch.id);
         self.entered.notify_one();
         if let Some(gate) = &self.gate {
             gate.acquire().await.expect("gate open").forget();
@@ -154,12 +178,17 @@ impl Store for ScriptedStore {
 }
 
 /// A config with short waits, so retries and triggers happen fast in tests.
+///
+/// Cache entries live for an hour: the cache keeps time on the real clock (not tokio's),
+/// and a test that expects a hit must not depend on how fast the machine reaches its read.
+/// The test of expiry sets its own short TTL.
 pub fn fast_config() -> CounterConfig {
     CounterConfig {
         name: "test".to_owned(),
         batch_interval: Duration::from_millis(20),
         retry_backoff_min: Duration::from_millis(1),
         retry_backoff_max: Duration::from_millis(10),
+        cache_ttl: Duration::from_secs(3600),
         ..CounterConfig::default()
     }
 }
@@ -177,4 +206,33 @@ pub fn manual_config() -> CounterConfig {
 pub fn spawn_flush<S: Store>(counter: &Counter<S>) -> tokio::task::JoinHandle<()> {
     let counter = counter.clone();
     tokio::spawn(async move { counter.flush().await })
+}
+
+/// How long [`eventually`] waits for its condition: far more than any condition here needs
+/// on a loaded machine. On a paused clock the wait costs no real time.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `check` every millisecond of tokio time until it answers `Some`, and returns that
+/// answer. Panics, naming `what`, once [`PATIENCE`] has passed (virtual time on a paused
+/// clock, where the wait costs nothing).
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(answer) = check().await {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// [`eventually`] for a condition that needs no `.await`.
+pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    eventually(what, || std::future::ready(done().then_some(()))).await;
 }
