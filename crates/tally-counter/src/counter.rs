@@ -713,10 +713,24 @@ impl<S: Store> Inner<S> {
                 .map_err(|source| self.store_error(shard, source))?;
             let stored = read.values.first().copied().unwrap_or(0);
             let view = self.shards[shard].view();
-            if view.acked_seq > read.applied_seq && attempt < READ_ATTEMPTS {
-                // A batch of ours was acknowledged after the store answered: that answer
-                // misses it and it is no longer in flight. Ask again.
-                continue;
+            if view.acked_seq > read.applied_seq {
+                if attempt < READ_ATTEMPTS {
+                    // A batch of ours was acknowledged after the store answered: that
+                    // answer misses it and it is no longer in flight. Ask again.
+                    continue;
+                }
+                // Batches keep landing under our reads: give up on a consistent read and
+                // answer without caching. A batch acknowledged since the read cached the
+                // totals of its keys; when it held this key, that count is the fresher.
+                let fresher = self
+                    .cache
+                    .get(key)
+                    .filter(|entry| entry.seq > read.applied_seq);
+                let (value, included_seq) =
+                    fresher.map_or((stored, read.applied_seq), |entry| (entry.value, entry.seq));
+                return Ok(value
+                    + view.inflight_delta(key, included_seq)
+                    + self.pending_delta(shard, key));
             }
             // A reset during the read: answer (the read was concurrent with it, so either
             // side is right), but do not cache what may be the value before the reset

@@ -277,3 +277,44 @@ async fn a_read_that_raced_a_reset_does_not_cache_the_count_from_before_it() {
     );
     assert_eq!(after.value, 0, "the reset's zero stays: {after:?}");
 }
+
+#[tokio::test]
+async fn a_read_that_gives_up_while_batches_keep_landing_answers_and_caches_the_fresher_count() {
+    // Each store read answers only after one more batch of ours for the key has been
+    // acknowledged, so every answer misses a batch: the read asks again a few times, then
+    // gives up. It must neither answer nor cache the count it last read over the fresher
+    // one the acknowledgement cached: a client would miss its own visits.
+    let (counter, gate) = gated_reads();
+    let reader = concurrent_gets(&counter, "a", 1).await.remove(0);
+    let mut recorded = 0;
+    for round in 1..=10 {
+        wait_until("the read reached the store again", || {
+            store_reads(&counter) == round || reader.is_finished()
+        })
+        .await;
+        if reader.is_finished() {
+            break;
+        }
+        counter.increment("a", 1).unwrap();
+        recorded += 1;
+        counter.flush().await;
+        gate.add_permits(1);
+    }
+    let answer = tokio::time::timeout(PATIENCE, reader)
+        .await
+        .expect("the read answers")
+        .expect("reader task")
+        .expect("a count");
+
+    assert!(
+        store_reads(&counter) > 1,
+        "the read was asked again: {} store reads",
+        store_reads(&counter)
+    );
+    assert_eq!(answer.value, recorded, "the read answers every acknowledged visit");
+    let cached = counter.get_cached("a").expect("cached");
+    assert_eq!(
+        cached.value, recorded,
+        "the count cached by the last acknowledgement is kept"
+    );
+}
