@@ -91,6 +91,9 @@ pub struct Snapshot {
     pub keys_written: u64,
     /// Sum of the deltas written: increments that reached the store.
     pub increments_written: u64,
+    /// Flusher tasks that panicked (a store that panicked in `apply`, say) and were
+    /// restarted; each is logged at `error` level with its message.
+    pub task_panics: u64,
 }
 
 /// What [`Counter::shutdown`] could not write before its deadline.
@@ -247,6 +250,7 @@ struct Stats {
     batches_failed: AtomicU64,
     keys_written: AtomicU64,
     increments_written: AtomicU64,
+    task_panics: AtomicU64,
     last_batch_at: Mutex<Option<SystemTime>>,
 }
 
@@ -341,7 +345,7 @@ impl<S: Store> Counter<S> {
                     wake: Arc::clone(&inner.shards[shard].wake),
                     stop: inner.stop.subscribe(),
                 };
-                tokio::spawn(run_flusher(Arc::downgrade(&inner), shard, signals))
+                tokio::spawn(supervise_flusher(Arc::downgrade(&inner), shard, signals))
             })
             .collect();
         *lock(&inner.tasks) = tasks;
@@ -562,6 +566,7 @@ impl<S: Store> Counter<S> {
             batches_failed: s.batches_failed.load(Ordering::Relaxed),
             keys_written: s.keys_written.load(Ordering::Relaxed),
             increments_written: s.increments_written.load(Ordering::Relaxed),
+            task_panics: s.task_panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -945,9 +950,48 @@ impl Drop for UnackedGuard<'_> {
 
 /// What a flusher waits on, held apart from the counter so a waiting flusher keeps it
 /// alive no longer than its handles do.
+#[derive(Clone)]
 struct FlusherSignals {
     wake: Arc<Notify>,
     stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs the shard's flusher and starts it again whenever it panics (a store whose `apply`
+/// panics, say), so a panic never stops a shard's writes silently: it is logged with its
+/// message and counted. The shard's state lives in the counter, not the task: the slot
+/// lock is released by the unwinding, and a batch cut off mid-send is kept as unacked and
+/// sent again, same id, by the restarted flusher.
+async fn supervise_flusher<S: Store>(
+    inner: std::sync::Weak<Inner<S>>,
+    shard: ShardId,
+    signals: FlusherSignals,
+) {
+    use futures::FutureExt as _;
+    loop {
+        let run = std::panic::AssertUnwindSafe(run_flusher(inner.clone(), shard, signals.clone()));
+        let Err(panic) = run.catch_unwind().await else {
+            return;
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        inner.stats.task_panics.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.flusher_panics.increment(1);
+        tracing::error!(
+            counter = %inner.config.name,
+            shard,
+            node = %inner.store.shard_name(shard),
+            panic.message = %panic_message(panic.as_ref()),
+            "a batch flusher panicked; restarted it"
+        );
+    }
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a text message)")
 }
 
 /// The per-shard flusher: sends the shard's batch every `batch_interval`, or sooner when

@@ -45,7 +45,14 @@
 //!   never holds others.
 //! - **Read your writes.** [`Counter::get`] adds this instance's pending and in-flight
 //!   deltas to the stored value, using the store's record of which of our batches it holds,
-//!   so a delta is never added twice or missed, even while a batch is on the wire.
+//!   so a delta is never added twice or missed, even while a batch is on the wire. A read
+//!   whose answers keep missing a batch of ours acknowledged meanwhile asks again a few
+//!   times, then answers with the fresher count the acknowledgement cached, and caches
+//!   nothing older over it.
+//! - **A panic does not stop a shard.** A flusher task that panics (a store's `apply`
+//!   that panics, say) is logged at `error` with its message, counted
+//!   ([`Snapshot::task_panics`], `tally_task_panics_total{task="flusher"}`) and started
+//!   again; a batch it had on the wire goes out again with the same id.
 //! - **Staleness.** Other instances' writes show after at most their `batch_interval` plus
 //!   this instance's `cache_ttl`.
 //! - **One store read per miss, not per reader.** Concurrent misses of one key share one

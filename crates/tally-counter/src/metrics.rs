@@ -16,6 +16,9 @@ pub(crate) struct CounterMetrics {
     pub(crate) increments_written: Counter,
     pub(crate) buffered_keys: Gauge,
     pub(crate) batch_seconds: Histogram,
+    /// `tally_task_panics_total{task="flusher"}`: flusher tasks that panicked and were
+    /// restarted.
+    pub(crate) flusher_panics: Counter,
 }
 
 impl CounterMetrics {
@@ -30,7 +33,8 @@ impl CounterMetrics {
             keys_written: counter!("tally_counter_keys_written_total", "counter" => label.clone()),
             increments_written: counter!("tally_counter_increments_written_total", "counter" => label.clone()),
             buffered_keys: gauge!("tally_counter_buffered_keys", "counter" => label.clone()),
-            batch_seconds: histogram!("tally_counter_batch_duration_seconds", "counter" => label),
+            batch_seconds: histogram!("tally_counter_batch_duration_seconds", "counter" => label.clone()),
+            flusher_panics: counter!("tally_task_panics_total", "task" => "flusher", "counter" => label),
         }
     }
 }

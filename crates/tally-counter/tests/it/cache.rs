@@ -311,7 +311,10 @@ async fn a_read_that_gives_up_while_batches_keep_landing_answers_and_caches_the_
         "the read was asked again: {} store reads",
         store_reads(&counter)
     );
-    assert_eq!(answer.value, recorded, "the read answers every acknowledged visit");
+    assert_eq!(
+        answer.value, recorded,
+        "the read answers every acknowledged visit"
+    );
     let cached = counter.get_cached("a").expect("cached");
     assert_eq!(
         cached.value, recorded,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tally_counter::{Counter, CounterConfig, Store};
 use tokio::sync::Semaphore;
 
-use crate::support::{Fault, ScriptedStore, manual_config, spawn_flush, wait_until};
+use crate::support::{Fault, ScriptedStore, fast_config, manual_config, spawn_flush, wait_until};
 
 #[tokio::test]
 async fn lost_reply_is_retried_and_counted_once() {
@@ -367,4 +367,36 @@ async fn a_key_in_a_stuck_batch_still_takes_increments_when_the_share_is_full() 
         0,
         "every place given back"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flusher_that_panics_is_restarted_and_resends_its_batch_once() {
+    // The store panics in the first apply: the shard's flusher must not stop for good.
+    let store = ScriptedStore::new(2)
+        .on_shard(0)
+        .with_faults(&[Fault::Panic]);
+    let counter = Counter::new(store, fast_config()).unwrap();
+    let page = (0..)
+        .map(|i| format!("p{i}"))
+        .find(|key| counter.store().shard_of(key) == 0)
+        .unwrap();
+    counter.increment(&page, 3).unwrap();
+
+    wait_until("the batch was written after the panic", || {
+        counter.store().inner.value(&page) == 3
+    })
+    .await;
+    counter.increment(&page, 2).unwrap();
+    wait_until("the restarted flusher keeps writing", || {
+        counter.store().inner.value(&page) == 5
+    })
+    .await;
+
+    assert_eq!(counter.snapshot().task_panics, 1, "the panic was counted");
+    let sent = counter.store().sent();
+    assert_eq!(
+        sent[1], sent[0],
+        "the batch cut off by the panic went out again with its id"
+    );
+    assert_eq!(counter.snapshot().write_buffer_size, 0);
 }

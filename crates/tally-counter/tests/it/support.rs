@@ -21,6 +21,8 @@ pub enum Fault {
     LoseReply,
     /// Never answer.
     Hang,
+    /// Panic without applying (a store with a bug).
+    Panic,
 }
 
 /// [`MemoryStore`] with scripted faults on `apply`, optionally only on one shard.
@@ -145,6 +147,7 @@ impl Store for ScriptedStore {
                 Err("scripted lost reply".into())
             }
             Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Panic) => panic!("scripted panic in apply"),
         }
     }
 
