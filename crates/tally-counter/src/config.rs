@@ -13,8 +13,14 @@ pub struct CounterConfig {
     pub name: String,
     /// A shard's pending deltas are written at least this often (default 5 s).
     pub batch_interval: Duration,
-    /// A shard's batch goes out early once this many distinct keys are pending (default 1000).
+    /// A shard's batch goes out early once this many distinct keys are pending, and no
+    /// batch holds more (default 1000): a backlog (after an outage) drains as a sequence of
+    /// batches of at most this many keys, one in flight at a time.
     pub batch_size_limit: usize,
+    /// Most bytes of keys one batch holds (default 1 MiB), so a batch of long keys (request
+    /// paths of up to 2 KiB) stays small enough to send within a store's timeout. A single
+    /// key longer than this still goes out, alone.
+    pub batch_max_bytes: usize,
     /// How long a stored value read or written is trusted without asking the store
     /// (default 5 s). Other instances' writes show after at most this plus their
     /// `batch_interval`.
@@ -39,6 +45,7 @@ impl Default for CounterConfig {
             name: "counter".to_owned(),
             batch_interval: Duration::from_secs(5),
             batch_size_limit: 1000,
+            batch_max_bytes: 1024 * 1024,
             cache_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
             max_pending_keys: 1_000_000,
@@ -57,6 +64,9 @@ impl CounterConfig {
         }
         if self.batch_size_limit == 0 {
             return bad("batch_size_limit", "must be at least 1");
+        }
+        if self.batch_max_bytes == 0 {
+            return bad("batch_max_bytes", "must be at least 1");
         }
         if self.max_pending_keys == 0 {
             return bad("max_pending_keys", "must be at least 1");

@@ -94,6 +94,11 @@ pub struct Snapshot {
     /// Flusher tasks that panicked (a store that panicked in `apply`, say) and were
     /// restarted; each is logged at `error` level with its message.
     pub task_panics: u64,
+    /// Most keys one acknowledged batch held (at most `batch_size_limit`).
+    pub largest_batch_keys: usize,
+    /// Most bytes of keys one acknowledged batch held (at most `batch_max_bytes`, or one
+    /// longer key alone).
+    pub largest_batch_bytes: usize,
 }
 
 /// What [`Counter::shutdown`] could not write before its deadline.
@@ -251,6 +256,8 @@ struct Stats {
     keys_written: AtomicU64,
     increments_written: AtomicU64,
     task_panics: AtomicU64,
+    largest_batch_keys: AtomicUsize,
+    largest_batch_bytes: AtomicUsize,
     last_batch_at: Mutex<Option<SystemTime>>,
 }
 
@@ -512,8 +519,11 @@ impl<S: Store> Counter<S> {
     /// where that matters.
     pub async fn flush(&self) {
         let inner = &*self.inner;
-        futures::future::join_all((0..inner.shards.len()).map(|shard| inner.flush_shard(shard)))
-            .await;
+        futures::future::join_all(
+            (0..inner.shards.len())
+                .map(|shard| inner.flush_shard(shard, inner.pending_keys(shard).max(1))),
+        )
+        .await;
     }
 
     /// Stops the flushers, writes what is pending within `deadline`, and reports what could
@@ -567,6 +577,8 @@ impl<S: Store> Counter<S> {
             keys_written: s.keys_written.load(Ordering::Relaxed),
             increments_written: s.increments_written.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
+            largest_batch_keys: s.largest_batch_keys.load(Ordering::Relaxed),
+            largest_batch_bytes: s.largest_batch_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -755,33 +767,86 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// Sends the shard's unacknowledged batch, then whatever is pending, each until the
-    /// store acknowledges it.
-    async fn flush_shard(&self, shard: ShardId) {
-        let mut slot = self.shards[shard].slot.lock().await;
-        if let Some(batch) = slot.unacked.take() {
-            self.send_until_acked(shard, &mut slot, batch).await;
-        }
-        if let Some(batch) = self.take_pending(shard, &mut slot) {
+    /// Sends the shard's unacknowledged batch, then pending deltas, each batch until the
+    /// store acknowledges it: batches until at least `keys` keys went out (or nothing is
+    /// left), then more while a full batch is waiting, so a backlog drains batch after
+    /// batch. The slot is taken anew for each batch, so a reset waits behind one batch, not
+    /// a whole backlog.
+    async fn flush_shard(&self, shard: ShardId, keys: usize) {
+        let mut sent = 0;
+        loop {
+            let mut slot = self.shards[shard].slot.lock().await;
+            if let Some(batch) = slot.unacked.take() {
+                self.send_until_acked(shard, &mut slot, batch).await;
+            }
+            let more = sent < keys || self.full_batch_waiting(shard);
+            let Some(batch) = more.then(|| self.take_pending(shard, &mut slot)).flatten() else {
+                return;
+            };
+            sent += batch.deltas.len();
             self.send_until_acked(shard, &mut slot, batch).await;
         }
     }
 
-    /// Moves the shard's pending deltas into a new in-flight batch.
+    /// Whether `shard` has at least `batch_size_limit` keys pending: a backlog.
+    fn full_batch_waiting(&self, shard: ShardId) -> bool {
+        self.pending_keys(shard) >= self.config.batch_size_limit
+    }
+
+    /// Keys `shard` has pending (not in flight).
+    fn pending_keys(&self, shard: ShardId) -> usize {
+        self.shards[shard].pending.load(Ordering::Acquire)
+    }
+
+    /// Moves up to `batch_size_limit` keys and `batch_max_bytes` bytes of keys (at least one
+    /// key) of the shard's pending deltas into a new in-flight batch. Stripes are visited
+    /// from a point that moves with every batch, so under a backlog no key waits behind
+    /// others for long.
     fn take_pending(&self, shard: ShardId, slot: &mut Slot) -> Option<Batch> {
         let state = &self.shards[shard];
-        if state.pending.load(Ordering::Acquire) == 0 {
+        let pending = state.pending.load(Ordering::Acquire);
+        if pending == 0 {
             return None;
         }
         let mut view = state.view_mut();
-        let mut taken =
-            KeyMap::with_capacity_and_hasher(state.pending.load(Ordering::Acquire), self.hash);
-        for stripe in self.stripes.iter() {
-            let mut maps = lock(&stripe.maps);
-            let table = std::mem::take(&mut maps[shard]);
-            state.pending.fetch_sub(table.len(), Ordering::AcqRel);
-            drop(maps);
-            taken.extend(table);
+        let max_keys = self.config.batch_size_limit;
+        let mut taken = KeyMap::with_capacity_and_hasher(pending.min(max_keys), self.hash);
+        let max_bytes = self.config.batch_max_bytes;
+        let mut bytes = 0;
+        let start = (slot.last_seq as usize).wrapping_mul(7) % STRIPES;
+        for i in 0..STRIPES {
+            if taken.len() >= max_keys || bytes >= max_bytes {
+                break;
+            }
+            let mut maps = lock(&self.stripes[(start + i) % STRIPES].maps);
+            let table = &mut maps[shard];
+            let table_bytes: usize = table.iter().map(|(key, _)| key.len()).sum();
+            let moved = if taken.len() + table.len() <= max_keys && bytes + table_bytes <= max_bytes
+            {
+                // The common case: the whole table fits (and its memory goes with it).
+                bytes += table_bytes;
+                let table = std::mem::take(table);
+                let moved = table.len();
+                taken.extend(table);
+                moved
+            } else {
+                let mut count = taken.len();
+                let part: Vec<(Box<str>, u64)> = table
+                    .extract_if(|(key, _)| {
+                        let fits =
+                            count < max_keys && (count == 0 || bytes + key.len() <= max_bytes);
+                        if fits {
+                            count += 1;
+                            bytes += key.len();
+                        }
+                        fits
+                    })
+                    .collect();
+                let moved = part.len();
+                taken.extend(part);
+                moved
+            };
+            state.pending.fetch_sub(moved, Ordering::AcqRel);
         }
         if taken.is_empty() {
             return None;
@@ -905,6 +970,17 @@ impl<S: Store> Inner<S> {
             .fetch_add(batch.deltas.len() as u64, Ordering::Relaxed);
         s.increments_written
             .fetch_add(increments, Ordering::Relaxed);
+        let bytes: usize = batch.deltas.iter().map(|(key, _)| key.len()).sum();
+        let most_keys = s
+            .largest_batch_keys
+            .fetch_max(batch.deltas.len(), Ordering::Relaxed)
+            .max(batch.deltas.len());
+        let most_bytes = s
+            .largest_batch_bytes
+            .fetch_max(bytes, Ordering::Relaxed)
+            .max(bytes);
+        self.metrics.largest_batch_keys.set(most_keys as f64);
+        self.metrics.largest_batch_bytes.set(most_bytes as f64);
         *lock(&s.last_batch_at) = Some(SystemTime::now());
         self.metrics.batches_ok.increment(1);
         self.metrics
@@ -1011,6 +1087,6 @@ async fn run_flusher<S: Store>(
             _ = signals.stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        inner.flush_shard(shard).await;
+        inner.flush_shard(shard, 1).await;
     }
 }

@@ -43,6 +43,11 @@
 //!   ([`Store::shard_up`]) is sent again as soon as the shard is back up. A shard has at
 //!   most one batch in flight; newer deltas wait for the next batch. One failing shard
 //!   never holds others.
+//! - **Bounded batches.** A batch holds at most `batch_size_limit` keys and
+//!   `batch_max_bytes` bytes of keys (a longer key goes alone), so a backlog built up
+//!   while a shard was down drains as a sequence of such batches, each with its own
+//!   sequence number and one in flight at a time, rather than as one call too large for
+//!   the store to take within its timeout.
 //! - **Read your writes.** [`Counter::get`] adds this instance's pending and in-flight
 //!   deltas to the stored value, using the store's record of which of our batches it holds,
 //!   so a delta is never added twice or missed, even while a batch is on the wire. A read

@@ -19,6 +19,10 @@ pub(crate) struct CounterMetrics {
     /// `tally_task_panics_total{task="flusher"}`: flusher tasks that panicked and were
     /// restarted.
     pub(crate) flusher_panics: Counter,
+    /// `tally_counter_batch_keys_max`: most keys one acknowledged batch held.
+    pub(crate) largest_batch_keys: Gauge,
+    /// `tally_counter_batch_bytes_max`: most bytes of keys one acknowledged batch held.
+    pub(crate) largest_batch_bytes: Gauge,
 }
 
 impl CounterMetrics {
@@ -34,7 +38,9 @@ impl CounterMetrics {
             increments_written: counter!("tally_counter_increments_written_total", "counter" => label.clone()),
             buffered_keys: gauge!("tally_counter_buffered_keys", "counter" => label.clone()),
             batch_seconds: histogram!("tally_counter_batch_duration_seconds", "counter" => label.clone()),
-            flusher_panics: counter!("tally_task_panics_total", "task" => "flusher", "counter" => label),
+            flusher_panics: counter!("tally_task_panics_total", "task" => "flusher", "counter" => label.clone()),
+            largest_batch_keys: gauge!("tally_counter_batch_keys_max", "counter" => label.clone()),
+            largest_batch_bytes: gauge!("tally_counter_batch_bytes_max", "counter" => label),
         }
     }
 }
