@@ -34,6 +34,10 @@ pub struct CounterConfig {
     pub max_pending_keys: usize,
     /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
     pub retry_backoff_min: Duration,
+    /// How often increments held for keys whose stored value is not a count are offered
+    /// to the store again, to be written once the value is repaired (default 1 s; the
+    /// tally server uses its health-check interval).
+    pub quarantine_recheck: Duration,
     /// Longest wait between retries of a failed batch (default 5 s). A batch whose shard
     /// the store reports down is retried as soon as the store reports it up again.
     pub retry_backoff_max: Duration,
@@ -49,6 +53,7 @@ impl Default for CounterConfig {
             cache_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
             max_pending_keys: 1_000_000,
+            quarantine_recheck: Duration::from_secs(1),
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
         }
@@ -70,6 +75,9 @@ impl CounterConfig {
         }
         if self.max_pending_keys == 0 {
             return bad("max_pending_keys", "must be at least 1");
+        }
+        if self.quarantine_recheck.is_zero() {
+            return bad("quarantine_recheck", "must be greater than zero");
         }
         if self.retry_backoff_min.is_zero() {
             return bad("retry_backoff_min", "must be greater than zero");

@@ -27,7 +27,7 @@ use crate::config::CounterConfig;
 use crate::error::{Error, Result};
 use crate::hash::KeyHash;
 use crate::metrics::CounterMetrics;
-use crate::store::{Batch, BatchId, InstanceId, ShardId, Store};
+use crate::store::{Applied, Batch, BatchId, InstanceId, ShardId, Store};
 
 /// Number of lock stripes of the write buffer. A power of two well above the core count of
 /// the machines tally runs on, so two increments rarely wait on one another.
@@ -94,6 +94,9 @@ pub struct Snapshot {
     /// Flusher tasks that panicked (a store that panicked in `apply`, say) and were
     /// restarted; each is logged at `error` level with its message.
     pub task_panics: u64,
+    /// Keys whose increments are held because the store's value for them is not a count
+    /// (see [`Error::Corrupt`]).
+    pub quarantined_keys: usize,
     /// Most keys one acknowledged batch held (at most `batch_size_limit`).
     pub largest_batch_keys: usize,
     /// Most bytes of keys one acknowledged batch held (at most `batch_max_bytes`, or one
@@ -147,6 +150,9 @@ struct Inner<S> {
     shards: Box<[Shard]>,
     /// Distinct keys pending or in flight, over all shards: the memory bound.
     buffered_keys: AtomicUsize,
+    /// Keys in every shard's quarantine: increments check a quarantine only while it is
+    /// not 0.
+    quarantined: AtomicUsize,
     /// Most keys one shard may hold pending or in flight: its share of `max_pending_keys`
     /// (rounded up). A shard whose store is down cannot drain, so without a share of its
     /// own it would fill the whole bound and every other shard's new keys would be refused
@@ -195,6 +201,21 @@ struct Shard {
     slot: tokio::sync::Mutex<Slot>,
     /// The in-flight deltas as readers see them. Held briefly, never across an `.await`.
     view: RwLock<View>,
+    /// Keys whose stored value is not a count, with their held increments. Held briefly,
+    /// never across an `.await`.
+    quarantine: Mutex<KeyMap<Held>>,
+}
+
+/// Increments held for a key the store rejected (its value is not a count).
+struct Held {
+    /// Increments not written.
+    delta: u64,
+    /// Where the store keeps the key, and what it found there.
+    stored_as: String,
+    found: String,
+    /// Its delta is out in a recheck batch (and this entry keeps its place in the
+    /// buffer and refuses increments meanwhile).
+    rechecking: bool,
 }
 
 impl Shard {
@@ -214,6 +235,8 @@ impl Shard {
 struct Slot {
     /// Sequence of the last batch built for this shard.
     last_seq: u64,
+    /// When held increments were last offered to the store again.
+    last_recheck: Option<Instant>,
     /// A batch built but not acknowledged (an attempt was cancelled): sent again, unchanged,
     /// before anything newer.
     unacked: Option<Batch>,
@@ -321,6 +344,7 @@ impl<S: Store> Counter<S> {
                 wake: Arc::new(Notify::new()),
                 slot: tokio::sync::Mutex::new(Slot::default()),
                 view: RwLock::new(View::default()),
+                quarantine: Mutex::new(KeyMap::with_hasher(hash)),
             })
             .collect();
         let cache = moka::sync::Cache::builder()
@@ -337,6 +361,7 @@ impl<S: Store> Counter<S> {
             stripes,
             shards,
             buffered_keys: AtomicUsize::new(0),
+            quarantined: AtomicUsize::new(0),
             shard_limit,
             cache,
             reads: Mutex::new(KeyMap::with_hasher(hash)),
@@ -387,6 +412,8 @@ impl<S: Store> Counter<S> {
     /// shard's batch in flight is waiting already and is never refused: past the bounds
     /// it takes one more place (so a shard holds at most its share plus its batch in
     /// flight, which is at most its share).
+    /// [`Error::Corrupt`] while the key's increments are held because the store's value
+    /// for it is not a count: the increment was not recorded.
     /// [`Error::ShutDown`] after [`Counter::shutdown`].
     pub fn increment(&self, key: &str, n: u64) -> Result<()> {
         let inner = &*self.inner;
@@ -397,6 +424,7 @@ impl<S: Store> Counter<S> {
             return Ok(());
         }
         let shard = inner.shard_of(key);
+        inner.refuse_if_held(shard, key)?;
         let hash = inner.hash.hash_str(key);
         let mut maps = lock(&inner.stripe(hash).maps);
         let table = &mut maps[shard];
@@ -437,11 +465,12 @@ impl<S: Store> Counter<S> {
     /// # Errors
     /// [`Error::Store`] when the key is not cached and its shard does not answer.
     pub async fn get(&self, key: &str) -> Result<Count> {
+        let inner = &*self.inner;
+        let shard = inner.shard_of(key);
+        inner.refuse_if_held(shard, key)?;
         if let Some(count) = self.get_cached(key) {
             return Ok(count);
         }
-        let inner = &*self.inner;
-        let shard = inner.shard_of(key);
         inner.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         inner.metrics.cache_misses.increment(1);
         let value = inner.read_shared(shard, key).await?;
@@ -459,7 +488,11 @@ impl<S: Store> Counter<S> {
     /// hand only the misses to wherever store calls run.
     pub fn get_cached(&self, key: &str) -> Option<Count> {
         let inner = &*self.inner;
-        let value = inner.cached_count(inner.shard_of(key), key)?;
+        let shard = inner.shard_of(key);
+        if inner.refuse_if_held(shard, key).is_err() {
+            return None;
+        }
+        let value = inner.cached_count(shard, key)?;
         inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         inner.metrics.cache_hits.increment(1);
         Some(Count {
@@ -490,6 +523,12 @@ impl<S: Store> Counter<S> {
             .await
             .map_err(|source| inner.store_error(shard, source))?;
         let mut view = inner.shards[shard].view_mut();
+        if lock(&inner.shards[shard].quarantine).remove(key).is_some() {
+            // Its held increments go, like any unwritten visit of a reset key.
+            inner.quarantined.fetch_sub(1, Ordering::AcqRel);
+            inner.metrics.quarantined_keys.decrement(1.0);
+            inner.forget_keys(shard, 1);
+        }
         {
             let hash = inner.hash.hash_str(key);
             let mut maps = lock(&inner.stripe(hash).maps);
@@ -542,7 +581,15 @@ impl<S: Store> Counter<S> {
             let _ = task.await;
         }
         let written_before = inner.stats.keys_written.load(Ordering::Relaxed);
-        let _ = tokio::time::timeout(deadline, self.flush()).await;
+        let _ = tokio::time::timeout(deadline, async {
+            self.flush().await;
+            // A value repaired since the last recheck takes its held increments now.
+            for shard in 0..inner.shards.len() {
+                inner.recheck_quarantine(shard).await;
+            }
+        })
+        .await;
+        inner.log_held();
         let keys_written = inner.stats.keys_written.load(Ordering::Relaxed) - written_before;
         let (keys_unwritten, increments_unwritten) = inner.unwritten();
         if keys_unwritten > 0 {
@@ -577,6 +624,7 @@ impl<S: Store> Counter<S> {
             keys_written: s.keys_written.load(Ordering::Relaxed),
             increments_written: s.increments_written.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
+            quarantined_keys: self.inner.quarantined.load(Ordering::Relaxed),
             largest_batch_keys: s.largest_batch_keys.load(Ordering::Relaxed),
             largest_batch_bytes: s.largest_batch_bytes.load(Ordering::Relaxed),
         }
@@ -584,6 +632,85 @@ impl<S: Store> Counter<S> {
 }
 
 impl<S: Store> Inner<S> {
+    /// [`Error::Corrupt`] when `key`'s increments are held (its stored value is not a
+    /// count). One atomic load while no key anywhere is held.
+    fn refuse_if_held(&self, shard: ShardId, key: &str) -> Result<()> {
+        if self.quarantined.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        match lock(&self.shards[shard].quarantine).get(key) {
+            None => Ok(()),
+            Some(held) => Err(Error::Corrupt {
+                key: key.to_owned(),
+                shard,
+                name: self.store.shard_name(shard).to_owned(),
+                stored_as: held.stored_as.clone(),
+                found: held.found.clone(),
+            }),
+        }
+    }
+
+    /// Offers the shard's held increments to the store again as one batch of their own
+    /// (its own sequence number, one in flight like any batch): those whose value was
+    /// repaired are written, the others stay held.
+    async fn recheck_quarantine(&self, shard: ShardId) {
+        let mut slot = self.shards[shard].slot.lock().await;
+        if let Some(batch) = slot.unacked.take() {
+            self.send_until_acked(shard, &mut slot, batch).await;
+        }
+        slot.last_recheck = Some(Instant::now());
+        let deltas: Vec<(Box<str>, u64)> = {
+            let mut held = lock(&self.shards[shard].quarantine);
+            held.iter_mut()
+                .filter(|(_, held)| !held.rechecking && held.delta > 0)
+                .map(|(key, held)| {
+                    held.rechecking = true;
+                    (key.clone(), std::mem::take(&mut held.delta))
+                })
+                .collect()
+        };
+        if deltas.is_empty() {
+            return;
+        }
+        slot.last_seq += 1;
+        let batch = Batch {
+            id: BatchId {
+                instance: self.instance,
+                seq: slot.last_seq,
+            },
+            deltas,
+        };
+        self.shards[shard].view_mut().inflight_seq = slot.last_seq;
+        self.send_until_acked(shard, &mut slot, batch).await;
+    }
+
+    /// Whether the shard holds increments due to be offered to the store again.
+    fn recheck_due(&self, shard: ShardId, slot: &Slot) -> bool {
+        self.quarantined.load(Ordering::Acquire) > 0
+            && !lock(&self.shards[shard].quarantine).is_empty()
+            && slot
+                .last_recheck
+                .is_none_or(|at| at.elapsed() >= self.config.quarantine_recheck)
+    }
+
+    /// Logs every held key with the increments it could not write (for an operator to
+    /// repair by hand), at shutdown.
+    fn log_held(&self) {
+        for (shard, state) in self.shards.iter().enumerate() {
+            for (key, held) in lock(&state.quarantine).iter() {
+                tracing::error!(
+                    counter = %self.config.name,
+                    key = %key,
+                    stored_as = %held.stored_as,
+                    node = %self.store.shard_name(shard),
+                    found = %held.found,
+                    increments = held.delta,
+                    "shut down with increments held for a key whose stored value is not a count: add them by hand once it is repaired"
+                );
+            }
+        }
+    }
+
     fn shard_of(&self, key: &str) -> ShardId {
         if self.shards.len() == 1 {
             return 0;
@@ -886,25 +1013,31 @@ impl<S: Store> Inner<S> {
                 batch_len = batch.deltas.len()
             );
             let result =
-                tracing::Instrument::instrument(self.store.apply(shard, batch), span).await;
+                tracing::Instrument::instrument(self.store.apply_checked(shard, batch), span).await;
             self.metrics
                 .batch_seconds
                 .record(started.elapsed().as_secs_f64());
             match result {
-                Ok(totals) if totals.len() == batch.deltas.len() => {
+                Ok(applied)
+                    if applied.totals.len() == batch.deltas.len()
+                        && applied
+                            .rejected
+                            .iter()
+                            .all(|r| r.index < batch.deltas.len()) =>
+                {
                     if let Some(batch) = guard.batch.take() {
-                        self.acknowledge(shard, &batch, &totals);
+                        self.acknowledge(shard, &batch, &applied);
                     }
                     return;
                 }
-                Ok(totals) => {
+                Ok(applied) => {
                     // Retrying is safe (the id makes it idempotent) and the next answer may
                     // be whole; a store that keeps doing this is broken and says so here.
                     self.batch_failed(
                         shard,
                         &format!(
                             "store answered {} totals for {} keys",
-                            totals.len(),
+                            applied.totals.len(),
                             batch.deltas.len()
                         ),
                     );
@@ -947,27 +1080,88 @@ impl<S: Store> Inner<S> {
     }
 
     /// Makes an applied batch visible as stored: cache the totals, clear the in-flight set.
-    fn acknowledge(&self, shard: ShardId, batch: &Batch, totals: &[u64]) {
+    /// Keys the store rejected (their value is not a count) keep their increments, held in
+    /// the shard's quarantine; a held key the store took (its value was repaired) is
+    /// released.
+    fn acknowledge(&self, shard: ShardId, batch: &Batch, applied: &Applied) {
         let state = &self.shards[shard];
         let mut view = state.view_mut();
-        for ((key, _), total) in batch.deltas.iter().zip(totals) {
-            self.cache.insert(
-                key.clone(),
-                CacheEntry {
-                    value: *total,
-                    seq: batch.id.seq,
-                },
-            );
+        let mut rejected = vec![None; batch.deltas.len()];
+        for key in &applied.rejected {
+            rejected[key.index] = Some(key);
+        }
+        // Buffer places this batch gives back: one per key written, one per rejected key
+        // already held under a place of its own.
+        let mut freed = 0;
+        let (mut keys_written, mut increments) = (0_u64, 0_u64);
+        {
+            let mut held = lock(&state.quarantine);
+            for (((key, delta), total), rejected) in
+                batch.deltas.iter().zip(&applied.totals).zip(rejected)
+            {
+                match (rejected, held.get_mut(key)) {
+                    (Some(why), Some(entry)) => {
+                        // Still bad: held again (a recheck), or more for a held key.
+                        freed += usize::from(!entry.rechecking);
+                        entry.delta += delta;
+                        entry.rechecking = false;
+                        entry.found.clone_from(&why.found);
+                    }
+                    (Some(why), None) => {
+                        tracing::error!(
+                            counter = %self.config.name,
+                            key = %key,
+                            stored_as = %why.stored_as,
+                            node = %self.store.shard_name(shard),
+                            found = %why.found,
+                            increments = delta,
+                            "the stored value of a key is not a count: its increments are held until it is repaired or the key is reset"
+                        );
+                        held.insert(
+                            key.clone(),
+                            Held {
+                                delta: *delta,
+                                stored_as: why.stored_as.clone(),
+                                found: why.found.clone(),
+                                rechecking: false,
+                            },
+                        );
+                        self.quarantined.fetch_add(1, Ordering::AcqRel);
+                        self.metrics.quarantined_keys.increment(1.0);
+                    }
+                    (None, entry) => {
+                        if entry.is_some_and(|e| e.rechecking) {
+                            held.remove(key);
+                            self.quarantined.fetch_sub(1, Ordering::AcqRel);
+                            self.metrics.quarantined_keys.decrement(1.0);
+                            tracing::info!(
+                                counter = %self.config.name,
+                                key = %key,
+                                increments = delta,
+                                "a repaired key took its held increments"
+                            );
+                        }
+                        freed += 1;
+                        keys_written += 1;
+                        increments += delta;
+                        self.cache.insert(
+                            key.clone(),
+                            CacheEntry {
+                                value: *total,
+                                seq: batch.id.seq,
+                            },
+                        );
+                    }
+                }
+            }
         }
         view.inflight = None;
         view.acked_seq = batch.id.seq;
         drop(view);
-        let increments: u64 = batch.deltas.iter().map(|(_, d)| d).sum();
-        self.forget_keys(shard, batch.deltas.len());
+        self.forget_keys(shard, freed);
         let s = &self.stats;
         s.batches_ok.fetch_add(1, Ordering::Relaxed);
-        s.keys_written
-            .fetch_add(batch.deltas.len() as u64, Ordering::Relaxed);
+        s.keys_written.fetch_add(keys_written, Ordering::Relaxed);
         s.increments_written
             .fetch_add(increments, Ordering::Relaxed);
         let bytes: usize = batch.deltas.iter().map(|(key, _)| key.len()).sum();
@@ -983,9 +1177,7 @@ impl<S: Store> Inner<S> {
         self.metrics.largest_batch_bytes.set(most_bytes as f64);
         *lock(&s.last_batch_at) = Some(SystemTime::now());
         self.metrics.batches_ok.increment(1);
-        self.metrics
-            .keys_written
-            .increment(batch.deltas.len() as u64);
+        self.metrics.keys_written.increment(keys_written);
         self.metrics.increments_written.increment(increments);
     }
 
@@ -999,6 +1191,9 @@ impl<S: Store> Inner<S> {
                 keys += map.len();
                 sum += map.values().sum::<u64>();
             }
+            let held = lock(&shard.quarantine);
+            keys += held.len();
+            sum += held.values().map(|held| held.delta).sum::<u64>();
         }
         for stripe in self.stripes.iter() {
             for table in lock(&stripe.maps).iter() {
@@ -1077,16 +1272,28 @@ async fn run_flusher<S: Store>(
     shard: ShardId,
     mut signals: FlusherSignals,
 ) {
-    let Some(interval) = inner.upgrade().map(|i| i.config.batch_interval) else {
-        return;
-    };
     loop {
+        // Shorter while increments are held, so a repaired value takes them soon.
+        let Some(wait) = inner.upgrade().map(|inner| {
+            let config = &inner.config;
+            if inner.quarantined.load(Ordering::Acquire) > 0 {
+                config.batch_interval.min(config.quarantine_recheck)
+            } else {
+                config.batch_interval
+            }
+        }) else {
+            return;
+        };
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
             () = signals.wake.notified() => {}
             _ = signals.stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
         inner.flush_shard(shard, 1).await;
+        let due = inner.recheck_due(shard, &*inner.shards[shard].slot.lock().await);
+        if due {
+            inner.recheck_quarantine(shard).await;
+        }
     }
 }

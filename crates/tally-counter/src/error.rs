@@ -31,6 +31,26 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// The store holds a value for the key that is not a count (another type, text, a
+    /// negative or too large number): the key's increments are held in memory, outside the
+    /// shard's batches, until the value is repaired (checked again every
+    /// `quarantine_recheck`) or the key is reset. Increments and reads of the key are
+    /// refused meanwhile; a refused increment is not counted.
+    #[error(
+        "the stored count of '{key}' is corrupt: {stored_as} on {name} holds {found}; its visits are held until the value is repaired or the key is reset"
+    )]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Its shard.
+        shard: ShardId,
+        /// The shard's credential-free name.
+        name: String,
+        /// Where the store keeps the key.
+        stored_as: String,
+        /// What the store found there (type, or value cut to 64 bytes).
+        found: String,
+    },
     /// The counter is shutting down and takes no more work.
     #[error("counter is shut down")]
     ShutDown,

@@ -54,6 +54,17 @@
 //!   whose answers keep missing a batch of ours acknowledged meanwhile asks again a few
 //!   times, then answers with the fresher count the acknowledgement cached, and caches
 //!   nothing older over it.
+//! - **A bad stored value holds only its key.** A store whose value for a key is not a
+//!   count (another type, text, a negative or too large number) rejects that key
+//!   ([`Store::apply_checked`]) and applies the rest of the batch. The counter holds the
+//!   key's increments apart, outside the shard's batches, and offers them again every
+//!   `quarantine_recheck` until the value is repaired (then they are written) or the key
+//!   is reset (then they are dropped, like any unwritten increment of a reset key).
+//!   Meanwhile [`Counter::increment`] and [`Counter::get`] of that key answer
+//!   [`Error::Corrupt`] (a refused increment is not counted),
+//!   [`Snapshot::quarantined_keys`] and `tally_counter_quarantined_keys` count the held
+//!   keys, each is logged once at `error`, and shutdown logs what it still holds, key by
+//!   key, for an operator to add by hand.
 //! - **A panic does not stop a shard.** A flusher task that panics (a store's `apply`
 //!   that panics, say) is logged at `error` with its message, counted
 //!   ([`Snapshot::task_panics`], `tally_task_panics_total{task="flusher"}`) and started
@@ -106,5 +117,6 @@ pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use store::{
-    Batch, BatchId, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
+    Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store,
+    StoreError, StoredValues,
 };

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::store::{
-    Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
+    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
+    StoredValues,
 };
 
 /// An in-process [`Store`]: sharded maps behind short mutexes, honouring batch ids exactly
@@ -40,6 +41,9 @@ struct ShardState {
     applied: HashMap<InstanceId, u64>,
     /// `(value descending, key ascending)` of every key, when the store is ranked.
     ranking: Option<BTreeSet<(Reverse<u64>, Box<str>)>>,
+    /// Keys holding something that is not a count (set by [`MemoryStore::corrupt`], as a
+    /// Redis key can be), with what is there.
+    corrupt: HashMap<Box<str>, String>,
 }
 
 impl ShardState {
@@ -58,6 +62,7 @@ impl ShardState {
     }
 
     fn remove(&mut self, key: &str) {
+        self.corrupt.remove(key);
         if let (Some(old), Some(ranking)) = (self.values.remove(key), &mut self.ranking) {
             ranking.remove(&(Reverse(old), Box::from(key)));
         }
@@ -109,6 +114,29 @@ impl MemoryStore {
             .collect()
     }
 
+    /// Makes `key` hold something that is not a count, described by `found` (as `SET
+    /// tally:v:key abc` does in Redis): batches then reject the key, reads of it fail, until
+    /// [`MemoryStore::repair`] or a reset. For tests of the counter's quarantine.
+    pub fn corrupt(&self, key: &str, found: &str) {
+        let mut state = self.state_of(key);
+        state.remove(key);
+        state.corrupt.insert(key.into(), found.to_owned());
+    }
+
+    /// Puts a count back where [`MemoryStore::corrupt`] put something else.
+    pub fn repair(&self, key: &str, value: u64) {
+        let mut state = self.state_of(key);
+        state.corrupt.remove(key);
+        state.set(key, value);
+    }
+
+    fn state_of(&self, key: &str) -> std::sync::MutexGuard<'_, ShardState> {
+        self.shards[self.shard_of(key)]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The stored value of `key` (0 when never written), read directly.
     pub fn value(&self, key: &str) -> u64 {
         let shard = &self.shards[self.shard_of(key)];
@@ -137,6 +165,24 @@ impl Store for MemoryStore {
     }
 
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        // All or nothing, as a store that cannot apply part of a batch must be.
+        {
+            let state = self.shards[shard]
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((key, _)) = batch
+                .deltas
+                .iter()
+                .find(|(key, _)| state.corrupt.contains_key(&**key))
+            {
+                return Err(format!("{key} holds {}, not a count", state.corrupt[&**key]).into());
+            }
+        }
+        Ok(self.apply_checked(shard, batch).await?.totals)
+    }
+
+    async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
         let mut state = self.shards[shard]
             .state
             .lock()
@@ -146,19 +192,25 @@ impl Store for MemoryStore {
         if fresh {
             *mark = batch.id.seq;
         }
-        Ok(batch
-            .deltas
-            .iter()
-            .map(|(key, delta)| {
-                let current = state.values.get(&**key).copied().unwrap_or(0);
-                if fresh {
-                    state.set(key, current + delta);
-                    current + delta
-                } else {
-                    current
-                }
-            })
-            .collect())
+        let mut applied = Applied::default();
+        for (index, (key, delta)) in batch.deltas.iter().enumerate() {
+            if let Some(found) = state.corrupt.get(&**key) {
+                applied.rejected.push(RejectedKey {
+                    index,
+                    stored_as: key.to_string(),
+                    found: found.clone(),
+                });
+                applied.totals.push(0);
+                continue;
+            }
+            let current = state.values.get(&**key).copied().unwrap_or(0);
+            let total = if fresh { current + delta } else { current };
+            if fresh {
+                state.set(key, total);
+            }
+            applied.totals.push(total);
+        }
+        Ok(applied)
     }
 
     async fn get(
@@ -171,6 +223,9 @@ impl Store for MemoryStore {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if let Some(key) = keys.iter().find(|key| state.corrupt.contains_key(**key)) {
+            return Err(format!("{key} holds {}, not a count", state.corrupt[*key]).into());
+        }
         Ok(StoredValues {
             values: keys
                 .iter()

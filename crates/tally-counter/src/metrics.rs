@@ -19,6 +19,9 @@ pub(crate) struct CounterMetrics {
     /// `tally_task_panics_total{task="flusher"}`: flusher tasks that panicked and were
     /// restarted.
     pub(crate) flusher_panics: Counter,
+    /// `tally_counter_quarantined_keys`: keys whose increments are held because their
+    /// stored value is not a count.
+    pub(crate) quarantined_keys: Gauge,
     /// `tally_counter_batch_keys_max`: most keys one acknowledged batch held.
     pub(crate) largest_batch_keys: Gauge,
     /// `tally_counter_batch_bytes_max`: most bytes of keys one acknowledged batch held.
@@ -39,6 +42,7 @@ impl CounterMetrics {
             buffered_keys: gauge!("tally_counter_buffered_keys", "counter" => label.clone()),
             batch_seconds: histogram!("tally_counter_batch_duration_seconds", "counter" => label.clone()),
             flusher_panics: counter!("tally_task_panics_total", "task" => "flusher", "counter" => label.clone()),
+            quarantined_keys: gauge!("tally_counter_quarantined_keys", "counter" => label.clone()),
             largest_batch_keys: gauge!("tally_counter_batch_keys_max", "counter" => label.clone()),
             largest_batch_bytes: gauge!("tally_counter_batch_bytes_max", "counter" => label),
         }

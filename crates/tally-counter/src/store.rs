@@ -71,6 +71,30 @@ pub struct Batch {
     pub deltas: Vec<(Box<str>, u64)>,
 }
 
+/// A key of a batch that a store could not add to, because the value it holds for the key
+/// is not a count it can take: another type, text that is not a whole number, a negative
+/// number, or one the delta would take past what the store holds exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedKey {
+    /// Position of the key in the batch's `deltas`.
+    pub index: usize,
+    /// Where the store keeps the key (for Redis, e.g. `tally:v:page`), for an operator
+    /// who repairs it.
+    pub stored_as: String,
+    /// What the store found there: its type, or its value cut to 64 bytes.
+    pub found: String,
+}
+
+/// What [`Store::apply_checked`] did with a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// One total per key of the batch, in order; 0 for a rejected key.
+    pub totals: Vec<u64>,
+    /// The keys left untouched because their stored value is not a count. Every other key
+    /// was applied, and the batch id is spent.
+    pub rejected: Vec<RejectedKey>,
+}
+
 /// What a store returns for a read: the stored values and how far this instance's batches
 /// are reflected in them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +144,28 @@ pub trait Store: Send + Sync + 'static {
         shard: ShardId,
         batch: &Batch,
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Like [`Store::apply`], but a key whose stored value is not a count the store can add
+    /// to (see [`RejectedKey`]) is left as it is and reported, and every other key is
+    /// applied, so one bad stored value cannot hold a whole batch, and with it a shard.
+    /// The same at-most-once rule holds: a repeated id applies nothing and answers current
+    /// totals (and the keys still bad).
+    ///
+    /// The counter calls this, not [`Store::apply`]. The default calls [`Store::apply`]
+    /// and rejects nothing: right for a store whose values are always counts.
+    fn apply_checked(
+        &self,
+        shard: ShardId,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send {
+        async move {
+            let totals = self.apply(shard, batch).await?;
+            Ok(Applied {
+                totals,
+                rejected: Vec::new(),
+            })
+        }
+    }
 
     /// Reads the stored values of `keys` (all owned by `shard`) and the highest sequence of
     /// `instance` applied on that shard, in one consistent read.

@@ -5,4 +5,5 @@ mod exactness;
 mod faults;
 mod lifecycle;
 mod model;
+mod quarantine;
 mod support;
