@@ -1012,8 +1012,12 @@ impl<S: Store> Inner<S> {
                 seq = batch.id.seq,
                 batch_len = batch.deltas.len()
             );
-            let result =
-                tracing::Instrument::instrument(self.store.apply_checked(shard, batch), span).await;
+            // Boxed: the store's future nests inside every caller's (flusher, flush,
+            // recheck, shutdown, and the server's whole run), and unboxed the chain is deep
+            // enough to pass rustc's layout depth limit. One allocation per batch.
+            let apply: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                Box::pin(self.store.apply_checked(shard, batch));
+            let result = tracing::Instrument::instrument(apply, span).await;
             self.metrics
                 .batch_seconds
                 .record(started.elapsed().as_secs_f64());
