@@ -10,8 +10,11 @@ use crate::support::{Rig, one_at_a_time, report};
 
 /// `SHUTDOWN_TIMEOUT_SECONDS` of the server.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections of the visit load: each has at most one request in flight when the server
-/// stops, so at most this many requests can be left without an answer.
+/// Connections of the visit load. Each can leave at most two requests without an answer:
+/// the one written as the server closed its keep-alive connection, and one on a new
+/// connection that the kernel accepted into the listener's backlog just before the server
+/// closed it (seen: 33 unknown with 32 connections). A server that dropped requests it
+/// had read would leave many more.
 const CONNECTIONS: usize = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,10 +70,10 @@ async fn sigterm_mid_run_writes_every_acknowledged_visit_and_exits_0() {
         "requests refused while the server stopped: {board:?}"
     );
     // A request is left without an answer only if it was on the wire when its connection
-    // closed: one per connection at most.
+    // closed: two per connection at most (see CONNECTIONS).
     assert!(
-        totals.unknown <= CONNECTIONS as u64,
-        "{} requests without an answer, more than the {CONNECTIONS} connections: {board:?}",
+        totals.unknown <= 2 * CONNECTIONS as u64,
+        "{} requests without an answer, more than two for each of the {CONNECTIONS} connections: {board:?}",
         totals.unknown
     );
     assert_eq!((counted.lost, counted.doubled), (0, 0));
