@@ -8,6 +8,7 @@
 //! `cargo test -p tally-tests -- --skip slow_` leaves them out while iterating. Set
 //! `TEST_LOG=1` to see the servers' output.
 
+mod backlog;
 mod bad_input;
 mod cardinality;
 mod concurrent;

@@ -58,15 +58,9 @@ async fn an_overloaded_server_refuses_with_retry_after_counts_nothing_refused_an
     rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
     // The fault reached the server before the visits come: it has seen the node down. (A
     // server that refused every new page of a down node would refuse them all now.)
-    let paused_url = rig.cluster.node(PAUSED).url();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.get_json("/status").await["redis_status"]["node_status"][&paused_url] != false {
-        assert!(
-            Instant::now() < deadline,
-            "the server never saw {paused_url} down"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_for_node(&rig.cluster.node(PAUSED).url(), false)
+        .await;
     // New pages of the paused node, one visit each: the first few wait in the buffer, the
     // rest are refused.
     let mut board = visits(on_paused.clone(), on_paused.len() as u64).await;

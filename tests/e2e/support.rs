@@ -175,6 +175,20 @@ impl Server {
         }
     }
 
+    /// Waits until `/status` reports the node at `url` (`redis://host:port`) up or down, as
+    /// `up` says: the server has seen the fault (or the recovery). Panics after 30 s.
+    pub async fn wait_for_node(&self, url: &str, up: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.get_json("/status").await["redis_status"]["node_status"][url] != up {
+            assert!(
+                Instant::now() < deadline,
+                "the server never saw {url} {}",
+                if up { "up" } else { "down" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits up to `deadline` for the exit; returns the status and the
     /// time the shutdown took.
     pub fn terminate(&mut self, deadline: Duration) -> (ExitStatus, Duration) {
