@@ -78,6 +78,20 @@ pub enum ApiError {
     /// 503 `shutting_down`: the server is stopping and takes no more visits.
     #[error("the server is shutting down; retry on another instance")]
     ShuttingDown,
+    /// 500 `corrupt_count`: the store's value for the page (or URL) is not a count; its
+    /// visits are held until the value is repaired or the page is reset, and this one was
+    /// not counted. The message names the store key, the node and what was found.
+    #[error(
+        "the stored count is corrupt: {stored_as} on {node} holds {found}; visits to it are held (this one was not counted) until the value is repaired or the page is reset with DELETE"
+    )]
+    CorruptCount {
+        /// Where the store keeps it (`tally:v:{page}`, or `tally:urls` for a URL).
+        stored_as: String,
+        /// The node.
+        node: String,
+        /// What is there: its type, or its value cut to 64 bytes.
+        found: String,
+    },
     /// 500 `internal_error`: a bug or an unexpected failure; details are logged only.
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
@@ -97,6 +111,7 @@ impl ApiError {
             Self::InvalidQuery(_) => "invalid_query",
             Self::TestRunning => "test_already_running",
             Self::ShuttingDown => "shutting_down",
+            Self::CorruptCount { .. } => "corrupt_count",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -149,7 +164,7 @@ impl ResponseError for ApiError {
             Self::Overloaded { .. } | Self::StoreUnavailable { .. } | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::CorruptCount { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -197,6 +212,16 @@ pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u
             retry_after: overload_retry_after,
         },
         tally_counter::Error::ShutDown => ApiError::ShuttingDown,
+        tally_counter::Error::Corrupt {
+            name,
+            stored_as,
+            found,
+            ..
+        } => ApiError::CorruptCount {
+            stored_as,
+            node: name,
+            found,
+        },
         tally_counter::Error::Store { ref name, .. } => ApiError::StoreUnavailable {
             node: name.clone(),
             // A node marked down is probed again within a second.

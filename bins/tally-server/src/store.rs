@@ -2,7 +2,7 @@
 //! is not generic over it.
 
 use tally_counter::{
-    Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId, Store,
+    Applied, Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId, Store,
     StoreError, StoredValues,
 };
 use tally_redis::RedisStore;
@@ -74,6 +74,13 @@ impl Store for AppStore {
         match self {
             Self::Memory(store) => store.apply(shard, batch).await,
             Self::Redis { store, .. } => store.apply(shard, batch).await,
+        }
+    }
+
+    async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
+        match self {
+            Self::Memory(store) => store.apply_checked(shard, batch).await,
+            Self::Redis { store, .. } => store.apply_checked(shard, batch).await,
         }
     }
 

@@ -32,12 +32,16 @@ struct RedisStatus {
 struct CounterStatus {
     cache_size: u64,
     write_buffer_size: usize,
+    /// Pages whose visits are held because the stored value is not a count.
+    quarantined_keys: usize,
 }
 
 /// The request-statistics counter: paths waiting to be written and its batches.
 #[derive(Serialize)]
 struct StatsStatus {
     pending_urls: usize,
+    /// URLs whose counts are held because the stored value is not a count.
+    quarantined_keys: usize,
     batches_ok: u64,
     batches_failed: u64,
     requests_written: u64,
@@ -65,9 +69,11 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
         counter_status: CounterStatus {
             cache_size: snapshot.cache_size,
             write_buffer_size: snapshot.write_buffer_size,
+            quarantined_keys: snapshot.quarantined_keys,
         },
         stats_status: StatsStatus {
             pending_urls: stats.write_buffer_size,
+            quarantined_keys: stats.quarantined_keys,
             batches_ok: stats.batches_ok,
             batches_failed: stats.batches_failed,
             requests_written: stats.increments_written,
