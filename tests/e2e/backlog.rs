@@ -32,10 +32,7 @@ async fn a_backlog_of_twenty_thousand_pages_drains_in_bounded_batches_and_exactl
     let limit = BATCH_SIZE_LIMIT.to_string();
     // Room for every page on one node: the bound is not what this scenario is about.
     let bound = (4 * pages).max(1_000_000).to_string();
-    let server = rig.server(&[
-        ("BATCH_SIZE_LIMIT", &limit),
-        ("MAX_PENDING_KEYS", &bound),
-    ]);
+    let server = rig.server(&[("BATCH_SIZE_LIMIT", &limit), ("MAX_PENDING_KEYS", &bound)]);
     let paused_url = rig.cluster.node(PAUSED).url();
     rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
     server.wait_for_node(&paused_url, false).await;
