@@ -97,6 +97,9 @@ pub struct Snapshot {
     /// Keys whose increments are held because the store's value for them is not a count
     /// (see [`Error::Corrupt`]).
     pub quarantined_keys: usize,
+    /// Shards whose last batch attempt failed and none has been acknowledged since: the
+    /// shard's name and the error, as the store reported it (retried with backoff).
+    pub failing_shards: Vec<(String, String)>,
     /// Most keys one acknowledged batch held (at most `batch_size_limit`).
     pub largest_batch_keys: usize,
     /// Most bytes of keys one acknowledged batch held (at most `batch_max_bytes`, or one
@@ -204,6 +207,8 @@ struct Shard {
     /// Keys whose stored value is not a count, with their held increments. Held briefly,
     /// never across an `.await`.
     quarantine: Mutex<KeyMap<Held>>,
+    /// Why the shard's last batch attempt failed, until a batch is acknowledged.
+    last_error: Mutex<Option<String>>,
 }
 
 /// Increments held for a key the store rejected (its value is not a count).
@@ -312,6 +317,22 @@ fn cause_text(error: &Error) -> String {
     }
 }
 
+/// `error` and each of its sources, joined with `: `: what a store said, whole (its
+/// outer message alone may only say which operation failed).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain maps behind, still consistent
     // for our purposes; keep counting rather than poisoning every later call.
@@ -345,6 +366,7 @@ impl<S: Store> Counter<S> {
                 slot: tokio::sync::Mutex::new(Slot::default()),
                 view: RwLock::new(View::default()),
                 quarantine: Mutex::new(KeyMap::with_hasher(hash)),
+                last_error: Mutex::new(None),
             })
             .collect();
         let cache = moka::sync::Cache::builder()
@@ -625,6 +647,16 @@ impl<S: Store> Counter<S> {
             increments_written: s.increments_written.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
             quarantined_keys: self.inner.quarantined.load(Ordering::Relaxed),
+            failing_shards: self
+                .inner
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(shard, state)| {
+                    let error = lock(&state.last_error).clone()?;
+                    Some((self.inner.store.shard_name(shard).to_owned(), error))
+                })
+                .collect(),
             largest_batch_keys: s.largest_batch_keys.load(Ordering::Relaxed),
             largest_batch_bytes: s.largest_batch_bytes.load(Ordering::Relaxed),
         }
@@ -1046,7 +1078,7 @@ impl<S: Store> Inner<S> {
                         ),
                     );
                 }
-                Err(e) => self.batch_failed(shard, &e.to_string()),
+                Err(e) => self.batch_failed(shard, &error_chain(&*e)),
             }
             let jittered = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
             self.wait_to_retry(shard, jittered).await;
@@ -1072,6 +1104,7 @@ impl<S: Store> Inner<S> {
     }
 
     fn batch_failed(&self, shard: ShardId, message: &str) {
+        *lock(&self.shards[shard].last_error) = Some(message.to_owned());
         self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
         self.metrics.batches_failed.increment(1);
         tracing::warn!(
@@ -1162,6 +1195,7 @@ impl<S: Store> Inner<S> {
         view.inflight = None;
         view.acked_seq = batch.id.seq;
         drop(view);
+        *lock(&state.last_error) = None;
         self.forget_keys(shard, freed);
         let s = &self.stats;
         s.batches_ok.fetch_add(1, Ordering::Relaxed);
@@ -1241,32 +1275,22 @@ async fn supervise_flusher<S: Store>(
     shard: ShardId,
     signals: FlusherSignals,
 ) {
-    use futures::FutureExt as _;
-    loop {
-        let run = std::panic::AssertUnwindSafe(run_flusher(inner.clone(), shard, signals.clone()));
-        let Err(panic) = run.catch_unwind().await else {
-            return;
-        };
-        let Some(inner) = inner.upgrade() else { return };
-        inner.stats.task_panics.fetch_add(1, Ordering::Relaxed);
-        inner.metrics.flusher_panics.increment(1);
-        tracing::error!(
-            counter = %inner.config.name,
-            shard,
-            node = %inner.store.shard_name(shard),
-            panic.message = %panic_message(panic.as_ref()),
-            "a batch flusher panicked; restarted it"
-        );
-    }
-}
-
-/// The message a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(a panic without a text message)")
+    crate::task::restart_on_panic(
+        || run_flusher(inner.clone(), shard, signals.clone()),
+        |message| {
+            let Some(inner) = inner.upgrade() else { return };
+            inner.stats.task_panics.fetch_add(1, Ordering::Relaxed);
+            inner.metrics.flusher_panics.increment(1);
+            tracing::error!(
+                counter = %inner.config.name,
+                shard,
+                node = %inner.store.shard_name(shard),
+                panic.message = %message,
+                "a batch flusher panicked; restarted it"
+            );
+        },
+    )
+    .await;
 }
 
 /// The per-shard flusher: sends the shard's batch every `batch_interval`, or sooner when

@@ -111,6 +111,7 @@ mod hash;
 mod memory;
 mod metrics;
 mod store;
+mod task;
 
 pub use config::CounterConfig;
 pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
@@ -120,3 +121,4 @@ pub use store::{
     Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store,
     StoreError, StoredValues,
 };
+pub use task::restart_on_panic;
