@@ -16,6 +16,7 @@ mod kill;
 mod lost_replies;
 mod overload;
 mod pause;
+mod poison;
 mod secrets;
 mod sigterm;
 mod support;

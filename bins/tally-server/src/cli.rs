@@ -4,15 +4,16 @@
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use crate::{Config, run, shutdown_signal, telemetry};
+use crate::{Config, ConfigError, run, shutdown_signal, telemetry};
 
 /// Runs the server as the `tally-server` binary does: reads the configuration from the
 /// environment (and `.env`), sets up logs on stdout, serves until SIGTERM or SIGINT, then
 /// drains and flushes.
 ///
 /// Exit codes: 0 after a graceful shutdown; 2 for an invalid configuration (one line on
-/// stderr naming the variable); 1 when the server cannot start or fails (the error once,
-/// with its cause chain, on stderr).
+/// stderr naming the variable), also when it shows only at start-up (e.g. two entries of
+/// `REDIS_NODES` that reach the same Redis database); 1 when the server cannot start or
+/// fails (the error once, with its cause chain, on stderr).
 ///
 /// Builds its own multi-threaded tokio runtime, so call it from a plain `fn main`, not from
 /// inside a runtime:
@@ -55,6 +56,10 @@ pub fn main() -> ExitCode {
     });
     match served {
         Ok(_report) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("tally-server: invalid configuration: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             // Once, with its cause chain (`a: b: c`).
             eprintln!("tally-server: {e:#}");

@@ -87,8 +87,13 @@ pub struct Config {
     pub log_filter: String,
     /// `HEALTH_CHECK_INTERVAL_SECONDS` (default 5): how often every Redis node is pinged.
     pub health_check_interval: Duration,
-    /// `SHUTDOWN_TIMEOUT_SECONDS` (default 25): bound on a graceful shutdown, from the
-    /// signal to the last flushed batch.
+    /// `MARKS_RETENTION_HOURS` (default 720, fractions accepted): a node's high-water mark
+    /// of a server instance that has not written to it for this long is removed; must
+    /// outlast any node outage a running server rides out (see [`RedisConfig`]).
+    pub marks_retention: Duration,
+    /// `SHUTDOWN_TIMEOUT_SECONDS` (default 25, at least [`Config::MIN_SHUTDOWN_TIMEOUT`]):
+    /// bound on a graceful shutdown, from the signal to the last flushed batch; split as
+    /// [`Config::drain_timeout`] says.
     pub shutdown_timeout: Duration,
     /// `TEST_MAX_REQUESTS` (default 100,000): largest `n` of `/test/{n}/` (request-stats
     /// issue; parsed now, unused so far).
@@ -123,6 +128,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             health_check_interval: tally_redis::DEFAULT_HEALTH_CHECK_INTERVAL,
+            marks_retention: tally_redis::DEFAULT_MARKS_RETENTION,
             shutdown_timeout: Duration::from_secs(25),
             test_max_requests: 100_000,
             test_endpoint_enabled: true,
@@ -188,6 +194,7 @@ struct RawVars {
     log_level: Option<String>,
     rust_log: Option<String>,
     health_check_interval_seconds: Option<String>,
+    marks_retention_hours: Option<String>,
     shutdown_timeout_seconds: Option<String>,
     test_max_requests: Option<String>,
     test_endpoint_enabled: Option<String>,
@@ -341,11 +348,15 @@ impl Config {
                 raw.health_check_interval_seconds,
                 d.health_check_interval,
             )?,
-            shutdown_timeout: seconds(
-                "SHUTDOWN_TIMEOUT_SECONDS",
-                raw.shutdown_timeout_seconds,
-                d.shutdown_timeout,
+            marks_retention: hours(
+                "MARKS_RETENTION_HOURS",
+                raw.marks_retention_hours,
+                d.marks_retention,
             )?,
+            shutdown_timeout: match raw.shutdown_timeout_seconds.as_deref() {
+                Some(value) => parse_shutdown_timeout(value)?,
+                None => d.shutdown_timeout,
+            },
             test_max_requests: whole_or(
                 "TEST_MAX_REQUESTS",
                 raw.test_max_requests,
@@ -408,9 +419,36 @@ impl Config {
                 "expected a database index of 0 or more",
             ));
         }
+        if self.shutdown_timeout < Self::MIN_SHUTDOWN_TIMEOUT {
+            return Err(shutdown_timeout_error(
+                &self.shutdown_timeout.as_secs_f64().to_string(),
+            ));
+        }
         parse_prefix(&self.api_prefix)?;
         check_distinct(&self.redis_nodes)?;
         Ok(())
+    }
+
+    /// Smallest `SHUTDOWN_TIMEOUT_SECONDS`: requests in flight get at least 1 s (actix-web
+    /// counts its drain in whole seconds), and writing the pending visits gets at least 1 s
+    /// more. Any value from this one up leaves at least 1 s for writing (see
+    /// [`Config::drain_timeout`]).
+    pub const MIN_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The longest a request waits for the store: twice `REDIS_TIMEOUT` (a connection
+    /// attempt, then the command). Reads and resets answer 503 after it.
+    pub fn store_deadline(&self) -> Duration {
+        self.redis_timeout.saturating_mul(2)
+    }
+
+    /// How long requests in flight get to finish once shutdown starts: the store deadline
+    /// (the longest a request rightly takes), at most half of `SHUTDOWN_TIMEOUT_SECONDS`,
+    /// rounded down to whole seconds (actix-web's unit) and at least 1 s. The rest of
+    /// `SHUTDOWN_TIMEOUT_SECONDS` goes to writing pending visits: at least 1 s, since the
+    /// timeout is at least [`Config::MIN_SHUTDOWN_TIMEOUT`].
+    pub fn drain_timeout(&self) -> Duration {
+        let drain = self.store_deadline().min(self.shutdown_timeout / 2);
+        Duration::from_secs(drain.as_secs().max(1))
     }
 
     /// The [`RedisConfig`] for `REDIS_NODES`, or `None` for the embedded store.
@@ -425,6 +463,7 @@ impl Config {
         config.retry_attempts = self.redis_retry_attempts;
         config.pool_size = self.redis_pool_size;
         config.health_check_interval = self.health_check_interval;
+        config.marks_retention = self.marks_retention;
         config.vnodes = self.virtual_nodes;
         config.layout = Layout::Counters;
         Some(config)
@@ -453,6 +492,9 @@ impl Config {
             cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             max_pending_keys: self.max_pending_keys,
+            // Held increments of a key whose stored value is not a count are offered to
+            // the node again as often as its health is checked.
+            quarantine_recheck: self.health_check_interval,
             ..CounterConfig::default()
         }
     }
@@ -495,6 +537,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "LOG_LEVEL",
     "RUST_LOG",
     "HEALTH_CHECK_INTERVAL_SECONDS",
+    "MARKS_RETENTION_HOURS",
     "SHUTDOWN_TIMEOUT_SECONDS",
     "TEST_MAX_REQUESTS",
     "TEST_ENDPOINT_ENABLED",
@@ -540,15 +583,21 @@ fn dotenv_error(error: &dotenvy::Error) -> ConfigError {
 }
 
 fn parse_nodes(value: &str) -> Result<Vec<NodeUrl>, ConfigError> {
-    let shown = value.split(',').map(redact).collect::<Vec<_>>().join(",");
     let config = RedisConfig::from_urls(value).map_err(|e| {
-        ConfigError::new(
-            "REDIS_NODES",
-            Some(&shown),
-            format!(
-                "{e}; expected comma-separated redis:// URLs such as redis://:password@redis1:6379/0"
-            ),
-        )
+        // `redact` splits the list as `from_urls` does, so a password holding commas is
+        // hidden whole.
+        let mut problem = format!(
+            "{e}; expected comma-separated redis:// URLs such as redis://:password@redis1:6379/0"
+        );
+        if matches!(&e, tally_redis::Error::InvalidUrl { url, .. } if url.contains(',')) {
+            problem.push_str("; a comma starts a new node only when redis:// follows it");
+        }
+        if value.contains('@') {
+            problem.push_str(
+                "; in a password write '/' '?' '#' '%' as %2F %3F %23 %25 (',' '@' ':' and blanks may stay)",
+            );
+        }
+        ConfigError::new("REDIS_NODES", Some(&redact(value)), problem)
     })?;
     check_distinct(&config.nodes)?;
     Ok(config.nodes)
@@ -575,6 +624,30 @@ fn check_distinct(nodes: &[NodeUrl]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `SHUTDOWN_TIMEOUT_SECONDS`: seconds, from [`Config::MIN_SHUTDOWN_TIMEOUT`] up, so that
+/// at least 1 s is left for writing after the drain.
+fn parse_shutdown_timeout(value: &str) -> Result<Duration, ConfigError> {
+    seconds(
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        Some(value.to_owned()),
+        Duration::ZERO,
+    )
+    .ok()
+    .filter(|timeout| *timeout >= Config::MIN_SHUTDOWN_TIMEOUT)
+    .ok_or_else(|| shutdown_timeout_error(value))
+}
+
+fn shutdown_timeout_error(shown: &str) -> ConfigError {
+    ConfigError::new(
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        Some(shown),
+        format!(
+            "expected a number of seconds from {} to 31536000, such as 25: requests in flight get at least 1 s, and less than {0} would leave under 1 s to write pending visits",
+            Config::MIN_SHUTDOWN_TIMEOUT.as_secs()
+        ),
+    )
+}
+
 fn seconds(
     variable: &str,
     value: Option<String>,
@@ -591,6 +664,33 @@ fn seconds(
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .filter(|d| !d.is_zero())
         .ok_or_else(|| ConfigError::new(variable, Some(&value), SECONDS_EXPECTED))
+}
+
+/// Longest `MARKS_RETENTION_HOURS`: ten years.
+const MAX_HOURS: f64 = 87_600.0;
+
+fn hours(
+    variable: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|hours| *hours > 0.0 && *hours <= MAX_HOURS)
+        .and_then(|hours| Duration::try_from_secs_f64(hours * 3600.0).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ConfigError::new(
+                variable,
+                Some(&value),
+                "expected a number of hours above 0 and at most 87600, such as 720 or 0.5",
+            )
+        })
 }
 
 fn whole<T>(variable: &str, value: &str, min: T, max: T) -> Result<T, ConfigError>
@@ -789,6 +889,32 @@ mod tests {
     }
 
     #[test]
+    fn marks_retention_is_read_in_hours() {
+        assert_eq!(
+            parse(&[]).unwrap().marks_retention,
+            tally_redis::DEFAULT_MARKS_RETENTION
+        );
+        let config = parse(&[
+            ("REDIS_NODES", "redis://r1:6379"),
+            ("MARKS_RETENTION_HOURS", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(config.marks_retention, Duration::from_secs(1800));
+        assert_eq!(
+            config.redis_config().unwrap().marks_retention,
+            Duration::from_secs(1800)
+        );
+        for bad in ["0", "-1", "week", "NaN", "100000"] {
+            assert!(
+                error(&[("MARKS_RETENTION_HOURS", bad)]).starts_with(&format!(
+                    "MARKS_RETENTION_HOURS=\"{bad}\": expected a number of hours"
+                )),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn fractional_seconds_are_accepted() {
         let config = parse(&[
             ("BATCH_INTERVAL_SECONDS", "0.25"),
@@ -934,5 +1060,82 @@ mod tests {
         let err = read_dotenv(&path).unwrap_err().to_string();
         assert!(err.starts_with(".env: "), "{err}");
         assert!(!err.contains("sec ret"), "{err}");
+    }
+
+    #[test]
+    fn a_password_with_url_characters_never_shows_in_a_redis_nodes_error() {
+        let password = "Kq7vTr0ub4dor,Hx2z@Bat:Jw5uSta/Ny8pHund%Lm3c Words";
+        for nodes in [
+            format!("redis://:{password}@r1:6379,redis://r2:notaport"),
+            format!("redis://r1:6379,redis://app:{password}@r2:6379/x"),
+            format!("redis://:{password}@r1:6379,http://r2:6379"),
+        ] {
+            let message = error(&[("REDIS_NODES", &nodes)]);
+            assert!(message.starts_with("REDIS_NODES=\""), "{message}");
+            for part in password.split(|c: char| !c.is_ascii_alphanumeric()) {
+                assert!(!message.contains(part), "{part:?} shows in: {message}");
+            }
+        }
+        let message = error(&[(
+            "REDIS_NODES",
+            "redis://:Tr0ub4dor,horse@redis1:6379,redis://r2:x",
+        )]);
+        assert!(
+            message.starts_with("REDIS_NODES=\"redis://:***@redis1:6379,redis://r2:x\": "),
+            "{message}"
+        );
+        assert!(message.contains("%2F %3F %23 %25"), "{message}");
+    }
+
+    #[test]
+    fn a_list_missing_a_scheme_says_where_a_new_node_starts() {
+        let message = error(&[("REDIS_NODES", "redis://r1:6379,r2:6379")]);
+        assert!(
+            message.contains("a comma starts a new node only when redis:// follows it"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_shutdown_timeout_leaving_under_a_second_to_write_is_refused() {
+        for value in ["1.99", "1", "0.5", "0", "-3", "soon"] {
+            assert_eq!(
+                error(&[("SHUTDOWN_TIMEOUT_SECONDS", value)]),
+                format!(
+                    "SHUTDOWN_TIMEOUT_SECONDS=\"{value}\": expected a number of seconds from 2 to 31536000, such as 25: requests in flight get at least 1 s, and less than 2 would leave under 1 s to write pending visits"
+                )
+            );
+        }
+        let config = parse(&[("SHUTDOWN_TIMEOUT_SECONDS", "2")]).unwrap();
+        assert_eq!(config.shutdown_timeout, Config::MIN_SHUTDOWN_TIMEOUT);
+        let built_in_code = Config {
+            shutdown_timeout: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        let err = built_in_code.validate().unwrap_err();
+        assert_eq!(
+            (err.variable.as_str(), err.value.as_deref()),
+            ("SHUTDOWN_TIMEOUT_SECONDS", Some("1.5"))
+        );
+    }
+
+    #[test]
+    fn every_accepted_shutdown_timeout_leaves_a_second_to_write() {
+        for shutdown in [2.0, 2.5, 3.0, 3.9, 4.0, 10.0, 25.0, 3600.0] {
+            for redis_timeout in [0.01, 0.5, 1.0, 5.0, 60.0] {
+                let config = parse(&[
+                    ("SHUTDOWN_TIMEOUT_SECONDS", &shutdown.to_string()),
+                    ("REDIS_TIMEOUT", &redis_timeout.to_string()),
+                ])
+                .unwrap();
+                let drain = config.drain_timeout();
+                assert_eq!(drain.subsec_nanos(), 0, "whole seconds: {drain:?}");
+                assert!(drain >= Duration::from_secs(1), "{drain:?}");
+                assert!(
+                    config.shutdown_timeout - drain >= Duration::from_secs(1),
+                    "SHUTDOWN_TIMEOUT_SECONDS={shutdown} REDIS_TIMEOUT={redis_timeout}: drain {drain:?}"
+                );
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use tally_redis::{Layout, RedisStore};
 use tally_stats::{SingleRun, StatsTracker};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::state::{AppState, TestEndpoint};
 use crate::store::AppStore;
 
@@ -53,7 +53,9 @@ impl std::fmt::Debug for App {
 ///
 /// An invalid config (built in code; [`Config::from_env`] already checks), a Redis node
 /// list that cannot form a ring, a metrics recorder installed by someone else, or a socket
-/// that cannot be bound.
+/// that cannot be bound. Configuration problems, including two `REDIS_NODES` entries that
+/// reach the same Redis database (found only by asking the nodes), are a [`ConfigError`]
+/// inside the `anyhow::Error`, which the binary turns into exit code 2.
 pub async fn run(config: Config) -> anyhow::Result<App> {
     config.validate()?;
     // Before the counter: its metric handles are registered when it is built.
@@ -76,9 +78,25 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
         }
         Some(redis) => {
             let ports: Vec<u16> = redis.nodes.iter().map(|node| node.port()).collect();
-            let store = RedisStore::connect(redis)
-                .await
-                .context("cannot set up the Redis store")?;
+            let store = match RedisStore::connect(redis).await {
+                Ok(store) => store,
+                // Settings that cannot work, as `Config::from_env` reports them.
+                Err(e) if e.is_config() => {
+                    let variable = match &e {
+                        tally_redis::Error::Config { field, .. } => field,
+                        _ => "REDIS_NODES",
+                    };
+                    return Err(ConfigError {
+                        variable: variable.to_owned(),
+                        value: None,
+                        problem: e.to_string(),
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context("cannot set up the Redis store"));
+                }
+            };
             let stats_store = store.with_layout(Layout::SortedSet);
             (
                 AppStore::Redis {
@@ -100,10 +118,10 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
         .local_addr()
         .context("cannot read the bound address")?;
 
-    // The longest a request can rightly take is a store call; in-flight requests get that
-    // long to finish, the rest of SHUTDOWN_TIMEOUT_SECONDS goes to flushing.
-    let store_deadline = config.redis_timeout * 2;
-    let drain_timeout = store_deadline.min(config.shutdown_timeout / 2);
+    // In-flight requests get the drain; the rest of SHUTDOWN_TIMEOUT_SECONDS (at least
+    // 1 s, as `validate` checked) goes to flushing.
+    let store_deadline = config.store_deadline();
+    let drain_timeout = config.drain_timeout();
     let stats = StatsTracker::new(stats_store, config.stats_counter_config(), store_deadline)
         .context("cannot start the request statistics")?;
     let test_target = match address.ip() {
@@ -150,7 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
     })
     // Signals are ours: `run_until_stopped` drains, then flushes the counter.
     .disable_signals()
-    .shutdown_timeout(drain_timeout.as_secs().max(1))
+    .shutdown_timeout(drain_timeout.as_secs())
     .listen(listener)
     .context("cannot start the HTTP server")?
     .run();

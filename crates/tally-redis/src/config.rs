@@ -19,6 +19,16 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Default `VIRTUAL_NODES`: ring points per node.
 pub const DEFAULT_VNODES: u32 = tally_ring::DEFAULT_VNODES;
+/// Default `MARKS_RETENTION_HOURS`: 720 hours (30 days).
+///
+/// A high-water mark only matters while a batch of its instance may still be retried, and a
+/// batch waits (in the instance's memory, retried until acknowledged) at most as long as its
+/// node is unreachable from that instance. 30 days is far beyond any outage a running
+/// instance is expected to ride out, while the marks of instances that are gone stay few:
+/// one field per server start per node and layout, about 60 bytes each, so even a server
+/// restarted every minute leaves a few MiB per node at most. See the crate docs' *High-water
+/// marks*.
+pub const DEFAULT_MARKS_RETENTION: Duration = Duration::from_secs(720 * 3600);
 
 /// A password: printed as `***` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,12 +58,16 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Returns `url` with any password replaced by `***`, for messages and logs.
+/// Returns `urls` with every password replaced by `***`, for messages and logs.
 ///
-/// Works on anything, including strings that are not valid URLs: everything between
-/// `scheme://` and the last `@` is treated as credentials, and only the part before its
-/// first `:` (the user name) is kept; with no `:` the whole user-info is hidden, since a
-/// lone user-info is often a password written in the wrong place. Query parameters whose
+/// Takes one node URL or a whole `REDIS_NODES` list, split as [`RedisConfig::from_urls`]
+/// splits it (a comma followed by something other than `scheme://` stays inside its URL,
+/// so a password containing commas is hidden whole), and keeps the separators as written.
+///
+/// Works on anything, including strings that are not valid URLs: in each URL, everything
+/// between `scheme://` and the last `@` is treated as credentials, and only the part before
+/// its first `:` (the user name) is kept; with no `:` the whole user-info is hidden, since
+/// a lone user-info is often a password written in the wrong place. Query parameters whose
 /// name contains `pass` are hidden too.
 ///
 /// ```
@@ -62,8 +76,26 @@ impl fmt::Display for Secret {
 /// assert_eq!(redact("redis://app:hunter2@redis1:6379/0"), "redis://app:***@redis1:6379/0");
 /// assert_eq!(redact("redis://:hunter2@redis1:6379"), "redis://:***@redis1:6379");
 /// assert_eq!(redact("redis://redis1:6379"), "redis://redis1:6379");
+/// assert_eq!(
+///     redact("redis://:Tr0ub4dor,horse@redis1:6379, redis://redis2:6379"),
+///     "redis://:***@redis1:6379, redis://redis2:6379"
+/// );
 /// ```
-pub fn redact(url: &str) -> String {
+pub fn redact(urls: &str) -> String {
+    let mut out = String::with_capacity(urls.len());
+    let mut written = 0;
+    for entry in url_spans(urls) {
+        // Between entries there are only commas and blanks.
+        out.push_str(&urls[written..entry.start]);
+        redact_one(&urls[entry.clone()], &mut out);
+        written = entry.end;
+    }
+    out.push_str(&urls[written..]);
+    out
+}
+
+/// Appends one URL to `out`, credentials hidden (see [`redact`]).
+fn redact_one(url: &str, out: &mut String) {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
@@ -72,7 +104,6 @@ pub fn redact(url: &str) -> String {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
     };
-    let mut out = String::with_capacity(url.len());
     out.push_str(scheme);
     if let Some(credentials) = credentials {
         match credentials.split_once(':') {
@@ -100,7 +131,53 @@ pub fn redact(url: &str) -> String {
         }
         None => out.push_str(host_and_tail),
     }
-    out
+}
+
+/// Where each URL of a `REDIS_NODES` list is: byte ranges, blanks trimmed, empty entries
+/// left out.
+///
+/// A run of commas (and blanks) separates two URLs only when what follows it starts with a
+/// scheme (`redis://`, or any `letters://`, so a mistyped scheme is still its own entry) or
+/// ends the list. Any other comma belongs to the URL it is in, so a comma in a password
+/// does not split its URL and redaction sees the whole user-info. A password in which a
+/// comma is followed by `scheme://` must have that comma percent-encoded (`%2C`).
+fn url_spans(list: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    let mut push = |start: usize, end: usize| {
+        let entry = &list[start..end];
+        let trimmed = entry.trim_start();
+        let start = start + (entry.len() - trimmed.len());
+        let end = start + trimmed.trim_end().len();
+        if end > start {
+            spans.push(start..end);
+        }
+    };
+    let mut start = 0;
+    let mut from = 0;
+    while let Some(offset) = list[from..].find(',') {
+        let comma = from + offset;
+        let run = &list[comma..];
+        let after = run.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        let next = comma + (run.len() - after.len());
+        if after.is_empty() || starts_with_scheme(after) {
+            push(start, comma);
+            start = next;
+        }
+        from = next;
+    }
+    push(start, list.len());
+    spans
+}
+
+/// Whether `text` starts with an RFC 3986 scheme followed by `://`.
+fn starts_with_scheme(text: &str) -> bool {
+    text.find("://").is_some_and(|end| {
+        let scheme = &text[..end];
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 /// One node from `REDIS_NODES`: `redis://[user[:password]@]host[:port][/db]`.
@@ -267,6 +344,12 @@ pub struct RedisConfig {
     pub health_check_interval: Duration,
     /// `VIRTUAL_NODES`: ring points per node.
     pub vnodes: u32,
+    /// `MARKS_RETENTION_HOURS`: a high-water mark that its instance has not written for
+    /// this long is removed from the node (by the health task, a bounded slice at a time).
+    /// Must outlast the longest time a batch can wait to be retried, i.e. the longest
+    /// outage of a node that a running instance rides out: a batch retried after its mark
+    /// was removed would be applied twice. Default [`DEFAULT_MARKS_RETENTION`].
+    pub marks_retention: Duration,
     /// Which keys the store writes: visit counters or the request-stats sorted set.
     pub layout: Layout,
 }
@@ -283,12 +366,19 @@ impl RedisConfig {
             pool_size: DEFAULT_POOL_SIZE,
             health_check_interval: DEFAULT_HEALTH_CHECK_INTERVAL,
             vnodes: DEFAULT_VNODES,
+            marks_retention: DEFAULT_MARKS_RETENTION,
             layout: Layout::Counters,
         }
     }
 
     /// Parses a `REDIS_NODES` value (comma-separated URLs; blanks around commas ignored)
     /// into a config with defaults for everything else.
+    ///
+    /// A comma separates two URLs only when the next URL starts with its scheme
+    /// (`redis://`); any other comma stays in its URL, so `redis://:a,b@redis1` is one node
+    /// whose password is `a,b`. Passwords may also hold `@`, `:` and blanks as they are;
+    /// `/`, `?`, `#` and `%` (and a comma followed by `scheme://`) must be
+    /// percent-encoded (`%2F`, `%3F`, `%23`, `%25`, `%2C`), as in any URL.
     ///
     /// ```
     /// let config = tally_redis::RedisConfig::from_urls("redis://:pw@redis1:6379, redis://redis2:6379/0")?;
@@ -301,11 +391,9 @@ impl RedisConfig {
     ///
     /// [`Error::InvalidUrl`] for the first bad URL; [`Error::Config`] for an empty list.
     pub fn from_urls(urls: &str) -> Result<Self> {
-        let nodes = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(NodeUrl::parse)
+        let nodes = url_spans(urls)
+            .into_iter()
+            .map(|span| NodeUrl::parse(&urls[span]))
             .collect::<Result<Vec<_>>>()?;
         let config = Self::new(nodes);
         config.validate()?;
@@ -314,7 +402,8 @@ impl RedisConfig {
 
     /// Reads the server's variables from the process environment: `REDIS_NODES`
     /// (required), `REDIS_PASSWORD`, `REDIS_DB`, `REDIS_TIMEOUT`, `REDIS_RETRY_ATTEMPTS`,
-    /// `REDIS_POOL_SIZE`, `HEALTH_CHECK_INTERVAL_SECONDS`, `VIRTUAL_NODES`.
+    /// `REDIS_POOL_SIZE`, `HEALTH_CHECK_INTERVAL_SECONDS`, `VIRTUAL_NODES`,
+    /// `MARKS_RETENTION_HOURS` (fractions accepted).
     ///
     /// # Errors
     ///
@@ -357,6 +446,9 @@ impl RedisConfig {
         if let Some(vnodes) = get("VIRTUAL_NODES") {
             config.vnodes = parse_number("VIRTUAL_NODES", &vnodes)?;
         }
+        if let Some(hours) = get("MARKS_RETENTION_HOURS") {
+            config.marks_retention = parse_hours("MARKS_RETENTION_HOURS", &hours)?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -394,6 +486,9 @@ impl RedisConfig {
         if self.db.is_some_and(|db| db < 0) {
             return bad("REDIS_DB", "must not be negative");
         }
+        if self.marks_retention.is_zero() {
+            return bad("MARKS_RETENTION_HOURS", "must be greater than zero");
+        }
         Ok(())
     }
 }
@@ -409,6 +504,7 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &self.pool_size)
             .field("health_check_interval", &self.health_check_interval)
             .field("vnodes", &self.vnodes)
+            .field("marks_retention", &self.marks_retention)
             .field("layout", &self.layout)
             .finish()
     }
@@ -450,6 +546,23 @@ fn parse_seconds(field: &'static str, value: &str) -> Result<Duration> {
         })
 }
 
+fn parse_hours(field: &'static str, value: &str) -> Result<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|hours| *hours > 0.0)
+        .and_then(|hours| Duration::try_from_secs_f64(hours * 3600.0).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::Config {
+            field,
+            problem: format!(
+                "is '{}', expected a number of hours above zero (fractions accepted)",
+                value.trim()
+            ),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -469,6 +582,84 @@ mod tests {
             redact("redis://h?password=x&db=1"),
             "redis://h?password=***&db=1"
         );
+    }
+
+    /// Passwords holding each character that is special in a URL or in `REDIS_NODES`,
+    /// written as they are; their alphanumeric runs must never show.
+    const AWKWARD_PASSWORDS: &[&str] = &[
+        "Kq7vTr0ub4dor,Hx2zHorse",
+        "Kq7vCorr@Hx2zEct",
+        "Kq7vBat:Hx2zTery",
+        "Kq7vSta/Hx2zPle",
+        "Kq7vHund%Hx2zPure",
+        "Kq7vTwo Hx2zWords",
+        "Kq7v,@:/% Hx2z,,Mix",
+    ];
+
+    fn assert_hidden(password: &str, shown: &str) {
+        for part in password.split(|c: char| !c.is_ascii_alphanumeric()) {
+            assert!(
+                part.len() < 4 || !shown.contains(part),
+                "{part:?} of the password shows in: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn redact_hides_awkward_passwords_whole_in_a_list() {
+        for password in AWKWARD_PASSWORDS {
+            for list in [
+                format!("redis://:{password}@r1:6379"),
+                format!("redis://:{password}@r1:6379,redis://r2:6379"),
+                format!("redis://r0:6379, redis://app:{password}@r1:6379/2 ,redis://r2:6379"),
+                format!("redis://:{password}@r1:6379,redis://:{password}@r2:notaport"),
+            ] {
+                let shown = redact(&list);
+                assert_hidden(password, &shown);
+                assert!(shown.contains("***@r1:6379"), "{shown}");
+            }
+        }
+        assert_eq!(
+            redact("redis://:a,b@r1:6379 , redis://r2:6379,"),
+            "redis://:***@r1:6379 , redis://r2:6379,"
+        );
+    }
+
+    #[test]
+    fn a_comma_splits_the_list_only_before_a_scheme() {
+        let config =
+            RedisConfig::from_urls("redis://:Tr0ub4dor,horse@redis1:6379,redis://redis2:6379")
+                .unwrap();
+        let names: Vec<&str> = config.nodes.iter().map(NodeUrl::name).collect();
+        assert_eq!(names, ["redis1:6379", "redis2:6379"]);
+        assert_eq!(
+            config.nodes[0].password().map(Secret::expose),
+            Some("Tr0ub4dor,horse")
+        );
+        // `,`, `@`, `:` and blanks as they are; `/` and `%` percent-encoded.
+        let node = NodeUrl::parse("redis://app:a,b@c:d e%2Ff%25g@redis1:6379/1").unwrap();
+        assert_eq!(node.password().map(Secret::expose), Some("a,b@c:d e/f%g"));
+        assert_eq!(node.name(), "redis1:6379");
+        // A mistyped scheme is still an entry of its own, named in the error.
+        let err = RedisConfig::from_urls("redis://r1:6379,http://:pw,x@r2:6379").unwrap_err();
+        assert!(err.to_string().contains("'http://:***@r2:6379'"), "{err}");
+    }
+
+    #[test]
+    fn bad_lists_with_awkward_passwords_are_named_without_them() {
+        for password in AWKWARD_PASSWORDS {
+            for list in [
+                format!("redis://:{password}@redis1:notaport"),
+                format!("http://:{password}@redis1:6379"),
+                format!("redis://:{password}@redis1:6379/notadb"),
+                format!("redis://:{password}@redis1:6379,redis://redis2:notaport"),
+                format!("redis://:{password}@0.0.0.0:6379"),
+                format!("redis://:{password}@"),
+            ] {
+                let err = RedisConfig::from_urls(&list).unwrap_err();
+                assert_hidden(password, &format!("{err} {err:?}"));
+            }
+        }
     }
 
     #[test]
@@ -552,6 +743,7 @@ mod tests {
             ("REDIS_POOL_SIZE", "8"),
             ("HEALTH_CHECK_INTERVAL_SECONDS", "2"),
             ("VIRTUAL_NODES", "100"),
+            ("MARKS_RETENTION_HOURS", "0.5"),
         ]
         .into_iter()
         .collect();
@@ -564,6 +756,7 @@ mod tests {
         assert_eq!(config.pool_size, 8);
         assert_eq!(config.health_check_interval, Duration::from_secs(2));
         assert_eq!(config.vnodes, 100);
+        assert_eq!(config.marks_retention, Duration::from_secs(1800));
         let shown = format!("{config} {config:?}");
         assert!(
             !shown.contains("urlpw") && !shown.contains("envpw"),
@@ -582,6 +775,24 @@ mod tests {
         assert!(err.to_string().contains("REDIS_TIMEOUT"), "{err}");
         let err = RedisConfig::from_lookup(|_| None).unwrap_err();
         assert!(err.to_string().contains("REDIS_NODES"), "{err}");
+        for hours in ["0", "-1", "soon", "NaN"] {
+            let env = |k: &str| match k {
+                "REDIS_NODES" => Some("redis://r1:6379".to_owned()),
+                "MARKS_RETENTION_HOURS" => Some(hours.to_owned()),
+                _ => None,
+            };
+            let err = RedisConfig::from_lookup(env).unwrap_err();
+            assert!(
+                err.to_string().contains("MARKS_RETENTION_HOURS"),
+                "{hours}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_retention_is_thirty_days() {
+        let config = RedisConfig::from_urls("redis://r1:6379").unwrap();
+        assert_eq!(config.marks_retention, Duration::from_secs(30 * 24 * 3600));
     }
 
     #[test]

@@ -32,6 +32,22 @@ pub enum Error {
     /// The node list does not make a ring (e.g. the same `host:port` twice).
     #[error("invalid redis node list")]
     Ring(#[from] tally_ring::RingError),
+    /// Two entries of `REDIS_NODES` reach the same Redis database: both hold the same
+    /// random id under [`crate::NODE_ID_KEY`]. Returned by [`crate::RedisStore::connect`]
+    /// when both answer at start; an entry found to be an alias later is kept down with
+    /// this error as its reason.
+    #[error(
+        "redis nodes {first} and {second} in REDIS_NODES reach the same Redis database (both hold node id {node_id}); list each Redis database once in REDIS_NODES (two addresses of one server, a DNS alias, or a proxy in front of a listed node are the same database)"
+    )]
+    DuplicateNode {
+        /// The entry that was identified first, as in `REDIS_NODES` with its password
+        /// replaced by `***`.
+        first: String,
+        /// The entry found to be the same database, password replaced by `***`.
+        second: String,
+        /// The id both hold.
+        node_id: String,
+    },
     /// No connection to the node could be made (refused, reset, DNS, handshake).
     #[error("cannot connect to redis node {node} ({attempts} attempt(s))")]
     Connect {
@@ -124,6 +140,17 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// A key holds something that is not a count (another type, text, a negative or too
+    /// large number), so it was not applied (the rest of the batch was) or cannot be read.
+    #[error("{stored_as} on redis node {node} holds {found}, not a count")]
+    CorruptValue {
+        /// Credential-free `host:port`.
+        node: String,
+        /// The Redis key (and member, for the request statistics).
+        stored_as: String,
+        /// What is there: its type, or its value cut to 64 bytes.
+        found: String,
+    },
     /// A shard id outside `0..shard_count()`.
     #[error("redis shard {shard} does not exist; the store has {count} node(s)")]
     NoSuchShard {
@@ -165,10 +192,27 @@ impl Error {
         }
     }
 
+    /// Whether this is a problem of the configuration rather than of a node: the settings
+    /// must change before a store can work ([`Error::InvalidUrl`], [`Error::Config`],
+    /// [`Error::Ring`], [`Error::DuplicateNode`]). A server exits with its configuration
+    /// error code on these.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidUrl { .. }
+                | Self::Config { .. }
+                | Self::Ring(_)
+                | Self::DuplicateNode { .. }
+        )
+    }
+
     /// Short label for the `kind` of the errors metric.
     pub(crate) fn kind_label(&self) -> &'static str {
         match self {
-            Self::InvalidUrl { .. } | Self::Config { .. } | Self::Ring(_) => "config",
+            Self::InvalidUrl { .. }
+            | Self::Config { .. }
+            | Self::Ring(_)
+            | Self::DuplicateNode { .. } => "config",
             Self::Connect { .. } => "connect",
             Self::Auth { .. } => "auth",
             Self::Timeout { .. } => "timeout",
@@ -177,6 +221,7 @@ impl Error {
             Self::Protocol { .. } => "protocol",
             Self::Pool { .. } => "pool",
             Self::NodeUnavailable { .. } => "unavailable",
+            Self::CorruptValue { .. } => "corrupt",
             Self::InvalidBatch { .. } | Self::NoSuchShard { .. } | Self::WrongLayout { .. } => {
                 "usage"
             }

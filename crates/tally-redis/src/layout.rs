@@ -5,16 +5,35 @@
 
 use std::fmt;
 
-use tally_counter::InstanceId;
+use tally_counter::{InstanceId, ShardId};
 
 /// Prefix of the plain counters of [`Layout::Counters`]: page `p` lives at `tally:v:p`.
 pub const COUNTER_KEY_PREFIX: &str = "tally:v:";
 /// The sorted set of [`Layout::SortedSet`] on every node (member = key, score = count).
 pub const URLS_KEY: &str = "tally:urls";
-/// Hash of high-water marks (field = instance id) for [`Layout::Counters`].
+/// Hash of high-water marks for [`Layout::Counters`]: field [`mark_field`]
+/// (`{instance}:{shard}`), value `{seq}:{unix ms}` (see the crate docs' *High-water marks*).
 pub const COUNTER_MARKS_KEY: &str = "tally:applied";
-/// Hash of high-water marks (field = instance id) for [`Layout::SortedSet`].
+/// Hash of high-water marks for [`Layout::SortedSet`], fields and values as in
+/// [`COUNTER_MARKS_KEY`].
 pub const URLS_MARKS_KEY: &str = "tally:applied:urls";
+
+/// The field of `instance`'s high-water mark for `shard` in a marks hash:
+/// `{instance}:{shard}`, the instance as 16 hex digits and the shard as its position in
+/// `REDIS_NODES`.
+///
+/// Keyed by shard too, not by instance alone: two shards that turn out to reach one Redis
+/// database (two addresses of one server, a DNS alias, a proxy) then keep two marks, and
+/// one shard's sequence can never make the other's batches look already applied.
+///
+/// ```
+/// use tally_counter::InstanceId;
+///
+/// assert_eq!(tally_redis::mark_field(InstanceId::from_u64(42), 3), "000000000000002a:3");
+/// ```
+pub fn mark_field(instance: InstanceId, shard: ShardId) -> String {
+    format!("{instance}:{shard}")
+}
 
 /// Largest total the store accepts: 2^53 - 1. Lua numbers and sorted-set scores are
 /// doubles, exact up to here; the script refuses a batch that would pass it rather than
@@ -37,6 +56,15 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// Where `key` is stored, for an operator: `tally:v:{key}`, or `tally:urls member
+    /// {key}` for the sorted-set layout.
+    pub fn stored_as(self, key: &str) -> String {
+        match self {
+            Self::Counters => self.redis_key(key),
+            Self::SortedSet => format!("{URLS_KEY} member {key}"),
+        }
+    }
+
     /// The Redis key holding `key`'s count: `tally:v:{key}`, or `tally:urls` (where `key` is
     /// the member) for the sorted-set layout.
     pub fn redis_key(self, key: &str) -> String {
@@ -123,14 +151,16 @@ return out
 /// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
 /// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).
 pub(crate) const BATCH_SCRIPT: &str = r"
--- KEYS[1]  hash of high-water marks (field = instance id)
+-- KEYS[1]  hash of high-water marks (field '{instance}:{shard}', value '{seq}:{unix ms}')
 -- KEYS[2..] layout 'c': the n counter keys; layout 'z': the sorted set
--- ARGV[1]  instance id, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
+-- ARGV[1]  mark field, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
 -- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading).
 -- Keys are distinct within a batch (checked by the caller).
 local CHUNK = 500
 local LIMIT = 9007199254740991
-local mark = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+-- The sequence is the value's leading digits: '{seq}:{unix ms}', or a bare '{seq}' as
+-- written before marks carried their time.
+local mark = tonumber(string.match(redis.call('HGET', KEYS[1], ARGV[1]) or '0', '^%d+'))
 local seq = tonumber(ARGV[2])
 local zset = ARGV[3] == 'z'
 local n = tonumber(ARGV[4])
@@ -138,8 +168,17 @@ local n = tonumber(ARGV[4])
 local d = 4
 if zset then d = 4 + n end
 
--- Current values (false when absent). Layout 'c' also lists the keys MGET found absent:
--- MGET answers nil for keys of another type too.
+-- The request statistics' sorted set of another type fails the whole batch, naming it:
+-- no member can be counted until it is repaired.
+if zset then
+  local kind = redis.call('TYPE', KEYS[2]).ok
+  if kind ~= 'zset' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE tally: ' .. KEYS[2] .. ' is a ' .. kind .. ', not a sorted set')
+  end
+end
+
+-- Current values (false when absent). Layout 'c' also lists the positions of the keys
+-- MGET found absent: MGET answers nil for keys of another type too.
 local current = {}
 local absent = {}
 for first = 1, n, CHUNK do
@@ -149,47 +188,65 @@ for first = 1, n, CHUNK do
   else part = redis.call('MGET', unpack(KEYS, 1 + first, 1 + last)) end
   for i = first, last do
     current[i] = part[i - first + 1]
-    if not zset and not current[i] then absent[#absent + 1] = KEYS[1 + i] end
+    if not zset and not current[i] then absent[#absent + 1] = i end
+  end
+end
+
+-- Keys whose stored value is not a count are rejected, not applied, and reported (flat:
+-- position, what was found) so the caller can hold them apart; every other key goes on.
+-- Absent keys are checked with one EXISTS per chunk (new keys are the common case); only
+-- when one of them exists, as another type, does TYPE find which.
+local rejected = {}
+local bad = {}
+local function reject(i, found)
+  bad[i] = true
+  rejected[#rejected + 1] = i
+  rejected[#rejected + 1] = found
+end
+for first = 1, #absent, CHUNK do
+  local last = math.min(first + CHUNK - 1, #absent)
+  local names = {}
+  for j = first, last do names[#names + 1] = KEYS[1 + absent[j]] end
+  if redis.call('EXISTS', unpack(names)) > 0 then
+    for j = first, last do
+      local kind = redis.call('TYPE', KEYS[1 + absent[j]]).ok
+      if kind ~= 'none' then reject(absent[j], 'a ' .. kind) end
+    end
+  end
+end
+for i = 1, n do
+  local text = current[i]
+  if text then
+    local value = tonumber(text)
+    if value == nil or value < 0 or value % 1 ~= 0 or value > LIMIT then
+      reject(i, 'the value ' .. string.sub(text, 1, 64))
+    end
   end
 end
 
 -- A read, or a batch already applied (a retry after a lost reply): current totals.
 if seq <= mark then
-  for i = 1, n do current[i] = current[i] or '0' end
-  return {0, mark, current}
+  for i = 1, n do
+    if bad[i] then current[i] = '0' else current[i] = current[i] or '0' end
+  end
+  return {0, mark, current, rejected}
 end
 
--- Check everything and compute the new totals before the first write. Absent keys are
--- checked with one EXISTS per chunk (new keys are the common case); only when one of
--- them exists, as another type, does TYPE find which.
-for first = 1, #absent, CHUNK do
-  local last = math.min(first + CHUNK - 1, #absent)
-  if redis.call('EXISTS', unpack(absent, first, last)) > 0 then
-    for i = first, last do
-      local kind = redis.call('TYPE', absent[i]).ok
-      if kind ~= 'none' then
-        return redis.error_reply('WRONGTYPE tally: ' .. absent[i] .. ' is a ' .. kind .. ', not a counter')
-      end
-    end
-  end
-end
+-- Compute the new totals before the first write; a total past 2^53-1 is rejected too.
 local totals = {}
 for i = 1, n do
-  local value = 0
-  local text = current[i]
-  if text then
-    value = tonumber(text)
-    if value == nil or value < 0 or value % 1 ~= 0 then
-      local key = zset and ARGV[4 + i] or KEYS[1 + i]
-      return redis.error_reply('ERR tally: ' .. key .. ' holds ' .. text .. ', not a count')
+  if bad[i] then
+    totals[i] = 0
+  else
+    local value = tonumber(current[i] or '0')
+    local total = value + tonumber(ARGV[d + i])
+    if total > LIMIT then
+      reject(i, 'the value ' .. current[i] .. ', which +' .. ARGV[d + i] .. ' would take past 2^53-1')
+      totals[i] = 0
+    else
+      totals[i] = total
     end
   end
-  local total = value + tonumber(ARGV[d + i])
-  if total > LIMIT then
-    local key = zset and ARGV[4 + i] or KEYS[1 + i]
-    return redis.error_reply('ERR tally: ' .. key .. ' would exceed 2^53-1')
-  end
-  totals[i] = total
 end
 
 for first = 1, n, CHUNK do
@@ -198,20 +255,29 @@ for first = 1, n, CHUNK do
   local j = 0
   for i = first, last do
     -- '%d' writes every integer below 2^53 exactly (tostring would use %.14g).
-    if zset then
+    if bad[i] then
+      -- Left as it is.
+    elseif zset then
       args[j + 1] = string.format('%d', totals[i])
       args[j + 2] = ARGV[4 + i]
+      j = j + 2
     else
       args[j + 1] = KEYS[1 + i]
       args[j + 2] = string.format('%d', totals[i])
+      j = j + 2
     end
-    j = j + 2
   end
-  if zset then redis.call('ZADD', KEYS[2], unpack(args))
-  else redis.call('MSET', unpack(args)) end
+  if j > 0 then
+    if zset then redis.call('ZADD', KEYS[2], unpack(args))
+    else redis.call('MSET', unpack(args)) end
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return {1, seq, totals}
+-- The mark carries the node's time of this write, so marks of instances that stopped
+-- writing can be removed after the retention (marks.rs, SWEEP_SCRIPT); writing it with every
+-- batch keeps a live instance's mark fresh.
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
+return {1, seq, totals, rejected}
 ";
 
 /// Fills the script's keys and arguments for `keys` of one node. `seq` 0 with no deltas
@@ -220,6 +286,7 @@ pub(crate) fn fill_invocation<'a, 'k>(
     invocation: &mut redis::ScriptInvocation<'a>,
     layout: Layout,
     instance: InstanceId,
+    shard: ShardId,
     seq: u64,
     keys: impl Iterator<Item = &'k str> + Clone,
     deltas: impl Iterator<Item = u64>,
@@ -237,7 +304,7 @@ pub(crate) fn fill_invocation<'a, 'k>(
         }
     }
     invocation
-        .arg(instance.to_string())
+        .arg(mark_field(instance, shard))
         .arg(seq)
         .arg(layout.script_code())
         .arg(n);
@@ -258,21 +325,46 @@ pub(crate) struct ScriptReply {
     pub(crate) applied: bool,
     pub(crate) mark: u64,
     pub(crate) values: Vec<u64>,
+    /// Keys whose stored value is not a count: position in the batch (from 0) and what
+    /// the script found there. Their value in `values` is 0.
+    pub(crate) rejected: Vec<(usize, String)>,
 }
 
 impl ScriptReply {
-    /// Decodes `{applied, mark, {values...}}`; the error is a description for
-    /// [`crate::Error::Protocol`].
+    /// Decodes `{applied, mark, {values...}, {position, found, ...}}`; the error is a
+    /// description for [`crate::Error::Protocol`].
     pub(crate) fn parse(reply: redis::Value) -> Result<Self, String> {
         let redis::Value::Array(mut parts) = reply else {
-            return Err(format!("expected a 3-element array, got {reply:?}"));
+            return Err(format!("expected a 4-element array, got {reply:?}"));
         };
-        if parts.len() != 3 {
+        if parts.len() != 4 {
             return Err(format!(
-                "expected a 3-element array, got {} elements",
+                "expected a 4-element array, got {} elements",
                 parts.len()
             ));
         }
+        let rejected = match parts.pop() {
+            Some(redis::Value::Array(flat)) => flat
+                .chunks(2)
+                .map(|pair| match pair {
+                    [position, found] => {
+                        let position = usize::try_from(parse_count(position)?)
+                            .ok()
+                            .and_then(|p| p.checked_sub(1))
+                            .ok_or_else(|| format!("bad position {position:?}"))?;
+                        let found = match found {
+                            redis::Value::BulkString(bytes) => {
+                                String::from_utf8_lossy(bytes).into_owned()
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        Ok((position, found))
+                    }
+                    _ => Err("an odd list of rejected keys".to_owned()),
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            other => return Err(format!("expected a list of rejected keys, got {other:?}")),
+        };
         let values = match parts.pop() {
             Some(redis::Value::Array(values)) => values
                 .into_iter()
@@ -286,6 +378,7 @@ impl ScriptReply {
             applied,
             mark,
             values,
+            rejected,
         })
     }
 }
@@ -353,14 +446,20 @@ mod tests {
         let reply = Value::Array(vec![
             Value::Int(1),
             Value::Int(9),
-            Value::Array(vec![Value::Int(3), Value::BulkString(b"5".to_vec())]),
+            Value::Array(vec![
+                Value::Int(3),
+                Value::BulkString(b"5".to_vec()),
+                Value::Int(0),
+            ]),
+            Value::Array(vec![Value::Int(3), Value::BulkString(b"a hash".to_vec())]),
         ]);
         assert_eq!(
             ScriptReply::parse(reply),
             Ok(ScriptReply {
                 applied: true,
                 mark: 9,
-                values: vec![3, 5]
+                values: vec![3, 5, 0],
+                rejected: vec![(2, "a hash".to_owned())],
             })
         );
         assert!(ScriptReply::parse(Value::Int(1)).is_err());

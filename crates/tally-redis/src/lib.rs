@@ -16,6 +16,42 @@
 //! Requires Redis 6.2 or later (the script uses `ZMSCORE`). Totals are exact up to
 //! [`MAX_TOTAL`] (2^53 - 1); a batch that would pass it is refused whole.
 //!
+//! # High-water marks
+//!
+//! A batch is applied at most once because each node remembers, per counter instance and
+//! shard, the highest batch sequence it applied: the hash [`COUNTER_MARKS_KEY`] (visits) or
+//! [`URLS_MARKS_KEY`] (request statistics), field [`mark_field`] = `{instance}:{shard}`,
+//! value `{seq}:{unix ms}`, the node's time of the last batch written. A retry of a batch
+//! whose reply was lost carries a sequence that is not above the mark, and is answered
+//! with the current totals instead of being applied again. The shard is part of the field
+//! so that two entries reaching one database (which start-up refuses, but a DNS change can
+//! bring about later) still keep separate sequences.
+//!
+//! Every server start adds one field per node and layout, so marks are removed once their
+//! instance has not written to the node for [`RedisConfig::marks_retention`]
+//! (`MARKS_RETENTION_HOURS`, default [`DEFAULT_MARKS_RETENTION`], 30 days): the health task
+//! sweeps each node every five minutes (a quarter of the retention if shorter), at most
+//! 1,000 fields per hash per round. A mark only matters while a batch of its instance may
+//! still be retried, and a batch waits, retried until acknowledged, as long as its node
+//! cannot be reached from that instance; a live instance rewrites its mark with every
+//! batch. The retention must therefore outlast the longest outage a running instance rides
+//! out: a batch whose mark was removed before its retry got through is counted twice.
+//! Marks written as a bare `{seq}` (before marks carried a time) keep working; their age
+//! counts from the first sweep that sees them.
+//!
+//! For the same reason a mark must never be deleted by anything else: run the nodes with
+//! `maxmemory-policy noeviction` (or a `volatile-*` policy, which only evicts keys with a
+//! TTL; marks have none). The store logs a warning for a node running an `allkeys-*`
+//! policy, and a debug line when `CONFIG GET` is not allowed.
+//!
+//! # Node identity
+//!
+//! Each node that answers is asked for its id, a random value kept under [`NODE_ID_KEY`]
+//! and set by the first store that reaches it (`SET NX`). Two entries of `REDIS_NODES`
+//! holding the same id (`localhost:6379` beside `127.0.0.1:6379`, a DNS alias, a proxy)
+//! make [`RedisStore::connect`] fail with [`Error::DuplicateNode`]; an entry that answers
+//! only later and turns out to be an alias is kept down, with that error logged.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -42,30 +78,35 @@
 //!
 //! - `config`: [`RedisConfig`], [`NodeUrl`], [`Secret`] and [`redact`].
 //! - `layout`: [`Layout`], the key names and the batch script both layouts share.
-//! - `node`: one node's pool, health state, and the timeout/error/metrics wrapper of every
-//!   command.
-//! - `store`: [`RedisStore`], routing, the `Store` implementation and the health task.
+//! - `node`: one node's pool, health state, the timeout/error/metrics wrapper of every
+//!   command, and the first contact (identity, eviction policy).
+//! - `marks`: removal of old high-water marks (the sweep script and its schedule).
+//! - `store`: [`RedisStore`], routing, the `Store` implementation, node identities and the
+//!   health task.
 //! - `error`: [`Error`].
 //!
 //! # Metrics
 //!
 //! Through the `metrics` facade: `tally_redis_commands_total{node,op}`,
 //! `tally_redis_errors_total{node,op,kind}`, `tally_redis_node_up{node}`,
-//! `tally_redis_command_seconds{node,op}` and `tally_redis_batches_replayed_total{node,layout}`.
+//! `tally_redis_command_seconds{node,op}`, `tally_redis_batches_replayed_total{node,layout}`
+//! and `tally_redis_marks_removed_total{node}`.
 #![deny(missing_docs)]
 
 mod config;
 mod error;
 mod layout;
+mod marks;
 mod node;
 mod store;
 
 pub use config::{
-    DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_POOL_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
-    DEFAULT_VNODES, NodeUrl, RedisConfig, Secret, redact,
+    DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MARKS_RETENTION, DEFAULT_POOL_SIZE,
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT, DEFAULT_VNODES, NodeUrl, RedisConfig, Secret, redact,
 };
 pub use error::{Error, Result};
 pub use layout::{
-    COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, URLS_KEY, URLS_MARKS_KEY,
+    COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, URLS_KEY, URLS_MARKS_KEY, mark_field,
 };
+pub use node::NODE_ID_KEY;
 pub use store::RedisStore;

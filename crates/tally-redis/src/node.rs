@@ -1,6 +1,8 @@
-//! One Redis node: its connection pool, its health state, and the wrapper every command
-//! goes through (timeouts, error classification, metrics, marking the node down).
+//! One Redis node: its connection pool, its health state, the wrapper every command goes
+//! through (timeouts, error classification, metrics, marking the node down), and the first
+//! contact with it (its identity and its eviction policy).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -10,12 +12,25 @@ use tally_counter::ShardHealth;
 
 use crate::config::{NodeUrl, RedisConfig};
 use crate::error::{Error, Result, is_auth_error};
+use crate::layout::{COUNTER_MARKS_KEY, URLS_MARKS_KEY};
+
+/// The key holding a node's identity: a random id set once (`SET NX`) by the first tally
+/// store that reaches the node (in its database), and read back by every store after.
+///
+/// Two entries of `REDIS_NODES` whose nodes hold the same id reach the same Redis
+/// database (two addresses of one server, a DNS alias, a proxy): counting through both
+/// would split one node's keys over two ring positions, so the store refuses to start, or
+/// keeps the later entry down when it answers only later.
+pub const NODE_ID_KEY: &str = "tally:node-id";
 
 /// Pause between connection attempts: `attempt * CONNECT_BACKOFF`.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub(crate) struct Node {
     name: String,
+    /// The entry as in `REDIS_NODES`, password replaced by `***`, for messages that must
+    /// tell two entries of one node apart.
+    url: String,
     pool: Pool,
     timeout: Duration,
     attempts: u32,
@@ -28,6 +43,21 @@ struct State {
     since: SystemTime,
     /// Why the node was last marked down.
     reason: String,
+    /// Set when the node turned out to be the same database as another entry: it stays
+    /// down, unprobed, for the life of the store.
+    disabled: bool,
+}
+
+/// What a health check found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The node did not answer, or is disabled; it is marked down.
+    Down,
+    /// The node answered; it is marked up.
+    Up,
+    /// The node answered for the first time and holds this id under [`NODE_ID_KEY`]. It is
+    /// not marked up yet: the store first checks that no other entry holds the same id.
+    FirstContact(String),
 }
 
 impl std::fmt::Debug for Node {
@@ -43,6 +73,8 @@ impl Node {
     /// Builds the node's pool; connects lazily, so a node that is down does not fail this.
     pub(crate) fn new(url: &NodeUrl, config: &RedisConfig) -> Result<Self> {
         let name = url.name().to_owned();
+        // `NodeUrl`'s `Display` is the crate's redaction of a parsed URL (`:***@`).
+        let shown = url.to_string();
         let invalid = |e: redis::RedisError| Error::InvalidUrl {
             url: url.to_string(),
             reason: e.to_string(),
@@ -67,6 +99,7 @@ impl Node {
         metrics::gauge!("tally_redis_node_up", "node" => name.clone()).set(1.0);
         Ok(Self {
             name,
+            url: shown,
             pool,
             timeout: config.timeout,
             attempts: config.retry_attempts,
@@ -74,12 +107,18 @@ impl Node {
                 up: true,
                 since: SystemTime::now(),
                 reason: String::new(),
+                disabled: false,
             }),
         })
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's entry in `REDIS_NODES`, password replaced by `***`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -100,9 +139,10 @@ impl Node {
         }
     }
 
-    fn mark_up(&self) {
+    /// Marks the node up, unless it is disabled.
+    pub(crate) fn mark_up(&self) {
         let mut state = self.state();
-        if !state.up {
+        if !state.up && !state.disabled {
             state.up = true;
             state.since = SystemTime::now();
             drop(state);
@@ -126,6 +166,29 @@ impl Node {
                 "redis node marked down; its keys wait until it answers a health check"
             );
         }
+    }
+
+    /// Takes the node out of service for the life of the store: it is marked down with
+    /// `error` as the reason, never probed again, and the error is logged once.
+    pub(crate) fn disable(&self, error: &Error) {
+        let mut state = self.state();
+        if state.disabled {
+            return;
+        }
+        state.disabled = true;
+        state.reason = error.to_string();
+        if state.up {
+            state.up = false;
+            state.since = SystemTime::now();
+        }
+        drop(state);
+        metrics::gauge!("tally_redis_node_up", "node" => self.name.clone()).set(0.0);
+        tracing::error!(
+            node = %self.name,
+            error.message = %error,
+            error.cause_chain = ?error,
+            "redis node taken out of service: it stays down, and its keys wait, until the server restarts with a corrected REDIS_NODES"
+        );
     }
 
     /// A pooled connection for `op`, failing fast while the node is marked down.
@@ -169,22 +232,109 @@ impl Node {
         self.observe(op, result)
     }
 
-    /// Pings the node whatever its state and records the outcome.
-    pub(crate) async fn probe(&self) {
+    /// Pings the node whatever its state (unless it is disabled) and records the outcome.
+    ///
+    /// With `identify`, a node that answers is also asked for its identity (and its eviction
+    /// policy is checked): the answer is then [`Probe::FirstContact`] and marking it up is
+    /// left to the caller.
+    pub(crate) async fn probe(&self, identify: bool) -> Probe {
+        if self.state().disabled {
+            return Probe::Down;
+        }
         let result = match self.observe("ping", self.connect().await) {
             Ok(mut conn) => {
-                self.finish("ping", redis::cmd("PING").query_async::<String>(&mut *conn))
+                match self
+                    .finish("ping", redis::cmd("PING").query_async::<String>(&mut *conn))
                     .await
+                {
+                    Ok(_) if identify => self.first_contact(&mut conn).await.map(Some),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(_) => self.mark_up(),
-            // Not a failure of the node by itself (an odd answer to PING), but the check did
-            // not pass either.
-            Err(e) if !e.marks_node_down() => self.mark_down(&e),
-            // Already marked down by `observe`.
-            Err(_) => {}
+            Ok(Some(id)) => Probe::FirstContact(id),
+            Ok(None) => {
+                self.mark_up();
+                Probe::Up
+            }
+            Err(e) => {
+                // Not a failure of the node by itself (an odd answer to PING, an error reply
+                // to the identity), but the check did not pass either. Otherwise already
+                // marked down by `observe`.
+                if !e.marks_node_down() {
+                    self.mark_down(&e);
+                }
+                Probe::Down
+            }
+        }
+    }
+
+    /// The node's id under [`NODE_ID_KEY`], set to a fresh random value if it has none;
+    /// then the eviction-policy check.
+    async fn first_contact(&self, conn: &mut Connection) -> Result<String> {
+        let candidate = format!("{:032x}", rand::random::<u128>());
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(NODE_ID_KEY)
+            .arg(&candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(NODE_ID_KEY);
+        let (id,): (Option<String>,) = self
+            .finish("identify", pipe.query_async(&mut **conn))
+            .await?;
+        let id = id.ok_or_else(|| Error::Protocol {
+            node: self.name.clone(),
+            op: "identify",
+            detail: format!("{NODE_ID_KEY} is missing right after SET NX"),
+        })?;
+        self.check_eviction_policy(conn).await;
+        Ok(id)
+    }
+
+    /// Warns when the node may evict any key under memory pressure, the high-water marks
+    /// included. Best effort: `CONFIG` may be disabled, renamed or refused by an ACL.
+    async fn check_eviction_policy(&self, conn: &mut Connection) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let answer = tokio::time::timeout(
+            self.timeout,
+            cmd.query_async::<HashMap<String, String>>(&mut **conn),
+        )
+        .await;
+        let policy = match answer {
+            Ok(Ok(mut reply)) => reply.remove("maxmemory-policy"),
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    node = %self.name,
+                    error.message = %e,
+                    "cannot read maxmemory-policy (CONFIG disabled, renamed or not allowed); make sure it is noeviction or volatile-*"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(node = %self.name, after = ?self.timeout, "CONFIG GET maxmemory-policy timed out");
+                return;
+            }
+        };
+        match policy {
+            Some(policy) if evicts_any_key(&policy) => tracing::warn!(
+                node = %self.name,
+                policy = %policy,
+                "redis node {} runs with maxmemory-policy {policy}: at maxmemory it may evict the high-water marks ({COUNTER_MARKS_KEY}, {URLS_MARKS_KEY}), and a batch retried after that would be counted twice; set maxmemory-policy to noeviction or a volatile-* policy",
+                self.name
+            ),
+            Some(policy) => {
+                tracing::debug!(node = %self.name, policy = %policy, "maxmemory-policy keeps the marks");
+            }
+            None => {
+                tracing::debug!(node = %self.name, "CONFIG GET maxmemory-policy answered no value")
+            }
         }
     }
 
@@ -257,5 +407,38 @@ impl Node {
             "kind" => error.kind_label()
         )
         .increment(1);
+    }
+}
+
+/// Whether a `maxmemory-policy` may evict keys without a TTL, such as the high-water marks:
+/// the `allkeys-*` policies.
+pub(crate) fn evicts_any_key(policy: &str) -> bool {
+    policy.trim().to_ascii_lowercase().starts_with("allkeys-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allkeys_policies_may_evict_the_marks() {
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "ALLKEYS-LRU",
+        ] {
+            assert!(evicts_any_key(policy), "{policy}");
+        }
+        for policy in [
+            "noeviction",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "",
+        ] {
+            assert!(!evicts_any_key(policy), "{policy}");
+        }
     }
 }

@@ -1,16 +1,17 @@
 //! `RedisStore`: the ring over the nodes, the `Store` implementation, the sorted-set reads,
-//! and the health task.
+//! the nodes' identities, and the health task.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tally_counter::{
-    Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
+    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
+    StoredValues,
 };
 use tally_ring::Ring;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::RedisConfig;
@@ -18,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::layout::{
     BATCH_SCRIPT, Layout, ScriptReply, TOP_SCRIPT, URLS_KEY, fill_invocation, parse_count_text,
 };
-use crate::node::Node;
+use crate::marks::{SWEEP_SCRIPT, Sweeper, sweep_node};
+use crate::node::{Node, Probe};
 
 /// Nodes marked down are pinged at least this often, whatever the health-check interval.
 const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,10 +48,16 @@ struct Shared {
     ring: Ring<String>,
     /// Parallel to `ring.nodes()`: index = shard id.
     nodes: Vec<Node>,
+    /// Parallel to `nodes`: each node's id under `NODE_ID_KEY`, once it answered.
+    /// A `std::sync::Mutex`: held only to compare and record ids, never across `.await`;
+    /// one lock for all, so two nodes first answering at once are still compared.
+    identities: Mutex<Vec<Option<String>>>,
     script: redis::Script,
     top_script: redis::Script,
+    sweep_script: redis::Script,
+    marks_retention: Duration,
     /// Never sent: dropping it (with the last store handle) tells the health task to stop.
-    _stop: oneshot::Sender<()>,
+    _stop: watch::Sender<()>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -65,13 +73,21 @@ impl RedisStore {
     /// Builds the ring and one pool per node, checks every node once, and starts the health
     /// task on the current tokio runtime.
     ///
+    /// Each node that answers is identified: it keeps a random id under
+    /// [`crate::NODE_ID_KEY`] (set by the first store to reach it), and two entries holding
+    /// the same id are the same Redis database listed twice, which fails this. Its
+    /// `maxmemory-policy` is checked too: an `allkeys-*` policy is logged as a warning.
+    ///
     /// A node that is down does not fail this: it is reported by [`Store::health`] and its
-    /// operations fail until it answers a health check.
+    /// operations fail until it answers a health check. It is identified then, and if it
+    /// turns out to be another entry's database it is taken out of service (kept down,
+    /// with an error logged and [`Error::DuplicateNode`] as its reason).
     ///
     /// # Errors
     ///
     /// [`Error::Config`], [`Error::InvalidUrl`] or [`Error::Ring`] for a config that cannot
-    /// work (e.g. the same node twice).
+    /// work (e.g. the same `host:port` twice); [`Error::DuplicateNode`] for two entries that
+    /// reach the same Redis database. [`Error::is_config`] is true for all of these.
     ///
     /// # Panics
     ///
@@ -87,21 +103,29 @@ impl RedisStore {
             .iter()
             .map(|url| Node::new(url, &config))
             .collect::<Result<Vec<_>>>()?;
-        let (stop, stopped) = oneshot::channel();
+        let (stop, stopped) = watch::channel(());
         let shared = Arc::new(Shared {
             ring,
+            identities: Mutex::new(vec![None; nodes.len()]),
             nodes,
             script: redis::Script::new(BATCH_SCRIPT),
             top_script: redis::Script::new(TOP_SCRIPT),
+            sweep_script: redis::Script::new(SWEEP_SCRIPT),
+            marks_retention: config.marks_retention,
             _stop: stop,
         });
         describe_metrics();
-        // A first check before returning, so `health()` means something from the start.
-        futures::future::join_all(shared.nodes.iter().map(Node::probe)).await;
-        tokio::spawn(run_health(
+        // A first check before returning, so `health()` means something from the start,
+        // and every node that answers is known to be a database of its own.
+        if let Some((_, duplicate)) = shared.probe(|_| true).await.into_iter().next() {
+            return Err(duplicate);
+        }
+        tokio::spawn(supervise_health(
             Arc::downgrade(&shared),
             stopped,
             config.health_check_interval,
+            shared.nodes.len(),
+            config.marks_retention,
         ));
         tracing::info!(nodes = %config, layout = %config.layout, "redis store ready");
         Ok(Self {
@@ -129,9 +153,27 @@ impl RedisStore {
         &self.shared.ring
     }
 
-    /// Pings every node now (as the health task does) and updates their health.
+    /// Pings every node now (as the health task does) and updates their health; a node
+    /// answering for the first time is identified as at start, and taken out of service if
+    /// it is another entry's database.
     pub async fn check_health(&self) {
-        futures::future::join_all(self.shared.nodes.iter().map(Node::probe)).await;
+        self.shared.check(|_| true).await;
+    }
+
+    /// Removes now, on every node that is up, the high-water marks not written for longer
+    /// than [`RedisConfig::marks_retention`], as the health task does every few minutes;
+    /// returns how many were removed. Nodes that are down are skipped.
+    ///
+    /// # Errors
+    ///
+    /// The first node error met; the nodes after it are not swept.
+    pub async fn sweep_marks(&self) -> Result<u64> {
+        let mut removed = 0;
+        for node in self.shared.nodes.iter().filter(|node| node.is_up()) {
+            removed +=
+                sweep_node(node, &self.shared.sweep_script, self.shared.marks_retention).await?;
+        }
+        Ok(removed)
     }
 
     /// The `limit` members with the highest counts on `shard`: count descending, then
@@ -196,6 +238,24 @@ impl RedisStore {
     /// something that is not a count, or a total past [`crate::MAX_TOTAL`]), in which case
     /// nothing of it was applied.
     pub async fn apply_batch(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>> {
+        let applied = self.apply_batch_checked(shard, batch).await?;
+        match applied.rejected.first() {
+            None => Ok(applied.totals),
+            Some(rejected) => Err(Error::CorruptValue {
+                node: self.node(shard)?.name().to_owned(),
+                stored_as: rejected.stored_as.clone(),
+                found: rejected.found.clone(),
+            }),
+        }
+    }
+
+    /// [`Store::apply_checked`] with this crate's error type: keys holding something that is
+    /// not a count are left as they are and reported, every other key is applied.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::apply_batch`], except for bad stored values.
+    pub async fn apply_batch_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied> {
         let node = self.node(shard)?;
         let span = tracing::debug_span!(
             "redis_apply",
@@ -218,6 +278,7 @@ impl RedisStore {
                 &mut invocation,
                 self.layout,
                 batch.id.instance,
+                shard,
                 batch.id.seq,
                 batch.deltas.iter().map(|(key, _)| &**key),
                 batch.deltas.iter().map(|(_, delta)| *delta),
@@ -250,7 +311,22 @@ impl RedisStore {
                     "batch already applied (a retry after a lost reply); answered current totals"
                 );
             }
-            Ok(reply.values)
+            let rejected = reply
+                .rejected
+                .into_iter()
+                .filter_map(|(index, found)| {
+                    let (key, _) = batch.deltas.get(index)?;
+                    Some(RejectedKey {
+                        index,
+                        stored_as: self.layout.stored_as(key),
+                        found,
+                    })
+                })
+                .collect();
+            Ok(Applied {
+                totals: reply.values,
+                rejected,
+            })
         }
         .instrument(span)
         .await
@@ -274,6 +350,7 @@ impl RedisStore {
             &mut invocation,
             self.layout,
             instance,
+            shard,
             0,
             keys.iter().copied(),
             std::iter::empty(),
@@ -283,6 +360,15 @@ impl RedisStore {
             .finish("get", invocation.invoke_async(&mut conn))
             .await?;
         let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "get", d))?;
+        if let Some((index, found)) = reply.rejected.into_iter().next() {
+            return Err(Error::CorruptValue {
+                node: node.name().to_owned(),
+                stored_as: self
+                    .layout
+                    .stored_as(keys.get(index).copied().unwrap_or_default()),
+                found,
+            });
+        }
         if reply.values.len() != keys.len() {
             return Err(protocol(
                 node,
@@ -349,6 +435,10 @@ impl Store for RedisStore {
         Ok(self.apply_batch(shard, batch).await?)
     }
 
+    async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
+        Ok(self.apply_batch_checked(shard, batch).await?)
+    }
+
     async fn get(
         &self,
         shard: ShardId,
@@ -377,6 +467,67 @@ impl RankedStore for RedisStore {
     }
 }
 
+impl Shared {
+    fn identities(&self) -> MutexGuard<'_, Vec<Option<String>>> {
+        // Plain data: a panic elsewhere cannot leave it inconsistent.
+        self.identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Probes the nodes `due` selects, identifying each that answers for the first time,
+    /// and takes out of service every one found to be another entry's database.
+    async fn check(&self, due: impl Fn(&Node) -> bool) {
+        for (shard, duplicate) in self.probe(due).await {
+            self.nodes[shard].disable(&duplicate);
+        }
+    }
+
+    /// Probes the nodes `due` selects. A node answering for the first time is marked up
+    /// only once its id is recorded; one whose id another entry holds is returned with the
+    /// [`Error::DuplicateNode`] that says so, left for the caller to refuse or disable.
+    async fn probe(&self, due: impl Fn(&Node) -> bool) -> Vec<(ShardId, Error)> {
+        let known: Vec<bool> = self.identities().iter().map(Option::is_some).collect();
+        let probes = self
+            .nodes
+            .iter()
+            .zip(known)
+            .enumerate()
+            .filter(|(_, (node, _))| due(node))
+            .map(|(shard, (node, known))| async move { (shard, node.probe(!known).await) });
+        let outcomes = futures::future::join_all(probes).await;
+        // In shard order: of two entries first answering together, the later is the alias.
+        let mut duplicates = Vec::new();
+        for (shard, outcome) in outcomes {
+            if let Probe::FirstContact(id) = outcome {
+                match self.record_identity(shard, id) {
+                    Ok(()) => self.nodes[shard].mark_up(),
+                    Err(duplicate) => duplicates.push((shard, duplicate)),
+                }
+            }
+        }
+        duplicates
+    }
+
+    /// Records `id` as `shard`'s node id, unless another entry holds it already.
+    fn record_identity(&self, shard: ShardId, id: String) -> Result<()> {
+        let mut identities = self.identities();
+        let holder = identities
+            .iter()
+            .enumerate()
+            .find(|(other, known)| *other != shard && known.as_deref() == Some(id.as_str()));
+        if let Some((other, _)) = holder {
+            return Err(Error::DuplicateNode {
+                first: self.nodes[other].url().to_owned(),
+                second: self.nodes[shard].url().to_owned(),
+                node_id: id,
+            });
+        }
+        identities[shard].get_or_insert(id);
+        Ok(())
+    }
+}
+
 fn protocol(node: &Node, op: &'static str, detail: String) -> Error {
     Error::Protocol {
         node: node.name().to_owned(),
@@ -386,15 +537,45 @@ fn protocol(node: &Node, op: &'static str, detail: String) -> Error {
 }
 
 /// Pings every node each `interval`, and the nodes marked down every
-/// `min(interval, DOWN_PROBE_INTERVAL)`, until the last store handle is dropped.
+/// `min(interval, DOWN_PROBE_INTERVAL)`, until the last store handle is dropped. After the
+/// pings of a round, sweeps a slice of the old high-water marks of each node due for it
+/// (see `marks::Sweeper`).
 ///
-/// Holds the store only weakly, and only while a round of pings runs.
-async fn run_health(shared: Weak<Shared>, mut stop: oneshot::Receiver<()>, interval: Duration) {
+/// Holds the store only weakly, and only while a round runs.
+/// Runs the health task, and starts it again whenever it panics: logged with its message
+/// and counted (`tally_task_panics_total{task="health"}`), so node checks and mark
+/// sweeps never stop silently. Node state lives in the store, not the task.
+async fn supervise_health(
+    shared: Weak<Shared>,
+    stop: watch::Receiver<()>,
+    interval: Duration,
+    nodes: usize,
+    marks_retention: Duration,
+) {
+    tally_counter::restart_on_panic(
+        || run_health(shared.clone(), stop.clone(), interval, nodes, marks_retention),
+        |message| {
+            metrics::counter!("tally_task_panics_total", "task" => "health").increment(1);
+            tracing::error!(panic.message = %message, "the redis health task panicked; restarted it");
+        },
+    )
+    .await;
+}
+
+async fn run_health(
+    shared: Weak<Shared>,
+    mut stop: watch::Receiver<()>,
+    interval: Duration,
+    nodes: usize,
+    marks_retention: Duration,
+) {
     let tick = interval.min(DOWN_PROBE_INTERVAL);
+    let mut sweeper = Sweeper::new(nodes, marks_retention);
     let mut last_full = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            // Nothing is ever sent: an error means the store (the sender) was dropped.
+            _ = stop.changed() => return,
             () = tokio::time::sleep(tick) => {}
         }
         let Some(shared) = shared.upgrade() else {
@@ -404,8 +585,8 @@ async fn run_health(shared: Weak<Shared>, mut stop: oneshot::Receiver<()>, inter
         if full {
             last_full = tokio::time::Instant::now();
         }
-        let due = shared.nodes.iter().filter(|node| full || !node.is_up());
-        futures::future::join_all(due.map(Node::probe)).await;
+        shared.check(|node| full || !node.is_up()).await;
+        sweeper.run_due(&shared.nodes, &shared.sweep_script).await;
     }
 }
 
@@ -426,6 +607,10 @@ fn describe_metrics() {
         "tally_redis_command_seconds",
         metrics::Unit::Seconds,
         "Time for one Redis command, by node and operation."
+    );
+    metrics::describe_counter!(
+        "tally_redis_marks_removed_total",
+        "High-water marks removed by the sweep (not written for longer than MARKS_RETENTION_HOURS), by node."
     );
     metrics::describe_counter!(
         "tally_redis_batches_replayed_total",

@@ -34,6 +34,8 @@ struct CounterStatus {
     write_buffer_size: usize,
     /// Pages whose visits are held because the stored value is not a count.
     quarantined_keys: usize,
+    /// Nodes whose last visit batch failed: node → the error (retried with backoff).
+    failing_nodes: BTreeMap<String, String>,
 }
 
 /// The request-statistics counter: paths waiting to be written and its batches.
@@ -42,6 +44,8 @@ struct StatsStatus {
     pending_urls: usize,
     /// URLs whose counts are held because the stored value is not a count.
     quarantined_keys: usize,
+    /// Nodes whose last statistics batch failed: node → the error (retried with backoff).
+    failing_nodes: BTreeMap<String, String>,
     batches_ok: u64,
     batches_failed: u64,
     requests_written: u64,
@@ -70,10 +74,12 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
             cache_size: snapshot.cache_size,
             write_buffer_size: snapshot.write_buffer_size,
             quarantined_keys: snapshot.quarantined_keys,
+            failing_nodes: snapshot.failing_shards.into_iter().collect(),
         },
         stats_status: StatsStatus {
             pending_urls: stats.write_buffer_size,
             quarantined_keys: stats.quarantined_keys,
+            failing_nodes: stats.failing_shards.into_iter().collect(),
             batches_ok: stats.batches_ok,
             batches_failed: stats.batches_failed,
             requests_written: stats.increments_written,

@@ -1,6 +1,7 @@
 //! The deployment files and the server's configuration must not drift apart: every variable
 //! `docker/docker-compose.yml` and `docker/.env.example` set is one the server reads, with a
-//! value it accepts, and the container's stop grace period outlasts the shutdown flush.
+//! value it accepts, the container's stop grace period outlasts the shutdown flush, and
+//! every Redis node persists as the README's guarantees require.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,4 +106,154 @@ fn the_stop_grace_period_outlasts_the_shutdown_flush() {
         grace_secs > shutdown,
         "stop_grace_period {grace} must exceed SHUTDOWN_TIMEOUT_SECONDS {shutdown}"
     );
+}
+
+/// A top-level `x-*` block or a service of the compose file: what it sets itself, and the
+/// anchor it merges (`<<: *name`) for the rest.
+#[derive(Debug, Default)]
+struct ComposeBlock {
+    name: String,
+    anchor: Option<String>,
+    merges: Option<String>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+}
+
+/// The `x-*` blocks and the services of a compose file, in file order. Knows the subset
+/// of YAML the file uses: two-space indents, `&anchor` and `<<: *anchor`, and `command:`
+/// as a flow sequence, a string or a block sequence.
+fn compose_blocks(text: &str) -> (Vec<ComposeBlock>, Vec<ComposeBlock>) {
+    let mut extensions = Vec::new();
+    let mut services: Vec<ComposeBlock> = Vec::new();
+    // The block being read (a service, or else an `x-*` block) and the indent of its fields.
+    let mut current: Option<(bool, usize)> = None;
+    let mut in_services = false;
+    let mut in_command_list = false;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let block = match current {
+            Some((true, _)) => services.last_mut(),
+            Some((false, _)) => extensions.last_mut(),
+            None => None,
+        };
+        if in_command_list && let Some(item) = trimmed.strip_prefix("- ") {
+            if let Some(block) = block {
+                block
+                    .command
+                    .get_or_insert_with(Vec::new)
+                    .push(unquote(item));
+            }
+            continue;
+        }
+        in_command_list = false;
+        let (key, value) = trimmed.split_once(':').unwrap_or((trimmed, ""));
+        let (key, value) = (key.trim(), value.trim());
+        let new_block = |name: &str| ComposeBlock {
+            name: name.to_owned(),
+            anchor: value.strip_prefix('&').map(str::to_owned),
+            ..ComposeBlock::default()
+        };
+        if indent == 0 {
+            in_services = key == "services";
+            current = None;
+            if key.starts_with("x-") {
+                extensions.push(new_block(key));
+                current = Some((false, 2));
+            }
+            continue;
+        }
+        if in_services && indent == 2 {
+            services.push(new_block(key));
+            current = Some((true, 4));
+            continue;
+        }
+        let (Some((_, fields)), Some(block)) = (current, block) else {
+            continue;
+        };
+        if indent != fields {
+            continue;
+        }
+        match key {
+            "<<" => block.merges = value.strip_prefix('*').map(str::to_owned),
+            "image" => block.image = Some(unquote(value)),
+            "command" if value.is_empty() => in_command_list = true,
+            "command" => {
+                block.command = Some(match value.strip_prefix('[') {
+                    Some(list) => list.trim_end_matches(']').split(',').map(unquote).collect(),
+                    None => unquote(value)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            }
+            _ => {}
+        }
+    }
+    (extensions, services)
+}
+
+fn unquote(value: &str) -> String {
+    value.trim().trim_matches('"').trim_matches('\'').to_owned()
+}
+
+#[test]
+fn every_redis_node_of_the_compose_deployment_runs_appendonly_with_appendfsync_always() {
+    let text = docker_file("docker-compose.yml");
+    let (extensions, services) = compose_blocks(&text);
+    let (app_env, _) = app_service(&text);
+    let node_hosts: Vec<String> = tally_redis::RedisConfig::from_urls(&app_env["REDIS_NODES"])
+        .expect("the compose REDIS_NODES parses")
+        .nodes
+        .iter()
+        .map(|node| node.host().to_owned())
+        .collect();
+
+    let mut checked = Vec::new();
+    for service in &services {
+        // A service's own settings win over those it merges from an anchor.
+        let base = service.merges.as_deref().and_then(|anchor| {
+            extensions
+                .iter()
+                .find(|block| block.anchor.as_deref() == Some(anchor))
+        });
+        let image = service
+            .image
+            .as_ref()
+            .or_else(|| base.and_then(|b| b.image.as_ref()));
+        let command = service
+            .command
+            .as_ref()
+            .or_else(|| base.and_then(|b| b.command.as_ref()))
+            .cloned()
+            .unwrap_or_default();
+        let is_redis = node_hosts.contains(&service.name)
+            || image.is_some_and(|image| image.starts_with("redis"))
+            || command
+                .first()
+                .is_some_and(|program| program == "redis-server");
+        if !is_redis {
+            continue;
+        }
+        let has = |option: &str, value: &str| {
+            command
+                .windows(2)
+                .any(|pair| pair[0] == option && pair[1] == value)
+        };
+        assert!(
+            has("--appendonly", "yes") && has("--appendfsync", "always"),
+            "Redis service {} runs {command:?}; the README's guarantees need --appendonly yes --appendfsync always",
+            service.name
+        );
+        checked.push(service.name.clone());
+    }
+    for host in &node_hosts {
+        assert!(
+            checked.contains(host),
+            "REDIS_NODES names {host}, which is not a Redis service of the compose file ({checked:?})"
+        );
+    }
 }

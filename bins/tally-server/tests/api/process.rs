@@ -11,6 +11,41 @@ use crate::helpers::{
     stored_total,
 };
 
+/// Passwords holding each character that is special in a URL or in a `REDIS_NODES` list.
+/// Their alphanumeric runs (`Kq7vTr0ub4dor`, `Hx2zHorse`, ...) must never be printed.
+const AWKWARD_PASSWORDS: &[&str] = &[
+    "Kq7vTr0ub4dor,Hx2zHorse",
+    "Kq7vCorr@Hx2zEct",
+    "Kq7vBat:Hx2zTery",
+    "Kq7vSta/Hx2zPle",
+    "Kq7vHund%Hx2zPure",
+    "Kq7vTwo Hx2zWords",
+    "Kq7v,@:/% Hx2z,,Mix",
+];
+
+/// `password` as the README says to write it in a URL: `/ ? # %` percent-encoded, the rest
+/// as it is.
+fn url_password(password: &str) -> String {
+    password
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('?', "%3F")
+        .replace('#', "%23")
+}
+
+/// Asserts that no alphanumeric run of `password` (4 characters or more) is in `text`.
+fn assert_password_hidden(password: &str, text: &str) {
+    for part in password
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| part.len() >= 4)
+    {
+        assert!(
+            !text.contains(part),
+            "{part:?} of the password shows in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_every_acknowledged_visit_and_exits_0() {
     const VISITS: usize = 10_000;
@@ -76,7 +111,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
         (
             "SHUTDOWN_TIMEOUT_SECONDS",
             "soon",
-            "expected a number of seconds above 0",
+            "expected a number of seconds from 2",
         ),
         (
             "CACHE_TTL_SECONDS",
@@ -229,4 +264,135 @@ async fn a_configured_password_appears_in_no_output_response_or_error() {
     let output = server.output();
     assert!(output.contains("authentication"), "{output}");
     assert!(!output.contains(wrong), "password in the output:\n{output}");
+}
+
+#[test]
+fn a_bad_redis_nodes_never_shows_a_password_holding_url_characters() {
+    for password in AWKWARD_PASSWORDS {
+        for written in [password.to_string(), url_password(password)] {
+            // One of each message a bad REDIS_NODES gives: a bad port, scheme, database,
+            // host (a wildcard, none), a bad node after a good one with the password, a
+            // user name with it, and a node listed twice.
+            let values = [
+                format!("redis://:{written}@redis1:notaport"),
+                format!("http://:{written}@redis1:6379"),
+                format!("redis://:{written}@redis1:6379/notadb"),
+                format!("redis://:{written}@0.0.0.0:6379"),
+                format!("redis://:{written}@"),
+                format!("redis://:{written}@redis1:6379,redis://redis2:notaport"),
+                format!("redis://app:{written}@redis1:6379, redis://:{written}@redis2:6379/x"),
+                format!("redis://:{written}@redis1:6379,redis://:{written}@redis1:6379/1"),
+            ];
+            for value in &values {
+                let (status, stdout, stderr) = run_to_exit(&[("REDIS_NODES", value)]);
+                let output = format!("{stdout}{stderr}");
+                assert_password_hidden(password, &output);
+                assert_eq!(status.code(), Some(2), "{output}");
+                let lines: Vec<&str> = stderr.lines().collect();
+                assert_eq!(lines.len(), 1, "{output}");
+                assert!(
+                    lines[0].starts_with("tally-server: invalid configuration: REDIS_NODES=\""),
+                    "{output}"
+                );
+                assert!(lines[0].contains(":***@"), "{output}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_holding_url_characters_authenticates_and_never_shows() {
+    const VISITS: u64 = 20;
+    let password = "Kq7v,@:/% Hx2z,,Mix";
+    let cluster = RedisCluster::start_with(2, &RedisNode::builder().password(password)).unwrap();
+    // `,` `@` `:` and blanks as they are, `/` and `%` percent-encoded, as the README says.
+    let written = url_password(password);
+    assert_eq!(written, "Kq7v,@:%2F%25 Hx2z,,Mix");
+    let nodes = cluster
+        .nodes()
+        .iter()
+        .map(|node| format!("redis://:{written}@127.0.0.1:{}", node.port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut server = ServerProcess::start(&[
+        ("REDIS_NODES", nodes.as_str()),
+        ("LOG_LEVEL", "debug"),
+        ("BATCH_INTERVAL_SECONDS", "60"),
+    ]);
+
+    let http = reqwest::Client::new();
+    let base = server.address();
+    let health = send(&http, Method::GET, &format!("{base}/health")).await;
+    for _ in 0..VISITS {
+        let response = send(
+            &http,
+            Method::POST,
+            &format!("{base}/api/v1/counter/visit/awk"),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+    }
+    drop(http);
+    server.terminate();
+    let status = server.wait(Duration::from_secs(30));
+
+    let output = server.output();
+    assert_password_hidden(password, &format!("{output}{}", health.text));
+    assert_eq!(
+        health.status, 200,
+        "both nodes accept the password: {}",
+        health.text
+    );
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert_eq!(
+        stored(cluster.node(owner(&cluster, "awk")), "awk"),
+        Some(VISITS)
+    );
+}
+
+#[test]
+fn a_shutdown_timeout_under_2_seconds_exits_2_naming_the_smallest_value() {
+    for value in ["1.5", "1", "0.1"] {
+        let (status, stdout, stderr) = run_to_exit(&[("SHUTDOWN_TIMEOUT_SECONDS", value)]);
+        assert_eq!(status.code(), Some(2), "{value}: {stdout}{stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "tally-server: invalid configuration: SHUTDOWN_TIMEOUT_SECONDS=\"{value}\": expected a number of seconds from 2 to 31536000, such as 25: requests in flight get at least 1 s, and less than 2 would leave under 1 s to write pending visits"
+            )
+        );
+    }
+}
+
+#[test]
+fn the_same_redis_listed_twice_exits_2_naming_both_entries() {
+    const SECRET: &str = "same-node-pw-71c3";
+    let node = RedisNode::builder().password(SECRET).start().unwrap();
+    let port = node.port();
+    let nodes = format!("redis://:{SECRET}@localhost:{port},redis://:{SECRET}@127.0.0.1:{port}");
+
+    let (status, stdout, stderr) = run_to_exit(&[("REDIS_NODES", nodes.as_str())]);
+
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = lines[0];
+    assert!(
+        line.starts_with("tally-server: invalid configuration: REDIS_NODES: "),
+        "{line}"
+    );
+    for entry in [
+        format!("redis://:***@localhost:{port}"),
+        format!("redis://:***@127.0.0.1:{port}"),
+    ] {
+        assert!(line.contains(&entry), "{entry} is not named: {line}");
+    }
+    assert!(
+        line.contains("list each Redis database once in REDIS_NODES"),
+        "{line}"
+    );
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "password shown:\n{stdout}{stderr}"
+    );
 }

@@ -54,9 +54,9 @@ async fn status_reports_nodes_counter_requests_and_version() {
             "uptime": null,
             "total_requests": 3,
             "redis_status": {"nodes": 3, "healthy_nodes": 3, "node_status": node_map(&cluster, &[true, true, true])},
-            "counter_status": {"cache_size": 1, "write_buffer_size": 1, "quarantined_keys": 0},
+            "counter_status": {"cache_size": 1, "write_buffer_size": 1, "quarantined_keys": 0, "failing_nodes": {}},
             // The visit and the read, both under /api/, wait to be written (60 s batches).
-            "stats_status": {"pending_urls": 2, "quarantined_keys": 0, "requests_written": 0, "batches_ok": 0, "batches_failed": 0},
+            "stats_status": {"pending_urls": 2, "quarantined_keys": 0, "failing_nodes": {}, "requests_written": 0, "batches_ok": 0, "batches_failed": 0},
             "version": env!("CARGO_PKG_VERSION"),
             "debug_mode": true,
         })
@@ -188,7 +188,7 @@ async fn start_up_succeeds_with_every_node_down_and_health_says_disconnected() {
     );
     let app = spawn_app_with(config_with_nodes(
         &nodes,
-        &[("SHUTDOWN_TIMEOUT_SECONDS", "1")],
+        &[("SHUTDOWN_TIMEOUT_SECONDS", "2")],
     ))
     .await;
 

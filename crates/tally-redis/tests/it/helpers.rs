@@ -105,3 +105,48 @@ pub fn counters_on(
     let values: Vec<u64> = redis::cmd("MGET").arg(&keys).query(&mut conn)?;
     Ok(keys.into_iter().zip(values).collect())
 }
+
+/// Log lines (debug and above, no colours) written while it lives, by code running on this
+/// thread: use it in a current-thread test (`#[tokio::test]`), so the store's tasks log
+/// here too.
+pub struct Logs {
+    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    /// Starts capturing on this thread.
+    pub fn capture() -> Self {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = SharedBuffer(std::sync::Arc::clone(&buffer));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        Self {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let bytes = self.buffer.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -5,5 +5,7 @@ mod errors;
 mod faults;
 mod health;
 mod helpers;
+mod identity;
+mod marks;
 mod sorted_set;
 mod store;

@@ -1,7 +1,7 @@
 //! Store-level behaviour: exactly-once batches, atomic reads, resets, refused batches.
 
 use tally_counter::{InstanceId, Store as _};
-use tally_redis::{COUNTER_MARKS_KEY, Error, Layout};
+use tally_redis::{COUNTER_MARKS_KEY, Error, Layout, mark_field};
 use tally_testkit::{FaultProxy, Mode, RedisNode};
 
 use crate::helpers::{TestResult, batch, connect, everything_shown, redis_error};
@@ -37,8 +37,9 @@ async fn same_batch_sent_twice_is_applied_once() -> TestResult {
     assert_eq!(again, [3, 4], "a replay must answer the current totals");
     assert_eq!(node.get_u64("tally:v:page1")?, Some(3));
     assert_eq!(node.get_u64("tally:v:page2")?, Some(4));
-    let mark = node.hget(COUNTER_MARKS_KEY, &InstanceId::from_u64(42).to_string())?;
-    assert_eq!(mark.as_deref(), Some("1"));
+    let mark = node.hget(COUNTER_MARKS_KEY, &mark_field(InstanceId::from_u64(42), 0))?;
+    let seq = mark.as_deref().and_then(|m| m.split(':').next());
+    assert_eq!(seq, Some("1"), "the mark holds the batch's seq: {mark:?}");
     Ok(())
 }
 
@@ -103,43 +104,76 @@ async fn reset_deletes_the_counter() -> TestResult {
 }
 
 #[tokio::test]
-async fn a_batch_touching_a_non_count_is_refused_whole() -> TestResult {
+async fn keys_holding_non_counts_are_reported_and_the_rest_of_the_batch_applied() -> TestResult {
     let node = RedisNode::start()?;
-    node.query::<()>(redis::cmd("SET").arg("tally:v:bad").arg("not a number"))?;
+    node.query::<()>(redis::cmd("SET").arg("tally:v:text").arg("not a number"))?;
+    node.query::<()>(redis::cmd("SET").arg("tally:v:negative").arg("-5"))?;
+    node.query::<()>(redis::cmd("SET").arg("tally:v:fraction").arg("1.5"))?;
+    node.query::<()>(redis::cmd("SET").arg("tally:v:long").arg("x".repeat(100)))?;
     node.query::<()>(redis::cmd("HSET").arg("tally:v:hash").arg("f").arg("v"))?;
     let store = connect(&node.url()).await;
+    let keys = [
+        "good",
+        "text",
+        "negative",
+        "fraction",
+        "long",
+        "hash",
+        "also-good",
+    ];
+    let one_each: Vec<(&str, u64)> = keys.iter().map(|k| (*k, 1)).collect();
 
-    let string_err = store
-        .apply(0, &batch(1, 1, &[("good", 1), ("bad", 1)]))
+    let applied = store.apply_checked(0, &batch(1, 1, &one_each)).await?;
+
+    assert_eq!(applied.totals, [1, 0, 0, 0, 0, 0, 1]);
+    let rejected: Vec<(usize, &str, &str)> = applied
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.stored_as.as_str(), r.found.as_str()))
+        .collect();
+    let long = format!("the value {}", "x".repeat(64));
+    assert_eq!(
+        rejected,
+        [
+            (5, "tally:v:hash", "a hash"),
+            (1, "tally:v:text", "the value not a number"),
+            (2, "tally:v:negative", "the value -5"),
+            (3, "tally:v:fraction", "the value 1.5"),
+            (4, "tally:v:long", long.as_str()),
+        ],
+        "each bad key named, with its type or its value cut to 64 bytes"
+    );
+    assert_eq!(node.get_u64("tally:v:good")?, Some(1));
+    assert_eq!(node.get_u64("tally:v:also-good")?, Some(1));
+    assert_eq!(node.get("tally:v:text")?.as_deref(), Some("not a number"));
+    assert_eq!(node.get("tally:v:negative")?.as_deref(), Some("-5"));
+    assert!(
+        node.hget(COUNTER_MARKS_KEY, &mark_field(InstanceId::from_u64(1), 0))?
+            .is_some_and(|mark| mark.starts_with("1:")),
+        "the batch is spent"
+    );
+    // A retry of the same batch applies nothing more and still names the bad keys.
+    let replay = store.apply_checked(0, &batch(1, 1, &one_each)).await?;
+    assert_eq!(replay.totals, [1, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(replay.rejected.len(), 5);
+    // The all-or-nothing `apply` says which key, and a read of it fails naming it.
+    let refused = store
+        .apply(0, &batch(1, 2, &[("good", 1), ("text", 1)]))
         .await
         .unwrap_err();
-    let type_err = store
-        .apply(0, &batch(1, 1, &[("good", 1), ("hash", 1)]))
+    assert!(
+        matches!(redis_error(&refused), Error::CorruptValue { .. }),
+        "{refused:?}"
+    );
+    let read = store
+        .get(0, InstanceId::from_u64(1), &["good", "hash"])
         .await
         .unwrap_err();
-
     assert!(
-        matches!(redis_error(&string_err), Error::Redis { .. }),
-        "{string_err:?}"
+        everything_shown(&*read).contains("tally:v:hash on redis node"),
+        "{read}"
     );
-    assert!(
-        matches!(redis_error(&type_err), Error::Redis { .. }),
-        "{type_err:?}"
-    );
-    assert_eq!(
-        node.get("tally:v:good")?,
-        None,
-        "part of a refused batch was applied"
-    );
-    assert_eq!(
-        node.hget(COUNTER_MARKS_KEY, &InstanceId::from_u64(1).to_string())?,
-        None
-    );
-    assert!(
-        everything_shown(&*type_err).contains("tally:v:hash is a hash"),
-        "the error names the key and its type: {type_err}"
-    );
-    // A refused batch is a data problem, not a node problem: the node stays up.
+    // Bad data is not a node problem: the node stays up.
     assert!(store.health()[0].up);
     Ok(())
 }
@@ -154,23 +188,16 @@ async fn a_key_of_another_type_is_found_past_the_first_chunk() -> TestResult {
     let mut keys: Vec<String> = (0..1_200).map(|i| format!("new{i}")).collect();
     keys.insert(1_100, "hash".to_owned());
 
-    let refused = store
-        .apply(0, &batch(1, 1, &deltas_of(&keys)))
-        .await
-        .unwrap_err();
+    let applied = store
+        .apply_checked(0, &batch(1, 1, &deltas_of(&keys)))
+        .await?;
 
-    assert!(
-        everything_shown(&*refused).contains("tally:v:hash is a hash"),
-        "{refused}"
-    );
-    assert_eq!(
-        node.get("tally:v:new0")?,
-        None,
-        "part of a refused batch was applied"
-    );
-    // Without the hash, the same keys go through.
-    keys.remove(1_100);
-    store.apply(0, &batch(1, 2, &deltas_of(&keys))).await?;
+    let rejected: Vec<(usize, &str)> = applied
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.found.as_str()))
+        .collect();
+    assert_eq!(rejected, [(1_100, "a hash")]);
     assert_eq!(node.get_u64("tally:v:new0")?, Some(1));
     assert_eq!(node.get_u64("tally:v:new1199")?, Some(1));
     Ok(())
@@ -252,7 +279,11 @@ async fn large_batches_are_applied_in_one_call() -> TestResult {
 
     assert_eq!(totals.len(), 12_345);
     assert!(totals.iter().all(|&t| t == 2));
-    assert_eq!(node.dbsize()?, 12_345 + 1, "counters plus the marks hash");
+    assert_eq!(
+        node.dbsize()?,
+        12_345 + 2,
+        "counters plus the marks hash and the node id"
+    );
     assert_eq!(node.get_u64("tally:v:big12344")?, Some(2));
     assert_eq!(read.values, [2, 2]);
     Ok(())
@@ -267,17 +298,20 @@ async fn totals_stay_exact_up_to_two_to_the_53() -> TestResult {
 
     let totals = store.apply(0, &batch(1, 1, &[("big", 7)])).await?;
     let over = store
-        .apply(0, &batch(1, 2, &[("big", 7)]))
-        .await
-        .unwrap_err();
+        .apply_checked(0, &batch(1, 2, &[("big", 7), ("small", 1)]))
+        .await?;
 
     assert_eq!(totals, [near + 7]);
     assert_eq!(node.get("tally:v:big")?, Some((near + 7).to_string()));
+    assert_eq!(over.totals, [0, 1]);
+    assert_eq!(over.rejected.len(), 1);
     assert!(
-        matches!(redis_error(&over), Error::Redis { .. }),
-        "{over:?}"
+        over.rejected[0].found.contains("would take past 2^53-1"),
+        "{:?}",
+        over.rejected
     );
     assert_eq!(node.get_u64("tally:v:big")?, Some(near + 7));
+    assert_eq!(node.get_u64("tally:v:small")?, Some(1));
     Ok(())
 }
 
