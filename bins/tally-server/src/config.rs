@@ -60,8 +60,11 @@ pub struct Config {
     pub cache_capacity: u64,
     /// `BATCH_INTERVAL_SECONDS` (default 5.0): pending visits are written at least this often.
     pub batch_interval: Duration,
-    /// `BATCH_SIZE_LIMIT` (default 1000): a node's batch goes out early at this many pages.
+    /// `BATCH_SIZE_LIMIT` (default 1000): a node's batch goes out early at this many pages,
+    /// and holds no more.
     pub batch_size_limit: usize,
+    /// `BATCH_MAX_BYTES` (default 1 MiB): most bytes of page ids (or paths) in one batch.
+    pub batch_max_bytes: usize,
     /// `MAX_PENDING_KEYS` (default 1,000,000): most distinct pages waiting to be written,
     /// each node's pages at most their share (divided by the number of nodes); past it
     /// visits to new pages answer 503.
@@ -117,6 +120,7 @@ impl Default for Config {
             cache_capacity: 100_000,
             batch_interval: Duration::from_secs(5),
             batch_size_limit: 1000,
+            batch_max_bytes: CounterConfig::default().batch_max_bytes,
             max_pending_keys: 1_000_000,
             debug: false,
             api_prefix: "/api/v1".to_owned(),
@@ -182,6 +186,7 @@ struct RawVars {
     cache_capacity: Option<String>,
     batch_interval_seconds: Option<String>,
     batch_size_limit: Option<String>,
+    batch_max_bytes: Option<String>,
     max_pending_keys: Option<String>,
     debug: Option<String>,
     api_prefix: Option<String>,
@@ -312,6 +317,13 @@ impl Config {
                 1_000_000,
                 d.batch_size_limit,
             )?,
+            batch_max_bytes: whole_or(
+                "BATCH_MAX_BYTES",
+                raw.batch_max_bytes,
+                1,
+                1 << 30,
+                d.batch_max_bytes,
+            )?,
             max_pending_keys: whole_or(
                 "MAX_PENDING_KEYS",
                 raw.max_pending_keys,
@@ -404,6 +416,7 @@ impl Config {
             ("REDIS_POOL_SIZE", self.redis_pool_size as u64),
             ("VIRTUAL_NODES", u64::from(self.virtual_nodes)),
             ("BATCH_SIZE_LIMIT", self.batch_size_limit as u64),
+            ("BATCH_MAX_BYTES", self.batch_max_bytes as u64),
             ("MAX_PENDING_KEYS", self.max_pending_keys as u64),
             ("TEST_MAX_REQUESTS", self.test_max_requests),
         ];
@@ -489,6 +502,7 @@ impl Config {
             name: name.to_owned(),
             batch_interval: self.batch_interval,
             batch_size_limit: self.batch_size_limit,
+            batch_max_bytes: self.batch_max_bytes,
             cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             max_pending_keys: self.max_pending_keys,
@@ -525,6 +539,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "CACHE_CAPACITY",
     "BATCH_INTERVAL_SECONDS",
     "BATCH_SIZE_LIMIT",
+    "BATCH_MAX_BYTES",
     "MAX_PENDING_KEYS",
     "DEBUG",
     "API_PREFIX",
@@ -844,6 +859,7 @@ mod tests {
         assert_eq!(config.cache_capacity, 100_000);
         assert_eq!(config.batch_interval, Duration::from_secs(5));
         assert_eq!(config.batch_size_limit, 1000);
+        assert_eq!(config.batch_max_bytes, 1024 * 1024);
         assert_eq!(config.api_prefix, "/api/v1");
         assert!(config.enable_metrics);
         assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -854,6 +870,15 @@ mod tests {
         assert_eq!(config.test_max_requests, 100_000);
         assert!(config.test_endpoint_enabled);
         assert!(config.redis_config().is_none());
+    }
+
+    #[test]
+    fn batch_max_bytes_reaches_both_counters_and_zero_is_refused() {
+        let config = parse(&[("BATCH_MAX_BYTES", "4096")]).unwrap();
+        assert_eq!(config.counter_config().batch_max_bytes, 4096);
+        assert_eq!(config.stats_counter_config().batch_max_bytes, 4096);
+        let refused = error(&[("BATCH_MAX_BYTES", "0")]);
+        assert!(refused.contains("BATCH_MAX_BYTES"), "{refused}");
     }
 
     #[test]
