@@ -207,15 +207,7 @@ async fn a_statistics_set_of_the_wrong_type_is_reported_naming_key_and_node() {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let members: Vec<(String, u64)> = healthy
-                .query(
-                    redis::cmd("ZRANGE")
-                        .arg("tally:urls")
-                        .arg(0)
-                        .arg(-1)
-                        .arg("WITHSCORES"),
-                )
-                .expect("ZRANGE");
+            let members = crate::support::url_members(healthy);
             if members.len() == mine.len() && members.iter().all(|(_, count)| *count == 1) {
                 break;
             }

@@ -399,16 +399,7 @@ pub fn all_visit_keys(nodes: &[&RedisNode]) -> Vec<(String, usize, u64)> {
 pub fn urls_counted(nodes: &[&RedisNode], ring: &Ring<String>) -> HashMap<String, u64> {
     let mut urls = HashMap::new();
     for (index, node) in nodes.iter().enumerate() {
-        let members: Vec<(String, u64)> = node
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg("tally:urls")
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            )
-            .expect("ZRANGE answers");
-        for (url, count) in members {
+        for (url, count) in url_members(node) {
             assert_eq!(
                 ring.lookup_index(url.as_bytes()),
                 index,
@@ -421,6 +412,18 @@ pub fn urls_counted(nodes: &[&RedisNode], ring: &Ring<String>) -> HashMap<String
         }
     }
     urls
+}
+
+/// Every member of `tally:urls` on `node`, with its count.
+pub fn url_members(node: &RedisNode) -> Vec<(String, u64)> {
+    node.query(
+        redis::cmd("ZRANGE")
+            .arg("tally:urls")
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+    )
+    .expect("ZRANGE answers")
 }
 
 /// Checks the request statistics of a load against its score: the URL of each key

@@ -668,17 +668,13 @@ fn seconds(
     value: Option<String>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|secs| *secs > 0.0 && *secs <= MAX_SECONDS)
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError::new(variable, Some(&value), SECONDS_EXPECTED))
+    duration(
+        variable,
+        value,
+        default,
+        (1.0, MAX_SECONDS),
+        SECONDS_EXPECTED,
+    )
 }
 
 /// Longest `MARKS_RETENTION_HOURS`: ten years.
@@ -689,6 +685,24 @@ fn hours(
     value: Option<String>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
+    duration(
+        variable,
+        value,
+        default,
+        (3600.0, MAX_HOURS),
+        "expected a number of hours above 0 and at most 87600, such as 720 or 0.5",
+    )
+}
+
+/// A duration written as a number of units (`unit` seconds each, fractions allowed),
+/// above 0 and at most `max` units; `default` when unset.
+fn duration(
+    variable: &str,
+    value: Option<String>,
+    default: Duration,
+    (unit, max): (f64, f64),
+    expected: &str,
+) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
         return Ok(default);
     };
@@ -696,16 +710,10 @@ fn hours(
         .trim()
         .parse::<f64>()
         .ok()
-        .filter(|hours| *hours > 0.0 && *hours <= MAX_HOURS)
-        .and_then(|hours| Duration::try_from_secs_f64(hours * 3600.0).ok())
+        .filter(|units| *units > 0.0 && *units <= max)
+        .and_then(|units| Duration::try_from_secs_f64(units * unit).ok())
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            ConfigError::new(
-                variable,
-                Some(&value),
-                "expected a number of hours above 0 and at most 87600, such as 720 or 0.5",
-            )
-        })
+        .ok_or_else(|| ConfigError::new(variable, Some(&value), expected))
 }
 
 fn whole<T>(variable: &str, value: &str, min: T, max: T) -> Result<T, ConfigError>

@@ -151,14 +151,23 @@ impl Node {
         }
     }
 
-    fn mark_down(&self, error: &Error) {
-        let mut state = self.state();
+    /// Records the node down for `error` (in `state`, held by the caller); true when it
+    /// was up until now.
+    fn set_down(&self, state: &mut State, error: &Error) -> bool {
         state.reason = error.to_string();
-        if state.up {
+        let was_up = state.up;
+        if was_up {
             state.up = false;
             state.since = SystemTime::now();
+        }
+        metrics::gauge!("tally_redis_node_up", "node" => self.name.clone()).set(0.0);
+        was_up
+    }
+
+    fn mark_down(&self, error: &Error) {
+        let mut state = self.state();
+        if self.set_down(&mut state, error) {
             drop(state);
-            metrics::gauge!("tally_redis_node_up", "node" => self.name.clone()).set(0.0);
             tracing::warn!(
                 node = %self.name,
                 error.message = %error,
@@ -176,13 +185,8 @@ impl Node {
             return;
         }
         state.disabled = true;
-        state.reason = error.to_string();
-        if state.up {
-            state.up = false;
-            state.since = SystemTime::now();
-        }
+        self.set_down(&mut state, error);
         drop(state);
-        metrics::gauge!("tally_redis_node_up", "node" => self.name.clone()).set(0.0);
         tracing::error!(
             node = %self.name,
             error.message = %error,
