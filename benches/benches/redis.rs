@@ -35,7 +35,7 @@ fn redis_writes(c: &mut Criterion) {
                 .await
         })
         .expect("baseline connection");
-    let keys: Vec<Box<str>> = (0..BATCH_KEYS)
+    let keys: Vec<std::sync::Arc<str>> = (0..BATCH_KEYS)
         .map(|i| format!("bench{i}").into())
         .collect();
     let instance = InstanceId::random();

@@ -67,27 +67,7 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
 
     // Sample the server's resident memory and its pending URLs while the flood runs.
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let done = Arc::clone(&done);
-        let pid = server.process().pid();
-        let addr = server.addr();
-        tokio::spawn(async move {
-            let (mut samples, mut pending) = (Vec::new(), Vec::new());
-            while !done.load(Ordering::Relaxed) {
-                samples.push(resident_memory(pid).expect("VmRSS"));
-                let mut conn = HttpConnection::connect(&addr).await.expect("connect");
-                let status = conn.send("GET", "/status").await.expect("/status");
-                let status = crate::support::json(&status);
-                pending.push(
-                    status["stats_status"]["pending_urls"]
-                        .as_u64()
-                        .expect("pending_urls"),
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (samples, pending)
-        })
-    };
+    let sampler = sample(&server, &done);
     let spec = LoadSpec {
         method: "GET",
         path: |key| format!("/api/{key}/"),
@@ -107,7 +87,11 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
     rig.cluster.node(PAUSED).resume().expect("SIGCONT");
     let board = load.await.expect("load task");
     done.store(true, Ordering::Relaxed);
-    let (samples, pending) = sampler.await.expect("sampler");
+    let Samples {
+        rss: samples,
+        pending,
+        ..
+    } = sampler.await.expect("sampler");
     let peak = samples.iter().copied().max().unwrap_or(baseline);
     let most_pending = pending.iter().copied().max().unwrap_or(0);
     let at_end = server.process().rss_bytes().expect("VmRSS");
@@ -207,4 +191,135 @@ fn flood_keys() -> Vec<String> {
         }
     }
     keys
+}
+
+/// What [`sample`] saw, one entry per sample.
+struct Samples {
+    /// The server's resident memory, in bytes.
+    rss: Vec<u64>,
+    /// `/status` `stats_status.pending_urls`.
+    pending: Vec<u64>,
+    /// `/status` `stats_status.pending_bytes`.
+    pending_bytes: Vec<u64>,
+}
+
+/// Samples the server's resident memory and its pending URLs every 50 ms until `done`.
+fn sample(
+    server: &crate::support::Server,
+    done: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Samples> {
+    let done = Arc::clone(done);
+    let pid = server.process().pid();
+    let addr = server.addr();
+    tokio::spawn(async move {
+        let mut samples = Samples {
+            rss: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: Vec::new(),
+        };
+        while !done.load(Ordering::Relaxed) {
+            samples.rss.push(resident_memory(pid).expect("VmRSS"));
+            let mut conn = HttpConnection::connect(&addr).await.expect("connect");
+            let status = conn.send("GET", "/status").await.expect("/status");
+            let stats = &crate::support::json(&status)["stats_status"];
+            samples
+                .pending
+                .push(stats["pending_urls"].as_u64().expect("pending_urls"));
+            samples
+                .pending_bytes
+                .push(stats["pending_bytes"].as_u64().expect("pending_bytes"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        samples
+    })
+}
+
+/// `MAX_PENDING_BYTES` and `BATCH_MAX_BYTES` of the long-path flood.
+const LONG_MAX_PENDING_BYTES: u64 = 8 * 1024 * 1024;
+const LONG_BATCH_MAX_BYTES: u64 = 256 * 1024;
+/// Distinct paths of 2 KiB in the long-path flood (about 120 MB of paths).
+const LONG_PATHS: usize = 60_000;
+
+/// The README's bound on what the server holds beyond its idle size, for `nodes` nodes:
+/// the byte budget, for every node and counter three copies of one batch on its way out
+/// (the script's arguments, the client's buffer, the socket), the statistics' read cache
+/// (1,024 entries) and a fixed allowance for connections and allocator arenas.
+fn memory_bound(nodes: u64, path_len: u64) -> u64 {
+    LONG_MAX_PENDING_BYTES
+        + 2 * nodes * 3 * LONG_BATCH_MAX_BYTES
+        + 1024 * (path_len + 150)
+        + FIXED_GROWTH
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_two_kib_paths_with_a_node_down_stay_under_the_byte_bound() {
+    const PAUSED: usize = 1;
+    let _serial = one_at_a_time().await;
+    let rig = Rig::start(3);
+    let max_bytes = LONG_MAX_PENDING_BYTES.to_string();
+    let batch_bytes = LONG_BATCH_MAX_BYTES.to_string();
+    let server = rig.server(&[
+        ("MAX_PENDING_BYTES", &max_bytes),
+        ("BATCH_MAX_BYTES", &batch_bytes),
+        ("BATCH_INTERVAL_SECONDS", "0.2"),
+    ]);
+    let paused_url = rig.cluster.node(PAUSED).url();
+    rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
+    server.wait_for_node(&paused_url, false).await;
+    let baseline = server.process().rss_bytes().expect("VmRSS");
+    // "/api/" + 2,036 characters + "/": 2,042 bytes, under the 2,048 of the overflow key.
+    let keys: Vec<String> = (0..LONG_PATHS).map(|i| format!("{i:0>2036}")).collect();
+    let path_len = 2042;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = sample(&server, &done);
+    let board = run_load(LoadSpec {
+        method: "GET",
+        path: |key| format!("/api/{key}/"),
+        concurrency: 16,
+        time_limit: Duration::from_secs(300),
+        ..LoadSpec::visits(&server.base_url(), keys, LONG_PATHS as u64)
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    let samples = sampler.await.expect("sampler");
+    rig.cluster.node(PAUSED).resume().expect("SIGCONT");
+    let peak = samples.rss.iter().copied().max().unwrap_or(baseline);
+    let most_bytes = samples.pending_bytes.iter().copied().max().unwrap_or(0);
+    let bound = memory_bound(3, path_len);
+    let totals = board.totals();
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "[scenario 9b: 2 KiB paths, a node down] acknowledged {} | 503 {} | pending bytes at most {:.1} MB (MAX_PENDING_BYTES {:.1} MB) | VmRSS {:.1} MB idle, peak {:.1} MB: growth {:.1} MB, bound {:.1} MB | {}",
+        totals.acked,
+        totals.rejected,
+        mb(most_bytes),
+        mb(LONG_MAX_PENDING_BYTES),
+        mb(baseline),
+        mb(peak),
+        mb(peak.saturating_sub(baseline)),
+        mb(bound),
+        board.summary()
+    );
+    server.wait_flushed(Duration::from_secs(120)).await;
+    server.stop();
+
+    assert_eq!(
+        totals.other + totals.unknown + totals.unsent,
+        0,
+        "{board:?}"
+    );
+    assert!(
+        totals.rejected > 0,
+        "the paused node's share of the bytes filled up: {board:?}"
+    );
+    assert!(
+        most_bytes <= LONG_MAX_PENDING_BYTES + 3 * LONG_BATCH_MAX_BYTES,
+        "{most_bytes} bytes pending, over MAX_PENDING_BYTES (plus keys in flight)"
+    );
+    assert!(
+        peak.saturating_sub(baseline) < bound,
+        "VmRSS grew {:.1} MB, over the README's bound of {:.1} MB",
+        mb(peak.saturating_sub(baseline)),
+        mb(bound)
+    );
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tally_counter::CounterConfig;
+use tally_counter::{CounterConfig, PendingBytes};
 use tally_redis::{Layout, NodeUrl, RedisConfig, Secret, redact};
 
 /// Longest duration any `*_SECONDS` variable accepts: one year. Far above any sensible
@@ -69,6 +69,12 @@ pub struct Config {
     /// each node's pages at most their share (divided by the number of nodes); past it
     /// visits to new pages answer 503.
     pub max_pending_keys: usize,
+    /// `MAX_PENDING_BYTES` (default 256 MiB): most bytes of page ids and paths waiting to
+    /// be written, over the visit counter and the request statistics together (each key
+    /// costs its length plus [`tally_counter::PendingBytes::KEY_OVERHEAD`]); past it,
+    /// requests with a new page or path answer 503. Both counters get clones of this one
+    /// budget.
+    pub max_pending_bytes: PendingBytes,
     /// `DEBUG` (default false): reported as `debug_mode` by `/status`.
     pub debug: bool,
     /// `API_PREFIX` (default `/api/v1`): path prefix of the counter API, no trailing slash.
@@ -122,6 +128,7 @@ impl Default for Config {
             batch_size_limit: 1000,
             batch_max_bytes: CounterConfig::default().batch_max_bytes,
             max_pending_keys: 1_000_000,
+            max_pending_bytes: CounterConfig::default().max_pending_bytes,
             debug: false,
             api_prefix: "/api/v1".to_owned(),
             project_name: "tally".to_owned(),
@@ -188,6 +195,7 @@ struct RawVars {
     batch_size_limit: Option<String>,
     batch_max_bytes: Option<String>,
     max_pending_keys: Option<String>,
+    max_pending_bytes: Option<String>,
     debug: Option<String>,
     api_prefix: Option<String>,
     project_name: Option<String>,
@@ -331,6 +339,13 @@ impl Config {
                 1_000_000_000,
                 d.max_pending_keys,
             )?,
+            max_pending_bytes: PendingBytes::new(whole_or(
+                "MAX_PENDING_BYTES",
+                raw.max_pending_bytes,
+                1 << 16,
+                1 << 40,
+                d.max_pending_bytes.limit(),
+            )?),
             debug: boolean("DEBUG", raw.debug, d.debug)?,
             api_prefix: match raw.api_prefix.as_deref() {
                 Some(value) => parse_prefix(value)?,
@@ -506,6 +521,7 @@ impl Config {
             cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             max_pending_keys: self.max_pending_keys,
+            max_pending_bytes: self.max_pending_bytes.clone(),
             // Held increments of a key whose stored value is not a count are offered to
             // the node again as often as its health is checked.
             quarantine_recheck: self.health_check_interval,
@@ -541,6 +557,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "BATCH_SIZE_LIMIT",
     "BATCH_MAX_BYTES",
     "MAX_PENDING_KEYS",
+    "MAX_PENDING_BYTES",
     "DEBUG",
     "API_PREFIX",
     "PROJECT_NAME",
@@ -878,6 +895,20 @@ mod tests {
         assert_eq!(config.test_max_requests, 100_000);
         assert!(config.test_endpoint_enabled);
         assert!(config.redis_config().is_none());
+    }
+
+    #[test]
+    fn both_counters_share_one_max_pending_bytes_budget() {
+        let config = parse(&[("MAX_PENDING_BYTES", "1048576")]).unwrap();
+        let (visits, stats) = (config.counter_config(), config.stats_counter_config());
+        assert_eq!(visits.max_pending_bytes.limit(), 1 << 20);
+        assert_eq!(
+            visits.max_pending_bytes, stats.max_pending_bytes,
+            "one budget"
+        );
+        assert_eq!(parse(&[]).unwrap().max_pending_bytes.limit(), 256 << 20);
+        let refused = error(&[("MAX_PENDING_BYTES", "1000")]);
+        assert!(refused.contains("MAX_PENDING_BYTES"), "{refused}");
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u
             pending,
             retry_after: overload_retry_after,
         },
+        tally_counter::Error::OverloadedBytes { .. } => ApiError::Overloaded {
+            pending: 0,
+            retry_after: overload_retry_after,
+        },
         tally_counter::Error::ShutDown => ApiError::ShuttingDown,
         tally_counter::Error::Corrupt {
             name,

@@ -1,5 +1,8 @@
 //! Tuning knobs of a [`crate::Counter`].
 
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -34,6 +37,11 @@ pub struct CounterConfig {
     pub max_pending_keys: usize,
     /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
     pub retry_backoff_min: Duration,
+    /// Most bytes of keys pending or in flight (see [`PendingBytes`] for what a key costs);
+    /// beyond it [`crate::Counter::increment`] of a new key returns
+    /// [`Error::OverloadedBytes`]. Give clones of one [`PendingBytes`] to several counters
+    /// to bound them together (default: 256 MiB, this counter's own).
+    pub max_pending_bytes: PendingBytes,
     /// How often increments held for keys whose stored value is not a count are offered
     /// to the store again, to be written once the value is repaired (default 1 s; the
     /// tally server uses its health-check interval).
@@ -53,6 +61,7 @@ impl Default for CounterConfig {
             cache_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
             max_pending_keys: 1_000_000,
+            max_pending_bytes: PendingBytes::new(256 * 1024 * 1024),
             quarantine_recheck: Duration::from_secs(1),
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
@@ -76,6 +85,9 @@ impl CounterConfig {
         if self.max_pending_keys == 0 {
             return bad("max_pending_keys", "must be at least 1");
         }
+        if self.max_pending_bytes.limit() == 0 {
+            return bad("max_pending_bytes", "must be at least 1");
+        }
         if self.quarantine_recheck.is_zero() {
             return bad("quarantine_recheck", "must be greater than zero");
         }
@@ -88,6 +100,86 @@ impl CounterConfig {
         Ok(())
     }
 }
+
+/// A bound on the memory of keys waiting to be written, which several counters can share
+/// (the tally server gives one to its visit counter and its request statistics).
+///
+/// A waiting key costs its length in bytes plus [`PendingBytes::KEY_OVERHEAD`]: the key
+/// text is held once (the pending table, the batch in flight and the read cache share it),
+/// and the overhead covers its table slot, in-flight map slot and reference count.
+/// Clones share the budget; equality is identity of the budget.
+#[derive(Clone)]
+pub struct PendingBytes {
+    budget: Arc<Budget>,
+}
+
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl PendingBytes {
+    /// Bytes a waiting key costs beyond its own length.
+    pub const KEY_OVERHEAD: usize = 64;
+
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            budget: Arc::new(Budget {
+                limit,
+                used: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The bound, in bytes.
+    pub fn limit(&self) -> usize {
+        self.budget.limit
+    }
+
+    /// Bytes held now by every counter sharing the budget.
+    pub fn used(&self) -> usize {
+        self.budget.used.load(Ordering::Relaxed)
+    }
+
+    /// What a key of `len` bytes costs while it waits.
+    pub fn cost(len: usize) -> usize {
+        len + Self::KEY_OVERHEAD
+    }
+
+    /// Takes `bytes` if they fit under the bound (or `force`); otherwise takes nothing and
+    /// returns the bytes held.
+    pub(crate) fn take(&self, bytes: usize, force: bool) -> std::result::Result<(), usize> {
+        let held = self.budget.used.fetch_add(bytes, Ordering::AcqRel);
+        if force || held + bytes <= self.budget.limit {
+            return Ok(());
+        }
+        self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+        Err(held)
+    }
+
+    /// Gives back `bytes` taken before.
+    pub(crate) fn give_back(&self, bytes: usize) {
+        self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for PendingBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingBytes")
+            .field("limit", &self.limit())
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl PartialEq for PendingBytes {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.budget, &other.budget)
+    }
+}
+
+impl Eq for PendingBytes {}
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::CounterConfig;
+use crate::config::{CounterConfig, PendingBytes};
 use crate::error::{Error, Result};
 use crate::hash::KeyHash;
 use crate::metrics::CounterMetrics;
@@ -42,7 +42,7 @@ const READ_ATTEMPTS: usize = 4;
 /// failure, is back up.
 const UP_POLL: Duration = Duration::from_millis(50);
 
-type KeyMap<V> = HashMap<Box<str>, V, KeyHash>;
+type KeyMap<V> = HashMap<Arc<str>, V, KeyHash>;
 
 /// How a store read shared by concurrent misses of one key ended: `None` while it runs,
 /// then `Ok` (the cache holds the value) or the error's text.
@@ -50,7 +50,7 @@ type ReadOutcome = Option<std::result::Result<(), Arc<str>>>;
 
 /// A shard's pending deltas within one stripe. A `HashTable` rather than a `HashMap` so the
 /// hash computed once per increment (which also picked the stripe) is reused for the slot.
-type PendingTable = hashbrown::HashTable<(Box<str>, u64)>;
+type PendingTable = hashbrown::HashTable<(Arc<str>, u64)>;
 
 /// Where the stored part of a [`Count`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,6 +94,9 @@ pub struct Snapshot {
     /// Flusher tasks that panicked (a store that panicked in `apply`, say) and were
     /// restarted; each is logged at `error` level with its message.
     pub task_panics: u64,
+    /// What the keys waiting (pending, in flight or held) cost in bytes (see
+    /// [`PendingBytes`]).
+    pub write_buffer_bytes: usize,
     /// Keys whose increments are held because the store's value for them is not a count
     /// (see [`Error::Corrupt`]).
     pub quarantined_keys: usize,
@@ -156,12 +159,18 @@ struct Inner<S> {
     /// Keys in every shard's quarantine: increments check a quarantine only while it is
     /// not 0.
     quarantined: AtomicUsize,
+    /// Bytes this counter's waiting keys cost (see [`PendingBytes`]), also counted in the
+    /// budget it may share with other counters.
+    buffered_bytes: AtomicUsize,
     /// Most keys one shard may hold pending or in flight: its share of `max_pending_keys`
     /// (rounded up). A shard whose store is down cannot drain, so without a share of its
     /// own it would fill the whole bound and every other shard's new keys would be refused
     /// too, although their stores take batches.
     shard_limit: usize,
-    cache: moka::sync::Cache<Box<str>, CacheEntry, KeyHash>,
+    /// Most bytes of keys one shard may hold: its share of `max_pending_bytes`, so a shard
+    /// whose store is down cannot take the bytes of the others either.
+    shard_byte_limit: usize,
+    cache: moka::sync::Cache<Arc<str>, CacheEntry, KeyHash>,
     /// Store reads in progress, by key: a miss of a key already being read waits for that
     /// read instead of sending its own, so an entry expiring under load costs one read,
     /// not one per concurrent reader.
@@ -178,6 +187,10 @@ impl<S> Drop for Inner<S> {
     fn drop(&mut self) {
         // Only signals: a dropped counter cannot flush; `Counter::shutdown` is the way.
         self.stop.send_replace(true);
+        // Its keys are gone with it: their bytes go back to a budget other counters share.
+        self.config
+            .max_pending_bytes
+            .give_back(*self.buffered_bytes.get_mut());
     }
 }
 
@@ -196,6 +209,9 @@ struct Shard {
     pending: AtomicUsize,
     /// Distinct keys pending or in flight for this shard: checked against `shard_limit`.
     buffered: AtomicUsize,
+    /// What those keys cost in bytes (see [`PendingBytes`]): checked against the shard's
+    /// share of `max_pending_bytes`.
+    bytes: AtomicUsize,
     /// Wakes the shard's flusher early (size limit reached). Shared with the flusher task,
     /// which holds no strong reference to the counter while it waits.
     wake: Arc<Notify>,
@@ -362,6 +378,7 @@ impl<S: Store> Counter<S> {
             .map(|_| Shard {
                 pending: AtomicUsize::new(0),
                 buffered: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
                 wake: Arc::new(Notify::new()),
                 slot: tokio::sync::Mutex::new(Slot::default()),
                 view: RwLock::new(View::default()),
@@ -375,6 +392,7 @@ impl<S: Store> Counter<S> {
             .build_with_hasher(hash);
         let metrics = CounterMetrics::new(&config.name);
         let shard_limit = config.max_pending_keys.div_ceil(shard_count);
+        let shard_byte_limit = config.max_pending_bytes.limit().div_ceil(shard_count);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -384,7 +402,9 @@ impl<S: Store> Counter<S> {
             shards,
             buffered_keys: AtomicUsize::new(0),
             quarantined: AtomicUsize::new(0),
+            buffered_bytes: AtomicUsize::new(0),
             shard_limit,
+            shard_byte_limit,
             cache,
             reads: Mutex::new(KeyMap::with_hasher(hash)),
             stats: Stats::default(),
@@ -434,6 +454,9 @@ impl<S: Store> Counter<S> {
     /// shard's batch in flight is waiting already and is never refused: past the bounds
     /// it takes one more place (so a shard holds at most its share plus its batch in
     /// flight, which is at most its share).
+    /// [`Error::OverloadedBytes`] when `key` is not pending and the keys waiting hold
+    /// `max_pending_bytes` (shared with the counters given the same [`PendingBytes`]); the
+    /// same exception for a key in flight.
     /// [`Error::Corrupt`] while the key's increments are held because the store's value
     /// for it is not a count: the increment was not recorded.
     /// [`Error::ShutDown`] after [`Counter::shutdown`].
@@ -456,9 +479,37 @@ impl<S: Store> Counter<S> {
         }
         let state = &inner.shards[shard];
         let limit = inner.config.max_pending_keys;
+        let bytes = &inner.config.max_pending_bytes;
+        let cost = PendingBytes::cost(key.len());
         let buffered = inner.buffered_keys.fetch_add(1, Ordering::AcqRel);
         let shard_buffered = state.buffered.fetch_add(1, Ordering::AcqRel);
-        if buffered >= limit || shard_buffered >= inner.shard_limit {
+        // The bound that refuses it, if any: the whole buffer, this shard's share, or the
+        // bytes of keys waiting.
+        let refused = if buffered >= limit {
+            Some(Error::Overloaded {
+                pending: buffered,
+                limit,
+            })
+        } else if shard_buffered >= inner.shard_limit {
+            Some(Error::Overloaded {
+                pending: shard_buffered,
+                limit: inner.shard_limit,
+            })
+        } else if state.bytes.load(Ordering::Acquire) + cost > inner.shard_byte_limit {
+            Some(Error::OverloadedBytes {
+                pending_bytes: state.bytes.load(Ordering::Acquire),
+                limit: inner.shard_byte_limit,
+            })
+        } else {
+            bytes
+                .take(cost, false)
+                .err()
+                .map(|held| Error::OverloadedBytes {
+                    pending_bytes: held,
+                    limit: bytes.limit(),
+                })
+        };
+        if let Some(error) = refused {
             inner.buffered_keys.fetch_sub(1, Ordering::AcqRel);
             state.buffered.fetch_sub(1, Ordering::AcqRel);
             drop(maps);
@@ -469,14 +520,10 @@ impl<S: Store> Counter<S> {
                 return Ok(());
             }
             inner.metrics.overloaded.increment(1);
-            // Report the bound that refused: the whole buffer, or this shard's share.
-            let (pending, limit) = if buffered >= limit {
-                (buffered, limit)
-            } else {
-                (shard_buffered, inner.shard_limit)
-            };
-            return Err(Error::Overloaded { pending, limit });
+            return Err(error);
         }
+        inner.buffered_bytes.fetch_add(cost, Ordering::AcqRel);
+        state.bytes.fetch_add(cost, Ordering::AcqRel);
         inner.insert_pending(maps, shard, hash, key, n);
         Ok(())
     }
@@ -549,14 +596,14 @@ impl<S: Store> Counter<S> {
             // Its held increments go, like any unwritten visit of a reset key.
             inner.quarantined.fetch_sub(1, Ordering::AcqRel);
             inner.metrics.quarantined_keys.decrement(1.0);
-            inner.forget_keys(shard, 1);
+            inner.forget_keys(shard, 1, PendingBytes::cost(key.len()));
         }
         {
             let hash = inner.hash.hash_str(key);
             let mut maps = lock(&inner.stripe(hash).maps);
             if let Ok(entry) = maps[shard].find_entry(hash, |(k, _)| &**k == key) {
                 entry.remove();
-                inner.forget_keys(shard, 1);
+                inner.forget_keys(shard, 1, PendingBytes::cost(key.len()));
                 inner.shards[shard].pending.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -646,6 +693,7 @@ impl<S: Store> Counter<S> {
             keys_written: s.keys_written.load(Ordering::Relaxed),
             increments_written: s.increments_written.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
+            write_buffer_bytes: self.inner.buffered_bytes.load(Ordering::Relaxed),
             quarantined_keys: self.inner.quarantined.load(Ordering::Relaxed),
             failing_shards: self
                 .inner
@@ -691,7 +739,7 @@ impl<S: Store> Inner<S> {
             self.send_until_acked(shard, &mut slot, batch).await;
         }
         slot.last_recheck = Some(Instant::now());
-        let deltas: Vec<(Box<str>, u64)> = {
+        let deltas: Vec<(Arc<str>, u64)> = {
             let mut held = lock(&self.shards[shard].quarantine);
             held.iter_mut()
                 .filter(|(_, held)| !held.rechecking && held.delta > 0)
@@ -805,10 +853,19 @@ impl<S: Store> Inner<S> {
         }
         self.buffered_keys.fetch_add(1, Ordering::AcqRel);
         self.shards[shard].buffered.fetch_add(1, Ordering::AcqRel);
+        let cost = PendingBytes::cost(key.len());
+        let _ = self.config.max_pending_bytes.take(cost, true);
+        self.buffered_bytes.fetch_add(cost, Ordering::AcqRel);
+        self.shards[shard].bytes.fetch_add(cost, Ordering::AcqRel);
         self.insert_pending(maps, shard, hash, key, n);
     }
 
-    fn forget_keys(&self, shard: ShardId, keys: usize) {
+    /// Gives back the places (and `bytes`, see [`PendingBytes`]) of `keys` keys that are
+    /// written, dropped by a reset, or no longer held.
+    fn forget_keys(&self, shard: ShardId, keys: usize, bytes: usize) {
+        self.config.max_pending_bytes.give_back(bytes);
+        self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.shards[shard].bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.buffered_keys.fetch_sub(keys, Ordering::AcqRel);
         self.shards[shard]
             .buffered
@@ -990,7 +1047,7 @@ impl<S: Store> Inner<S> {
                 moved
             } else {
                 let mut count = taken.len();
-                let part: Vec<(Box<str>, u64)> = table
+                let part: Vec<(Arc<str>, u64)> = table
                     .extract_if(|(key, _)| {
                         let fits =
                             count < max_keys && (count == 0 || bytes + key.len() <= max_bytes);
@@ -1129,7 +1186,7 @@ impl<S: Store> Inner<S> {
         }
         // Buffer places this batch gives back: one per key written, one per rejected key
         // already held under a place of its own.
-        let mut freed = 0;
+        let (mut freed, mut freed_bytes) = (0, 0);
         let (mut keys_written, mut increments) = (0_u64, 0_u64);
         {
             let mut held = lock(&state.quarantine);
@@ -1139,7 +1196,10 @@ impl<S: Store> Inner<S> {
                 match (rejected, held.get_mut(key)) {
                     (Some(why), Some(entry)) => {
                         // Still bad: held again (a recheck), or more for a held key.
-                        freed += usize::from(!entry.rechecking);
+                        if !entry.rechecking {
+                            freed += 1;
+                            freed_bytes += PendingBytes::cost(key.len());
+                        }
                         entry.delta += delta;
                         entry.rechecking = false;
                         entry.found.clone_from(&why.found);
@@ -1179,6 +1239,7 @@ impl<S: Store> Inner<S> {
                             );
                         }
                         freed += 1;
+                        freed_bytes += PendingBytes::cost(key.len());
                         keys_written += 1;
                         increments += delta;
                         self.cache.insert(
@@ -1196,7 +1257,7 @@ impl<S: Store> Inner<S> {
         view.acked_seq = batch.id.seq;
         drop(view);
         *lock(&state.last_error) = None;
-        self.forget_keys(shard, freed);
+        self.forget_keys(shard, freed, freed_bytes);
         let s = &self.stats;
         s.batches_ok.fetch_add(1, Ordering::Relaxed);
         s.keys_written.fetch_add(keys_written, Ordering::Relaxed);

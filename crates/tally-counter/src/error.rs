@@ -20,6 +20,18 @@ pub enum Error {
         /// That bound: `max_pending_keys`, or the shard's share of it.
         limit: usize,
     },
+    /// The keys waiting to be written (in this counter and those sharing its
+    /// [`crate::PendingBytes`]) hold `max_pending_bytes` already: the increment of a new
+    /// key was refused and not counted. Callers should shed load (HTTP 503 + Retry-After).
+    #[error(
+        "counter overloaded: {pending_bytes} bytes of keys are waiting to be written (limit {limit}); the increment was not counted"
+    )]
+    OverloadedBytes {
+        /// Bytes held when the increment was refused.
+        pending_bytes: usize,
+        /// `max_pending_bytes`.
+        limit: usize,
+    },
     /// The store failed to answer a read or reset for a shard.
     #[error("store shard {shard} ({name}) is unavailable")]
     Store {

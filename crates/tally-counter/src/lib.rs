@@ -87,7 +87,11 @@
 //!   [`Error::Overloaded`] and records nothing. Keys already waiting are never refused:
 //!   pending ones, and those of a shard's batch in flight (a shard down for long has
 //!   every key it had in flight), which take one more place each, so a shard holds at
-//!   most twice its share.
+//!   most twice its share. The bytes of the keys waiting are bounded the same way by
+//!   `max_pending_bytes` (a [`PendingBytes`] budget several counters can share; a key costs
+//!   its length plus [`PendingBytes::KEY_OVERHEAD`], each shard at most its share), past
+//!   which a new key gets [`Error::OverloadedBytes`]. A key's text is held once: the
+//!   buffer, the batch on the wire and the read cache share it.
 //! - **What a crash loses.** If the process dies without [`Counter::shutdown`], the
 //!   increments not yet written (at most one `batch_interval` of them, more while a shard
 //!   is down) are lost. A store that loses data it acknowledged (Redis without AOF) loses
@@ -113,7 +117,7 @@ mod metrics;
 mod store;
 mod task;
 
-pub use config::CounterConfig;
+pub use config::{CounterConfig, PendingBytes};
 pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;

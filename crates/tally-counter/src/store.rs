@@ -67,8 +67,10 @@ pub struct BatchId {
 pub struct Batch {
     /// Identity used for exactly-once application.
     pub id: BatchId,
-    /// `(key, delta)` pairs; each key appears once, every delta is positive.
-    pub deltas: Vec<(Box<str>, u64)>,
+    /// `(key, delta)` pairs; each key appears once, every delta is positive. Keys are
+    /// shared with the counter's buffer and cache (an `Arc`, not a copy), so a long key
+    /// waiting to be written is held once in memory.
+    pub deltas: Vec<(std::sync::Arc<str>, u64)>,
 }
 
 /// A key of a batch that a store could not add to, because the value it holds for the key

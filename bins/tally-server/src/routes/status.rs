@@ -32,6 +32,8 @@ struct RedisStatus {
 struct CounterStatus {
     cache_size: u64,
     write_buffer_size: usize,
+    /// What the waiting page ids cost, in bytes of `MAX_PENDING_BYTES`.
+    write_buffer_bytes: usize,
     /// Pages whose visits are held because the stored value is not a count.
     quarantined_keys: usize,
     /// Nodes whose last visit batch failed: node → the error (retried with backoff).
@@ -42,6 +44,8 @@ struct CounterStatus {
 #[derive(Serialize)]
 struct StatsStatus {
     pending_urls: usize,
+    /// What the waiting paths cost, in bytes of `MAX_PENDING_BYTES`.
+    pending_bytes: usize,
     /// URLs whose counts are held because the stored value is not a count.
     quarantined_keys: usize,
     /// Nodes whose last statistics batch failed: node → the error (retried with backoff).
@@ -73,11 +77,13 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
         counter_status: CounterStatus {
             cache_size: snapshot.cache_size,
             write_buffer_size: snapshot.write_buffer_size,
+            write_buffer_bytes: snapshot.write_buffer_bytes,
             quarantined_keys: snapshot.quarantined_keys,
             failing_nodes: snapshot.failing_shards.into_iter().collect(),
         },
         stats_status: StatsStatus {
             pending_urls: stats.write_buffer_size,
+            pending_bytes: stats.write_buffer_bytes,
             quarantined_keys: stats.quarantined_keys,
             failing_nodes: stats.failing_shards.into_iter().collect(),
             batches_ok: stats.batches_ok,

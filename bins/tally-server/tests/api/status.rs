@@ -54,9 +54,10 @@ async fn status_reports_nodes_counter_requests_and_version() {
             "uptime": null,
             "total_requests": 3,
             "redis_status": {"nodes": 3, "healthy_nodes": 3, "node_status": node_map(&cluster, &[true, true, true])},
-            "counter_status": {"cache_size": 1, "write_buffer_size": 1, "quarantined_keys": 0, "failing_nodes": {}},
+            // Each waiting key costs its length plus 64 bytes (PendingBytes::KEY_OVERHEAD).
+            "counter_status": {"cache_size": 1, "write_buffer_size": 1, "write_buffer_bytes": "page1".len() + 64, "quarantined_keys": 0, "failing_nodes": {}},
             // The visit and the read, both under /api/, wait to be written (60 s batches).
-            "stats_status": {"pending_urls": 2, "quarantined_keys": 0, "failing_nodes": {}, "requests_written": 0, "batches_ok": 0, "batches_failed": 0},
+            "stats_status": {"pending_urls": 2, "pending_bytes": "/api/v1/counter/visit/page1".len() + "/api/v1/counter/visits/page1".len() + 2 * 64, "quarantined_keys": 0, "failing_nodes": {}, "requests_written": 0, "batches_ok": 0, "batches_failed": 0},
             "version": env!("CARGO_PKG_VERSION"),
             "debug_mode": true,
         })

@@ -103,3 +103,53 @@ async fn reads_stay_exact_while_a_batch_is_in_flight() {
     assert_eq!((count.value, count.served_via), (5, ServedVia::Cache));
     assert_eq!(counter.store().inner.value("k"), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_counters_sharing_a_byte_budget_refuse_new_keys_past_it_and_count_the_rest() {
+    use tally_counter::{CounterConfig, Error, PendingBytes};
+
+    // Room for ten 4-byte keys between the two counters.
+    let budget = PendingBytes::new(10 * PendingBytes::cost(4));
+    let config = |name: &str| CounterConfig {
+        name: name.to_owned(),
+        max_pending_bytes: budget.clone(),
+        ..crate::support::manual_config()
+    };
+    let visits = Counter::new(MemoryStore::new(), config("visits")).unwrap();
+    let stats = Counter::new(MemoryStore::new(), config("stats")).unwrap();
+    for i in 0..6 {
+        visits.increment(&format!("v{i:03}"), 1).unwrap();
+    }
+    for i in 0..4 {
+        stats.increment(&format!("s{i:03}"), 1).unwrap();
+    }
+
+    let refused = stats.increment("s004", 1).unwrap_err();
+    assert!(
+        matches!(refused, Error::OverloadedBytes { .. }),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        visits.increment("v006", 1),
+        Err(Error::OverloadedBytes { .. })
+    ));
+    visits.increment("v000", 1).unwrap();
+    assert_eq!(budget.used(), budget.limit());
+    assert_eq!(
+        visits.snapshot().write_buffer_bytes,
+        6 * PendingBytes::cost(4)
+    );
+
+    visits.flush().await;
+    assert_eq!(
+        budget.used(),
+        4 * PendingBytes::cost(4),
+        "written keys give their bytes back"
+    );
+    stats.increment("s004", 1).unwrap();
+    stats.flush().await;
+    assert_eq!(visits.store().value("v000"), 2);
+    assert_eq!(visits.store().value("v006"), 0, "refused, not counted");
+    assert_eq!(stats.store().value("s004"), 1);
+    assert_eq!(budget.used(), 0);
+}

@@ -45,7 +45,10 @@ pub fn batch(instance: u64, seq: u64, deltas: &[(&str, u64)]) -> Batch {
             instance: InstanceId::from_u64(instance),
             seq,
         },
-        deltas: deltas.iter().map(|(k, d)| (Box::from(*k), *d)).collect(),
+        deltas: deltas
+            .iter()
+            .map(|(k, d)| (std::sync::Arc::from(*k), *d))
+            .collect(),
     }
 }
 
