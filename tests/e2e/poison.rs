@@ -99,6 +99,21 @@ async fn a_poisoned_value_holds_only_its_own_page_and_a_repair_writes_its_visits
     held(&server, 0).await;
     assert_eq!(server.count(POISON).await.0, 0);
 
+    // A page still held at SIGTERM: its held visits are logged with the key and amount,
+    // for an operator to add by hand.
+    let other = "poison-2";
+    let other_node = rig.cluster.node(rig.owner(other));
+    other_node
+        .query::<()>(redis::cmd("SET").arg(format!("tally:v:{other}")).arg("xyz"))
+        .expect("SET");
+    for _ in 0..3 {
+        let visit = server
+            .request("POST", &format!("/api/v1/counter/visit/{other}"))
+            .await;
+        assert_eq!(visit.status, 200, "{}", visit.text());
+    }
+    held(&server, 1).await;
+
     let (exit, _) = server.terminate(Duration::from_secs(15));
     let output = server.output();
     assert_eq!(exit.code(), Some(0), "{output}");
@@ -106,12 +121,22 @@ async fn a_poisoned_value_holds_only_its_own_page_and_a_repair_writes_its_visits
         .lines()
         .filter(|line| {
             line.contains("the stored value of a key is not a count")
-                && line.contains("tally:v:poison")
+                && line.contains("stored_as=tally:v:poison ")
         })
         .count();
     assert_eq!(
         logged, 2,
         "each time the key was found bad it was logged once:\n{output}"
+    );
+    let at_shutdown: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("shut down with increments held"))
+        .collect();
+    assert!(
+        at_shutdown.len() == 1
+            && at_shutdown[0].contains("tally:v:poison-2")
+            && at_shutdown[0].contains("increments=3"),
+        "the held page, its key and amount logged at shutdown: {at_shutdown:?}\n{output}"
     );
 }
 

@@ -456,7 +456,7 @@ pub const VISIT_BATCH: &[u8] = b"\r\ntally:applied\r\n";
 pub const STATS_BATCH: &[u8] = b"\r\ntally:applied:urls\r\n";
 
 /// The high-water marks a node holds in `hash` (`tally:applied`, `tally:applied:urls`):
-/// field (instance) → sequence.
+/// field (`{instance}:{shard}`) → value (`{seq}:{unix ms}`).
 pub fn marks(node: &RedisNode, hash: &str) -> HashMap<String, String> {
     node.query(redis::cmd("HGETALL").arg(hash))
         .expect("HGETALL answers")
