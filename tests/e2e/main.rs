@@ -20,4 +20,5 @@ mod poison;
 mod secrets;
 mod sigterm;
 mod support;
+mod test_runs;
 mod two_instances;

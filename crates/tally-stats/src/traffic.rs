@@ -1,6 +1,7 @@
 //! Synthetic traffic for `POST /test/{n}/`: the URLs a test run requests.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::Rng;
@@ -61,30 +62,40 @@ impl TrafficPlan {
 }
 
 /// Admits one test run at a time: [`SingleRun::try_start`] fails while a run holds it.
+///
+/// The slot is owned by the [`RunGuard`], not borrowed, so the run itself (a task of its
+/// own) holds it until it really ends, whatever happens to the request that started it.
 #[derive(Debug, Default)]
 pub struct SingleRun {
-    running: AtomicBool,
+    running: Arc<AtomicBool>,
 }
 
-/// Holds the run slot; dropping it (run finished, or the request was cancelled) frees it.
+/// Holds the run slot; dropping it (the run ended, or was cancelled) frees it.
 #[derive(Debug)]
-pub struct RunGuard<'a> {
-    run: &'a SingleRun,
+pub struct RunGuard {
+    running: Arc<AtomicBool>,
 }
 
 impl SingleRun {
     /// Takes the slot, or `None` when a run is going.
-    pub fn try_start(&self) -> Option<RunGuard<'_>> {
+    pub fn try_start(&self) -> Option<RunGuard> {
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
-            .map(|_| RunGuard { run: self })
+            .map(|_| RunGuard {
+                running: Arc::clone(&self.running),
+            })
+    }
+
+    /// Whether a run holds the slot now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 }
 
-impl Drop for RunGuard<'_> {
+impl Drop for RunGuard {
     fn drop(&mut self) {
-        self.run.running.store(false, Ordering::Release);
+        self.running.store(false, Ordering::Release);
     }
 }
 

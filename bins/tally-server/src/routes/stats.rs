@@ -92,7 +92,7 @@ pub(crate) async fn test_run(
             value: n.into_inner(),
             max,
         })?;
-    let Some(_slot) = state.test.runs.try_start() else {
+    let Some(slot) = state.test.runs.try_start() else {
         return Err(ApiError::TestRunning);
     };
     let (plan, urls, distinct_urls) = {
@@ -105,31 +105,31 @@ pub(crate) async fn test_run(
     let client = state.test.client.clone();
     let base = format!("http://{}", state.test.target);
     let urls = Arc::new(urls);
-    // The requests run on the app runtime, where the client's connections live; this
-    // handler only waits. `_slot` is held until the run ends (or the request is dropped).
-    let succeeded = state
-        .runtime
-        .spawn(async move {
-            futures::stream::iter(0..urls.len())
-                .map(|i| {
-                    let request = client.get(format!("{base}{}", urls[i])).send();
-                    async move {
-                        match request.await {
-                            Ok(response) => {
-                                let ok = response.status().is_success();
-                                ok && response.bytes().await.is_ok()
-                            }
-                            Err(_) => false,
+    // The requests run on the app runtime, where the client's connections live, and the
+    // run owns the slot until it ends. This handler only waits: if the client goes away,
+    // actix drops it, which aborts the run (no new request is sent; those answered stay
+    // counted) and so frees the slot once the run has stopped.
+    let run = AbortOnDrop(state.runtime.spawn(async move {
+        let _slot = slot;
+        futures::stream::iter(0..urls.len())
+            .map(|i| {
+                let request = client.get(format!("{base}{}", urls[i])).send();
+                async move {
+                    match request.await {
+                        Ok(response) => {
+                            let ok = response.status().is_success();
+                            ok && response.bytes().await.is_ok()
                         }
+                        Err(_) => false,
                     }
-                })
-                .buffer_unordered(TEST_CONCURRENCY)
-                .filter(|ok| std::future::ready(*ok))
-                .count()
-                .await as u64
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+                }
+            })
+            .buffer_unordered(TEST_CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await as u64
+    }));
+    let succeeded = run.await.map_err(|e| ApiError::Internal(e.into()))?;
     Ok(HttpResponse::Ok().json(TestRun {
         requested,
         succeeded,
@@ -138,4 +138,25 @@ pub(crate) async fn test_run(
         pool: plan.pool().to_vec(),
         distinct_urls,
     }))
+}
+
+/// A spawned task that is aborted when this handle is dropped (its awaiting request
+/// cancelled); awaiting it awaits the task.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
