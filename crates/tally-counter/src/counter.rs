@@ -159,9 +159,6 @@ struct Inner<S> {
     /// Keys in every shard's quarantine: increments check a quarantine only while it is
     /// not 0.
     quarantined: AtomicUsize,
-    /// Bytes this counter's waiting keys cost (see [`PendingBytes`]), also counted in the
-    /// budget it may share with other counters.
-    buffered_bytes: AtomicUsize,
     /// Most keys one shard may hold pending or in flight: its share of `max_pending_keys`
     /// (rounded up). A shard whose store is down cannot drain, so without a share of its
     /// own it would fill the whole bound and every other shard's new keys would be refused
@@ -183,6 +180,17 @@ struct Inner<S> {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl<S> Inner<S> {
+    /// What this counter's waiting keys cost in bytes (see [`PendingBytes`]): the sum of
+    /// its shards'.
+    fn buffered_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.bytes.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
 impl<S> Drop for Inner<S> {
     fn drop(&mut self) {
         // Only signals: a dropped counter cannot flush; `Counter::shutdown` is the way.
@@ -190,7 +198,7 @@ impl<S> Drop for Inner<S> {
         // Its keys are gone with it: their bytes go back to a budget other counters share.
         self.config
             .max_pending_bytes
-            .give_back(*self.buffered_bytes.get_mut());
+            .give_back(self.buffered_bytes());
     }
 }
 
@@ -320,12 +328,9 @@ impl<S> Drop for ReadLeader<'_, S> {
 /// What caused `error`, its chain of sources on one line (the error itself when it has
 /// none): the store error that waiters of a failed shared read report as theirs.
 fn cause_text(error: &Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
+    let causes: Vec<String> = chain(std::error::Error::source(error))
+        .map(ToString::to_string)
+        .collect();
     if causes.is_empty() {
         error.to_string()
     } else {
@@ -333,18 +338,23 @@ fn cause_text(error: &Error) -> String {
     }
 }
 
+/// `first` and each of its sources in turn.
+fn chain<'a>(
+    first: Option<&'a (dyn std::error::Error + 'static)>,
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(first, |error| error.source())
+}
+
 /// `error` and each of its sources, joined with `: `: what a store said, whole (its
 /// outer message alone may only say which operation failed).
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
+    for cause in chain(error.source()) {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
         }
-        source = cause.source();
     }
     text
 }
@@ -402,7 +412,6 @@ impl<S: Store> Counter<S> {
             shards,
             buffered_keys: AtomicUsize::new(0),
             quarantined: AtomicUsize::new(0),
-            buffered_bytes: AtomicUsize::new(0),
             shard_limit,
             shard_byte_limit,
             cache,
@@ -483,6 +492,7 @@ impl<S: Store> Counter<S> {
         let cost = PendingBytes::cost(key.len());
         let buffered = inner.buffered_keys.fetch_add(1, Ordering::AcqRel);
         let shard_buffered = state.buffered.fetch_add(1, Ordering::AcqRel);
+        let shard_bytes = state.bytes.load(Ordering::Acquire);
         // The bound that refuses it, if any: the whole buffer, this shard's share, or the
         // bytes of keys waiting.
         let refused = if buffered >= limit {
@@ -495,9 +505,9 @@ impl<S: Store> Counter<S> {
                 pending: shard_buffered,
                 limit: inner.shard_limit,
             })
-        } else if state.bytes.load(Ordering::Acquire) + cost > inner.shard_byte_limit {
+        } else if shard_bytes + cost > inner.shard_byte_limit {
             Some(Error::OverloadedBytes {
-                pending_bytes: state.bytes.load(Ordering::Acquire),
+                pending_bytes: shard_bytes,
                 limit: inner.shard_byte_limit,
             })
         } else {
@@ -522,7 +532,6 @@ impl<S: Store> Counter<S> {
             inner.metrics.overloaded.increment(1);
             return Err(error);
         }
-        inner.buffered_bytes.fetch_add(cost, Ordering::AcqRel);
         state.bytes.fetch_add(cost, Ordering::AcqRel);
         inner.insert_pending(maps, shard, hash, key, n);
         Ok(())
@@ -654,7 +663,7 @@ impl<S: Store> Counter<S> {
             self.flush().await;
             // A value repaired since the last recheck takes its held increments now.
             for shard in 0..inner.shards.len() {
-                inner.recheck_quarantine(shard).await;
+                inner.recheck_quarantine(shard, true).await;
             }
         })
         .await;
@@ -693,7 +702,7 @@ impl<S: Store> Counter<S> {
             keys_written: s.keys_written.load(Ordering::Relaxed),
             increments_written: s.increments_written.load(Ordering::Relaxed),
             task_panics: s.task_panics.load(Ordering::Relaxed),
-            write_buffer_bytes: self.inner.buffered_bytes.load(Ordering::Relaxed),
+            write_buffer_bytes: self.inner.buffered_bytes(),
             quarantined_keys: self.inner.quarantined.load(Ordering::Relaxed),
             failing_shards: self
                 .inner
@@ -732,9 +741,19 @@ impl<S: Store> Inner<S> {
 
     /// Offers the shard's held increments to the store again as one batch of their own
     /// (its own sequence number, one in flight like any batch): those whose value was
-    /// repaired are written, the others stay held.
-    async fn recheck_quarantine(&self, shard: ShardId) {
+    /// repaired are written, the others stay held. Only when `quarantine_recheck` has
+    /// passed since the last time, unless `now`.
+    async fn recheck_quarantine(&self, shard: ShardId, now: bool) {
+        if self.quarantined.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut slot = self.shards[shard].slot.lock().await;
+        let due = slot
+            .last_recheck
+            .is_none_or(|at| at.elapsed() >= self.config.quarantine_recheck);
+        if !(now || due) {
+            return;
+        }
         if let Some(batch) = slot.unacked.take() {
             self.send_until_acked(shard, &mut slot, batch).await;
         }
@@ -760,17 +779,7 @@ impl<S: Store> Inner<S> {
             },
             deltas,
         };
-        self.shards[shard].view_mut().inflight_seq = slot.last_seq;
         self.send_until_acked(shard, &mut slot, batch).await;
-    }
-
-    /// Whether the shard holds increments due to be offered to the store again.
-    fn recheck_due(&self, shard: ShardId, slot: &Slot) -> bool {
-        self.quarantined.load(Ordering::Acquire) > 0
-            && !lock(&self.shards[shard].quarantine).is_empty()
-            && slot
-                .last_recheck
-                .is_none_or(|at| at.elapsed() >= self.config.quarantine_recheck)
     }
 
     /// Logs every held key with the increments it could not write (for an operator to
@@ -855,7 +864,6 @@ impl<S: Store> Inner<S> {
         self.shards[shard].buffered.fetch_add(1, Ordering::AcqRel);
         let cost = PendingBytes::cost(key.len());
         let _ = self.config.max_pending_bytes.take(cost, true);
-        self.buffered_bytes.fetch_add(cost, Ordering::AcqRel);
         self.shards[shard].bytes.fetch_add(cost, Ordering::AcqRel);
         self.insert_pending(maps, shard, hash, key, n);
     }
@@ -864,7 +872,6 @@ impl<S: Store> Inner<S> {
     /// written, dropped by a reset, or no longer held.
     fn forget_keys(&self, shard: ShardId, keys: usize, bytes: usize) {
         self.config.max_pending_bytes.give_back(bytes);
-        self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.shards[shard].bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.buffered_keys.fetch_sub(keys, Ordering::AcqRel);
         self.shards[shard]
@@ -1180,10 +1187,15 @@ impl<S: Store> Inner<S> {
     fn acknowledge(&self, shard: ShardId, batch: &Batch, applied: &Applied) {
         let state = &self.shards[shard];
         let mut view = state.view_mut();
-        let mut rejected = vec![None; batch.deltas.len()];
-        for key in &applied.rejected {
-            rejected[key.index] = Some(key);
+        // Each key's rejection, if any; nothing allocated in the common case of none.
+        let mut rejected_at = Vec::new();
+        if !applied.rejected.is_empty() {
+            rejected_at = vec![None; batch.deltas.len()];
+            for key in &applied.rejected {
+                rejected_at[key.index] = Some(key);
+            }
         }
+        let rejected = (0..batch.deltas.len()).map(|i| rejected_at.get(i).copied().flatten());
         // Buffer places this batch gives back: one per key written, one per rejected key
         // already held under a place of its own.
         let (mut freed, mut freed_bytes) = (0, 0);
@@ -1380,9 +1392,6 @@ async fn run_flusher<S: Store>(
         }
         let Some(inner) = inner.upgrade() else { return };
         inner.flush_shard(shard, 1).await;
-        let due = inner.recheck_due(shard, &*inner.shards[shard].slot.lock().await);
-        if due {
-            inner.recheck_quarantine(shard).await;
-        }
+        inner.recheck_quarantine(shard, false).await;
     }
 }
