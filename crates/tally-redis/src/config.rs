@@ -584,26 +584,7 @@ mod tests {
         );
     }
 
-    /// Passwords holding each character that is special in a URL or in `REDIS_NODES`,
-    /// written as they are; their alphanumeric runs must never show.
-    const AWKWARD_PASSWORDS: &[&str] = &[
-        "Kq7vTr0ub4dor,Hx2zHorse",
-        "Kq7vCorr@Hx2zEct",
-        "Kq7vBat:Hx2zTery",
-        "Kq7vSta/Hx2zPle",
-        "Kq7vHund%Hx2zPure",
-        "Kq7vTwo Hx2zWords",
-        "Kq7v,@:/% Hx2z,,Mix",
-    ];
-
-    fn assert_hidden(password: &str, shown: &str) {
-        for part in password.split(|c: char| !c.is_ascii_alphanumeric()) {
-            assert!(
-                part.len() < 4 || !shown.contains(part),
-                "{part:?} of the password shows in: {shown}"
-            );
-        }
-    }
+    use tally_testkit::{AWKWARD_PASSWORDS, assert_password_hidden};
 
     #[test]
     fn redact_hides_awkward_passwords_whole_in_a_list() {
@@ -615,7 +596,7 @@ mod tests {
                 format!("redis://:{password}@r1:6379,redis://:{password}@r2:notaport"),
             ] {
                 let shown = redact(&list);
-                assert_hidden(password, &shown);
+                assert_password_hidden(password, &shown);
                 assert!(shown.contains("***@r1:6379"), "{shown}");
             }
         }
@@ -657,7 +638,7 @@ mod tests {
                 format!("redis://:{password}@"),
             ] {
                 let err = RedisConfig::from_urls(&list).unwrap_err();
-                assert_hidden(password, &format!("{err} {err:?}"));
+                assert_password_hidden(password, &format!("{err} {err:?}"));
             }
         }
     }

@@ -53,6 +53,7 @@
 //! - `overlap`: [`second_while_first_runs`], a request made while another is proven to
 //!   be under way.
 //! - `server`: [`ServerProcess`], a server binary as a child process.
+//! - `secrets`: [`AWKWARD_PASSWORDS`] and [`assert_password_hidden`], for redaction tests.
 //! - `signal`: signals through `kill`; `error`: [`Error`].
 #![deny(missing_docs)]
 
@@ -62,6 +63,7 @@ mod load;
 mod node;
 mod overlap;
 mod proxy;
+mod secrets;
 mod server;
 mod signal;
 
@@ -71,4 +73,5 @@ pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
 pub use overlap::{Overlap, second_while_first_runs};
 pub use proxy::{FaultProxy, Mode};
+pub use secrets::{AWKWARD_PASSWORDS, assert_password_hidden};
 pub use server::{ServerProcess, TEST_LOG_ENV, resident_memory};

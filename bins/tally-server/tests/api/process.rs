@@ -4,24 +4,14 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use tally_testkit::{RedisCluster, RedisNode, free_port};
+use tally_testkit::{
+    AWKWARD_PASSWORDS, RedisCluster, RedisNode, assert_password_hidden, free_port,
+};
 
 use crate::helpers::{
     ServerProcess, owner, page_owned_by_name, post_visits_concurrently, run_to_exit, send, stored,
     stored_total,
 };
-
-/// Passwords holding each character that is special in a URL or in a `REDIS_NODES` list.
-/// Their alphanumeric runs (`Kq7vTr0ub4dor`, `Hx2zHorse`, ...) must never be printed.
-const AWKWARD_PASSWORDS: &[&str] = &[
-    "Kq7vTr0ub4dor,Hx2zHorse",
-    "Kq7vCorr@Hx2zEct",
-    "Kq7vBat:Hx2zTery",
-    "Kq7vSta/Hx2zPle",
-    "Kq7vHund%Hx2zPure",
-    "Kq7vTwo Hx2zWords",
-    "Kq7v,@:/% Hx2z,,Mix",
-];
 
 /// `password` as the README says to write it in a URL: `/ ? # %` percent-encoded, the rest
 /// as it is.
@@ -31,19 +21,6 @@ fn url_password(password: &str) -> String {
         .replace('/', "%2F")
         .replace('?', "%3F")
         .replace('#', "%23")
-}
-
-/// Asserts that no alphanumeric run of `password` (4 characters or more) is in `text`.
-fn assert_password_hidden(password: &str, text: &str) {
-    for part in password
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|part| part.len() >= 4)
-    {
-        assert!(
-            !text.contains(part),
-            "{part:?} of the password shows in:\n{text}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
