@@ -142,31 +142,20 @@ async fn a_poisoned_value_holds_only_its_own_page_and_a_repair_writes_its_visits
 
 /// Waits until `/status` reports `n` held pages.
 async fn held(server: &Server, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = server.get_json("/status").await;
-        if status["counter_status"]["quarantined_keys"] == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {n} held pages: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_for_status(&format!("{n} held pages"), |status| {
+            status["counter_status"]["quarantined_keys"] == n
+        })
+        .await;
 }
 
 /// Waits until only `held` pages wait in the write buffer (the held ones keep their place).
 async fn wait_written(server: &Server, held: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = server.get_json("/status").await;
-        if status["counter_status"]["write_buffer_size"] == held {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "visits still unwritten: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_for_status("the visits to be written", |status| {
+            status["counter_status"]["write_buffer_size"] == held
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,15 +177,11 @@ async fn a_statistics_set_of_the_wrong_type_is_reported_naming_key_and_node() {
     })
     .await;
     let name = crate::support::name_of(node);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = server.get_json("/status").await;
-        if status["stats_status"]["failing_nodes"][&name].is_string() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no failing node: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = server
+        .wait_for_status(&format!("{name} among the failing nodes"), |status| {
+            status["stats_status"]["failing_nodes"][&name].is_string()
+        })
+        .await;
     let failures_before = status["stats_status"]["batches_failed"]
         .as_u64()
         .unwrap_or(0);

@@ -178,12 +178,25 @@ impl Server {
     /// Waits until `/status` reports the node at `url` (`redis://host:port`) up or down, as
     /// `up` says: the server has seen the fault (or the recovery). Panics after 30 s.
     pub async fn wait_for_node(&self, url: &str, up: bool) {
+        let what = format!("the server to see {url} {}", if up { "up" } else { "down" });
+        self.wait_for_status(&what, |status| {
+            status["redis_status"]["node_status"][url] == up
+        })
+        .await;
+    }
+
+    /// Polls `/status` every 20 ms until `done` says yes of it, and returns it; panics
+    /// after 30 s, naming `what` and showing the last answer.
+    pub async fn wait_for_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.get_json("/status").await["redis_status"]["node_status"][url] != up {
+        loop {
+            let status = self.get_json("/status").await;
+            if done(&status) {
+                return status;
+            }
             assert!(
                 Instant::now() < deadline,
-                "the server never saw {url} {}",
-                if up { "up" } else { "down" }
+                "waited 30 s for {what}: {status}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
