@@ -12,6 +12,7 @@ mod backlog;
 mod bad_input;
 mod cardinality;
 mod concurrent;
+mod deep_stats;
 mod kill;
 mod lost_replies;
 mod overload;

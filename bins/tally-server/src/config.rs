@@ -85,7 +85,8 @@ pub struct Config {
     pub enable_metrics: bool,
     /// `METRICS_INTERVAL_SECONDS` (default 60): how often a counter summary is logged.
     pub metrics_interval: Duration,
-    /// `HOST` (default `0.0.0.0`): address to listen on.
+    /// `HOST` (default `127.0.0.1`): address to listen on. The container image sets
+    /// `0.0.0.0`.
     pub host: IpAddr,
     /// `PORT` (default 8000): port to listen on; 0 picks a free one (logged at start).
     pub port: u16,
@@ -134,7 +135,7 @@ impl Default for Config {
             project_name: "tally".to_owned(),
             enable_metrics: true,
             metrics_interval: Duration::from_secs(60),
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8000,
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
@@ -887,7 +888,7 @@ mod tests {
         assert_eq!(config.batch_max_bytes, 1024 * 1024);
         assert_eq!(config.api_prefix, "/api/v1");
         assert!(config.enable_metrics);
-        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.port, 8000);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.health_check_interval, Duration::from_secs(5));

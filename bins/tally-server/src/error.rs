@@ -50,6 +50,13 @@ pub enum ApiError {
         /// Seconds until a retry has a chance (`Retry-After`).
         retry_after: u64,
     },
+    /// 503 `overloaded`: `/stats/` could not start a ranking within
+    /// [`tally_stats::MERGE_WAIT`], as [`tally_stats::MAX_CONCURRENT_MERGES`] were running.
+    #[error("too many /stats/ rankings are being computed ({merges} at most at once); retry later")]
+    RankingBusy {
+        /// [`tally_stats::MAX_CONCURRENT_MERGES`].
+        merges: usize,
+    },
     /// 503 `store_unavailable`: the Redis node owning the page did not answer.
     #[error("redis node {node} is unavailable; retry later")]
     StoreUnavailable {
@@ -105,7 +112,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Overloaded { .. } => "overloaded",
+            Self::Overloaded { .. } | Self::RankingBusy { .. } => "overloaded",
             Self::StoreUnavailable { .. } => "store_unavailable",
             Self::InvalidRequestCount { .. } => "invalid_request_count",
             Self::InvalidQuery(_) => "invalid_query",
@@ -121,7 +128,7 @@ impl ApiError {
             Self::Overloaded { retry_after, .. } | Self::StoreUnavailable { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::ShuttingDown | Self::TestRunning => Some(1),
+            Self::ShuttingDown | Self::TestRunning | Self::RankingBusy { .. } => Some(1),
             _ => None,
         }
     }
@@ -161,9 +168,10 @@ impl ResponseError for ApiError {
             Self::TestRunning => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Overloaded { .. } | Self::StoreUnavailable { .. } | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded { .. }
+            | Self::RankingBusy { .. }
+            | Self::StoreUnavailable { .. }
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::CorruptCount { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +208,14 @@ impl ResponseError for ApiError {
 pub(crate) fn stats_error(error: tally_stats::Error, overload_retry_after: u64) -> ApiError {
     match error {
         tally_stats::Error::Counter(error) => counter_error(error, overload_retry_after),
+        tally_stats::Error::Busy { merges, .. } => ApiError::RankingBusy { merges },
+        tally_stats::Error::ShardUnavailable { ref name, .. } => ApiError::StoreUnavailable {
+            node: name.clone(),
+            // A node marked down is probed again within a second.
+            retry_after: 1,
+            source: error.into(),
+        },
+        error @ tally_stats::Error::MergeStopped { .. } => ApiError::Internal(error.into()),
         other => ApiError::InvalidQuery(other),
     }
 }

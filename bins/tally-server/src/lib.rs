@@ -29,8 +29,22 @@
 //!
 //! # Decisions
 //!
-//! - `HOST` defaults to `0.0.0.0`, as the original Docker service: the server is meant to
-//!   run in a container behind a port mapping. Set `HOST=127.0.0.1` on a shared machine.
+//! - `HOST` defaults to `127.0.0.1`: the API has no authentication (anyone who reaches it
+//!   can count, reset and start `/test/` runs), so a bare `cargo run` does not offer it to
+//!   the network. The container image and the compose file set `HOST=0.0.0.0`, which a
+//!   port mapping needs (the original's Docker service listened there).
+//! - `/test/{n}/` stays on by default (the original's, and the walkthrough's), bounded: one
+//!   run at a time, at most `TEST_MAX_REQUESTS` requests, cancelled when its client goes
+//!   away, and at most 1,092 distinct URLs a run (three strings, one to six segments). It
+//!   gives a caller nothing a plain `GET /api/...` loop does not, but 100,000 requests for
+//!   one: turn it off (`TEST_ENDPOINT_ENABLED=false`) where the API is public.
+//! - `/metrics` is public when on (`ENABLE_METRICS`, default true), as Prometheus scrapes
+//!   expect: it shows request rates by route pattern and node `host:port`s, never a
+//!   password or a page id. Restrict it at the proxy or the network where that matters,
+//!   or turn it off.
+//! - `/stats/` merges at most `tally_stats::MAX_CONCURRENT_MERGES` rankings at once; a
+//!   query that finds them busy for `tally_stats::MERGE_WAIT` answers 503 `overloaded`
+//!   with `Retry-After: 1`.
 //! - On the embedded store `served_via` is always `in_memory`, `"node"` is `embedded`,
 //!   `/health` answers 200 with `"redis":"embedded"` and `/status` reports no nodes.
 //! - `/health` reads node health as of the last check (every

@@ -78,8 +78,14 @@
 //!
 //! - `config`: [`RedisConfig`], [`NodeUrl`], [`Secret`] and [`redact`].
 //! - `layout`: [`Layout`], the key names and the batch script both layouts share.
-//! - `node`: one node's pool, health state, the timeout/error/metrics wrapper of every
-//!   command, and the first contact (identity, eviction policy).
+//! - `node`: one node's pools, health state, the timeout/error/metrics wrapper of every
+//!   command, and the first contact (identity, eviction policy). Each node has three pools:
+//!   `REDIS_POOL_SIZE` connections for batches, reads and resets;
+//!   [`RANKING_CONNECTIONS`] for sorted-set reads ([`RedisStore::top`], which a deep
+//!   ranking makes large), so rankings never take the connections writes need; and two for
+//!   health pings, which never wait behind busy commands. A ranking read waits at least
+//!   [`RANKING_TIMEOUT_FLOOR`] for its answer, and one that times out does not mark its
+//!   node down (it is slow because it is large); the health check decides.
 //! - `marks`: removal of old high-water marks (the sweep script and its schedule).
 //! - `store`: [`RedisStore`], routing, the `Store` implementation, node identities and the
 //!   health task.
@@ -108,5 +114,5 @@ pub use error::{Error, Result};
 pub use layout::{
     COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, URLS_KEY, URLS_MARKS_KEY, mark_field,
 };
-pub use node::NODE_ID_KEY;
+pub use node::{NODE_ID_KEY, RANKING_CONNECTIONS, RANKING_TIMEOUT_FLOOR};
 pub use store::RedisStore;

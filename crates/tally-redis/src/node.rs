@@ -23,6 +23,24 @@ use crate::layout::{COUNTER_MARKS_KEY, URLS_MARKS_KEY};
 /// keeps the later entry down when it answers only later.
 pub const NODE_ID_KEY: &str = "tally:node-id";
 
+/// Connections of a node's ranking pool: sorted-set reads (`top`, `len`) use these and
+/// never the `REDIS_POOL_SIZE` connections of batch writes, reads and resets.
+pub const RANKING_CONNECTIONS: usize = 2;
+
+/// Connections of a node's probe pool: health pings and the first contact use these only,
+/// so a check never waits for a connection behind busy commands.
+const PROBE_CONNECTIONS: usize = 2;
+
+/// Commands on the ranking pool. A slow answer to one of them (a deep ranking moves a lot
+/// of data) does not mark the node down: the health check, on its own connections, decides
+/// that. A failed connection still does.
+const RANKING_OPS: [&str; 2] = ["top", "len"];
+
+/// Commands on the ranking pool wait for their answer at least this long, or
+/// `REDIS_TIMEOUT` if longer: a deep ranking's answer is large (110,000 members of up to
+/// 2 KB at the bounds) and takes time to move, which says nothing about the node.
+pub const RANKING_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
+
 /// Pause between connection attempts: `attempt * CONNECT_BACKOFF`.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -31,7 +49,12 @@ pub(crate) struct Node {
     /// The entry as in `REDIS_NODES`, password replaced by `***`, for messages that must
     /// tell two entries of one node apart.
     url: String,
+    /// Batch writes, reads, resets, sweeps: `REDIS_POOL_SIZE` connections.
     pool: Pool,
+    /// Sorted-set reads for rankings: [`RANKING_CONNECTIONS`].
+    ranking_pool: Pool,
+    /// Health pings and identification: [`PROBE_CONNECTIONS`].
+    probe_pool: Pool,
     timeout: Duration,
     attempts: u32,
     /// A `std::sync::Mutex`: held only to read or flip the state, never across `.await`.
@@ -87,20 +110,28 @@ impl Node {
         let connection = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(None);
-        let manager =
-            deadpool_redis::Manager::new_with_config(info, connection).map_err(invalid)?;
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .build()
-            .map_err(|e| Error::Config {
-                field: "REDIS_POOL_SIZE",
-                problem: format!("cannot build the connection pool of {name}: {e}"),
-            })?;
+        let pool_of = |size: usize| -> Result<Pool> {
+            let manager =
+                deadpool_redis::Manager::new_with_config(info.clone(), connection.clone())
+                    .map_err(invalid)?;
+            Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|e| Error::Config {
+                    field: "REDIS_POOL_SIZE",
+                    problem: format!("cannot build the connection pool of {name}: {e}"),
+                })
+        };
+        let pool = pool_of(config.pool_size)?;
+        let ranking_pool = pool_of(RANKING_CONNECTIONS)?;
+        let probe_pool = pool_of(PROBE_CONNECTIONS)?;
         metrics::gauge!("tally_redis_node_up", "node" => name.clone()).set(1.0);
         Ok(Self {
             name,
             url: shown,
             pool,
+            ranking_pool,
+            probe_pool,
             timeout: config.timeout,
             attempts: config.retry_attempts,
             state: Mutex::new(State {
@@ -195,8 +226,19 @@ impl Node {
         );
     }
 
-    /// A pooled connection for `op`, failing fast while the node is marked down.
+    /// A connection of the main pool for `op`, failing fast while the node is marked down.
     pub(crate) async fn checkout(&self, op: &'static str) -> Result<Connection> {
+        self.checkout_from(&self.pool, op).await
+    }
+
+    /// A connection of the ranking pool for `op` (one of [`RANKING_OPS`]), failing fast
+    /// while the node is marked down.
+    pub(crate) async fn checkout_ranking(&self, op: &'static str) -> Result<Connection> {
+        debug_assert!(RANKING_OPS.contains(&op), "{op} is not a ranking op");
+        self.checkout_from(&self.ranking_pool, op).await
+    }
+
+    async fn checkout_from(&self, pool: &Pool, op: &'static str) -> Result<Connection> {
         {
             let state = self.state();
             if !state.up {
@@ -209,22 +251,28 @@ impl Node {
                 return Err(err);
             }
         }
-        let result = self.connect().await;
+        let result = self.connect(pool).await;
         self.observe(op, result)
     }
 
-    /// Runs `command` on a connection from [`Node::checkout`], bounded by the timeout.
+    /// Runs `command` on a connection from [`Node::checkout`], bounded by the timeout
+    /// (for [`RANKING_OPS`], at least [`RANKING_TIMEOUT_FLOOR`]).
     pub(crate) async fn finish<T>(
         &self,
         op: &'static str,
         command: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, command).await {
+        let timeout = if RANKING_OPS.contains(&op) {
+            self.timeout.max(RANKING_TIMEOUT_FLOOR)
+        } else {
+            self.timeout
+        };
+        let result = match tokio::time::timeout(timeout, command).await {
             Err(_) => Err(Error::Timeout {
                 node: self.name.clone(),
                 op,
-                after: self.timeout,
+                after: timeout,
             }),
             Ok(Err(source)) => Err(self.classify(op, source)),
             Ok(Ok(value)) => Ok(value),
@@ -245,7 +293,7 @@ impl Node {
         if self.state().disabled {
             return Probe::Down;
         }
-        let result = match self.observe("ping", self.connect().await) {
+        let result = match self.observe("ping", self.connect(&self.probe_pool).await) {
             Ok(mut conn) => {
                 match self
                     .finish("ping", redis::cmd("PING").query_async::<String>(&mut *conn))
@@ -342,12 +390,12 @@ impl Node {
         }
     }
 
-    /// Gets a pooled connection, trying to open one up to `attempts` times.
-    async fn connect(&self) -> Result<Connection> {
+    /// Gets a connection of `pool`, trying to open one up to `attempts` times.
+    async fn connect(&self, pool: &Pool) -> Result<Connection> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let source = match tokio::time::timeout(self.timeout, self.pool.get()).await {
+            let source = match tokio::time::timeout(self.timeout, pool.get()).await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Err(_) => {
                     return Err(Error::Timeout {
@@ -396,7 +444,8 @@ impl Node {
     fn observe<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
             self.count_error(op, e);
-            if e.marks_node_down() {
+            let slow_ranking = RANKING_OPS.contains(&op) && matches!(e, Error::Timeout { .. });
+            if e.marks_node_down() && !slow_ranking {
                 self.mark_down(e);
             }
         }

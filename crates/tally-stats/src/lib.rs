@@ -47,5 +47,8 @@ mod traffic;
 
 pub use error::{Error, Result};
 pub use path::{MAX_PATH_BYTES, OVERFLOW_KEY, PREFIX, UrlPath};
-pub use tracker::{DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, Page, StatsTracker, UrlCount};
+pub use tracker::{
+    DEFAULT_LIMIT, MAX_CONCURRENT_MERGES, MAX_LIMIT, MAX_OFFSET, MERGE_WAIT, Page, StatsTracker,
+    UrlCount,
+};
 pub use traffic::{MAX_SEGMENTS, POOL_SIZE, RunGuard, SEGMENT_LEN, SingleRun, TrafficPlan};

@@ -1,9 +1,16 @@
 //! `StatsTracker`: counting through the batching core, and the exact merged ranking.
 
-use std::cmp::Ordering;
+use std::cmp::Ordering as RankOrdering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tally_counter::{Counter, CounterConfig, RankedStore, ShutdownReport};
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared, WeakShared};
+use tally_counter::{Counter, CounterConfig, RankedStore, ShardId, ShutdownReport};
+use tokio::sync::Semaphore;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Result};
 use crate::path::UrlPath;
@@ -17,7 +24,7 @@ pub const MAX_LIMIT: usize = 10_000;
 pub const MAX_OFFSET: usize = 100_000;
 
 /// One page of the ranking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Page {
     /// Entries to return, 1..=[`MAX_LIMIT`].
     pub limit: usize,
@@ -77,27 +84,107 @@ pub struct UrlCount {
 }
 
 /// The ranking order: count descending, then url ascending.
-fn rank_order(a: &UrlCount, b: &UrlCount) -> Ordering {
+fn rank_order(a: &UrlCount, b: &UrlCount) -> RankOrdering {
     b.count.cmp(&a.count).then_with(|| a.url.cmp(&b.url))
 }
+
+/// At most this many rankings are merged at once by one tracker.
+///
+/// A merge asks every shard for up to `offset + limit` entries (110,000 at the bounds), so
+/// its cost is set by the store's answer sizes; bounding how many run at once bounds the
+/// memory, the store connections and the store time the rankings take, whatever the
+/// request rate. `tally-redis` gives ranking reads connections of their own as well, so
+/// merges never take those of batch writes and health pings.
+pub const MAX_CONCURRENT_MERGES: usize = 2;
+
+/// How long a ranking waits for one of the [`MAX_CONCURRENT_MERGES`] slots before it gives
+/// up with [`Error::Busy`].
+pub const MERGE_WAIT: Duration = Duration::from_secs(1);
 
 /// Counts requests by path into a [`RankedStore`] through a [`Counter`], and ranks them.
 ///
 /// Recording is an in-memory increment (no store round trip); the counter batches the
-/// writes like any other counts.
+/// writes like any other counts. Rankings are bounded: see [`StatsTracker::ranking`].
 #[derive(Debug)]
 pub struct StatsTracker<S: RankedStore> {
     counter: Counter<S>,
     flush_timeout: Duration,
+    gate: Arc<Gate>,
 }
 
 impl<S: RankedStore> Clone for StatsTracker<S> {
-    /// Clones share one counter (cheap).
+    /// Clones share one counter and one bound on merges (cheap).
     fn clone(&self) -> Self {
         Self {
             counter: self.counter.clone(),
             flush_timeout: self.flush_timeout,
+            gate: Arc::clone(&self.gate),
         }
+    }
+}
+
+/// A merge's outcome, shared by every request waiting on it (so it must be `Clone`).
+type Merged = std::result::Result<Arc<Vec<UrlCount>>, Failure>;
+/// A merge every request for its page can await.
+type SharedMerge = Shared<BoxFuture<'static, Merged>>;
+/// The merges waiting for a slot: page → (merge id, the merge).
+type Queued = HashMap<Page, (u64, WeakShared<BoxFuture<'static, Merged>>)>;
+
+/// Why a shared merge gave no ranking; each waiter gets it as an [`Error`].
+#[derive(Clone, Debug)]
+enum Failure {
+    Busy,
+    Unavailable {
+        shard: ShardId,
+        name: String,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    Stopped(Arc<str>),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Self::Busy => Error::Busy {
+                merges: MAX_CONCURRENT_MERGES,
+                waited: MERGE_WAIT,
+            },
+            Self::Unavailable {
+                shard,
+                name,
+                source,
+            } => Error::ShardUnavailable {
+                shard,
+                name,
+                source,
+            },
+            Self::Stopped(reason) => Error::MergeStopped {
+                reason: reason.to_string(),
+            },
+        }
+    }
+}
+
+/// The bound on concurrent merges, and the merges asked for but not started yet.
+#[derive(Debug)]
+struct Gate {
+    slots: Arc<Semaphore>,
+    /// Merges waiting for a slot, by page: a request for the same page joins one of these
+    /// rather than queueing a merge of its own. A merge leaves this map when it starts, so
+    /// whoever joins it arrived before it started. Weak: when every request waiting on a
+    /// merge has gone, the merge is dropped, which cancels it.
+    /// A `std::sync::Mutex`: held to look up or insert, never across `.await`.
+    queued: Mutex<Queued>,
+    next_id: AtomicU64,
+    /// Where merges run: the runtime the tracker was made on, where the store's
+    /// connections live.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Gate {
+    fn queued(&self) -> MutexGuard<'_, Queued> {
+        // Plain data: a panic elsewhere cannot leave it inconsistent.
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -110,10 +197,19 @@ impl<S: RankedStore> StatsTracker<S> {
     ///
     /// # Errors
     /// [`Error::Counter`] for an invalid config.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the counter's flushers and the merges run on it).
     pub fn new(store: S, config: CounterConfig, flush_timeout: Duration) -> Result<Self> {
         Ok(Self {
             counter: Counter::new(store, config)?,
             flush_timeout,
+            gate: Arc::new(Gate {
+                slots: Arc::new(Semaphore::new(MAX_CONCURRENT_MERGES)),
+                queued: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                runtime: tokio::runtime::Handle::current(),
+            }),
         })
     }
 
@@ -128,14 +224,76 @@ impl<S: RankedStore> StatsTracker<S> {
 
     /// The ranking page `page`: counts descending, then url ascending.
     ///
-    /// This instance's pending counts are flushed first (waiting at most the flush
-    /// timeout; past it the ranking shows what the store holds), then every shard's top
-    /// `offset + limit` entries are merged. The merge is exact because each URL lives on
-    /// exactly one shard and shards break ties in the same order.
+    /// A merge flushes this instance's pending counts first (waiting at most the flush
+    /// timeout; past it the ranking shows what the store holds), then merges every shard's
+    /// top `offset + limit` entries. The merge is exact because each URL lives on exactly
+    /// one shard and shards break ties in the same order.
+    ///
+    /// Merges are bounded and shared:
+    /// - at most [`MAX_CONCURRENT_MERGES`] run at once, on the runtime the tracker was
+    ///   made on; a ranking that cannot start one within [`MERGE_WAIT`] fails with
+    ///   [`Error::Busy`];
+    /// - concurrent calls for the same page share one merge that started after each of
+    ///   them was made, so no answer is older than its call;
+    /// - dropping this future (a client that went away) cancels the merge once no other
+    ///   call waits on it.
     ///
     /// # Errors
-    /// [`Error::Counter`] when a shard does not answer.
+    /// [`Error::Busy`] as above; [`Error::ShardUnavailable`] when a shard does not answer.
     pub async fn ranking(&self, page: Page) -> Result<Vec<UrlCount>> {
+        match self.join_or_queue(page).await {
+            Ok(ranking) => Ok(Arc::unwrap_or_clone(ranking)),
+            Err(failure) => Err(failure.into_error()),
+        }
+    }
+
+    /// The merge queued for `page`, or a new one.
+    fn join_or_queue(&self, page: Page) -> SharedMerge {
+        let mut queued = self.gate.queued();
+        if let Some(merge) = queued.get(&page).and_then(|(_, weak)| weak.upgrade()) {
+            return merge;
+        }
+        // Entries whose callers all went away (their merges cancelled).
+        queued.retain(|_, (_, weak)| weak.upgrade().is_some());
+        let id = self.gate.next_id.fetch_add(1, Ordering::Relaxed);
+        let tracker = self.clone();
+        let task = AbortOnDropHandle::new(
+            self.gate
+                .runtime
+                .spawn(async move { tracker.merge_when_admitted(page, id).await }),
+        );
+        let merge = task
+            .map(|joined| joined.unwrap_or_else(|e| Err(Failure::Stopped(e.to_string().into()))))
+            .boxed()
+            .shared();
+        if let Some(weak) = merge.downgrade() {
+            queued.insert(page, (id, weak));
+        }
+        merge
+    }
+
+    /// Waits for a merge slot (at most [`MERGE_WAIT`]), leaves the queue, and merges.
+    async fn merge_when_admitted(self, page: Page, id: u64) -> Merged {
+        let slot =
+            tokio::time::timeout(MERGE_WAIT, Arc::clone(&self.gate.slots).acquire_owned()).await;
+        {
+            // Started (or given up): calls from now on queue a merge of their own.
+            let mut queued = self.gate.queued();
+            if queued
+                .get(&page)
+                .is_some_and(|(queued_id, _)| *queued_id == id)
+            {
+                queued.remove(&page);
+            }
+        }
+        let Ok(Ok(_slot)) = slot else {
+            return Err(Failure::Busy);
+        };
+        self.merge(page).await.map(Arc::new)
+    }
+
+    /// One merge, unbounded: flush, then every shard's top `offset + limit`.
+    async fn merge(&self, page: Page) -> std::result::Result<Vec<UrlCount>, Failure> {
         let _ = tokio::time::timeout(self.flush_timeout, self.counter.flush()).await;
         let store = self.counter.store();
         let wanted = page.offset + page.limit;
@@ -146,12 +304,10 @@ impl<S: RankedStore> StatsTracker<S> {
         .await;
         let mut merged = Vec::new();
         for (shard, answer) in answers {
-            let entries = answer.map_err(|source| {
-                Error::Counter(tally_counter::Error::Store {
-                    shard,
-                    name: store.shard_name(shard).to_owned(),
-                    source,
-                })
+            let entries = answer.map_err(|source| Failure::Unavailable {
+                shard,
+                name: store.shard_name(shard).to_owned(),
+                source: Arc::from(source),
             })?;
             merged.extend(
                 entries

@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt as _;
 use serde::Serialize;
 use tally_stats::{Page, TrafficPlan};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -44,13 +45,13 @@ pub(crate) async fn stats(
         query.get("offset").map(String::as_str),
     )
     .map_err(ApiError::InvalidQuery)?;
-    let stats = state.stats.clone();
-    // On the app runtime, where the store's connections live (see `AppState::runtime`).
+    // Bounded, shared with identical concurrent queries, run on the app runtime where the
+    // store's connections live, and cancelled when every client waiting on it has gone
+    // (see `StatsTracker::ranking`).
     let ranking = state
-        .runtime
-        .spawn(async move { stats.ranking(page).await })
+        .stats
+        .ranking(page)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| state.stats_error(e))?;
     let body: Vec<Ranked> = ranking
         .into_iter()
@@ -109,7 +110,7 @@ pub(crate) async fn test_run(
     // run owns the slot until it ends. This handler only waits: if the client goes away,
     // actix drops it, which aborts the run (no new request is sent; those answered stay
     // counted) and so frees the slot once the run has stopped.
-    let run = AbortOnDrop(state.runtime.spawn(async move {
+    let run = AbortOnDropHandle::new(state.runtime.spawn(async move {
         let _slot = slot;
         futures::stream::iter(0..urls.len())
             .map(|i| {
@@ -138,25 +139,4 @@ pub(crate) async fn test_run(
         pool: plan.pool().to_vec(),
         distinct_urls,
     }))
-}
-
-/// A spawned task that is aborted when this handle is dropped (its awaiting request
-/// cancelled); awaiting it awaits the task.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
 }

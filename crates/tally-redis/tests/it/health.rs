@@ -29,6 +29,9 @@ async fn a_timed_out_command_marks_the_node_down_until_it_answers_a_ping() -> Te
     let before = store.health()[0].clone();
     assert!(before.up);
     assert!(store.shard_up(0), "shard_up agrees with health");
+    // Opens a connection of the command pool (the start-up check used the probe pool), so
+    // that the read below times out on a command rather than on connecting.
+    store.get(0, InstanceId::from_u64(1), &["k"]).await?;
 
     node.pause()?;
     let timed_out = store

@@ -88,6 +88,37 @@ async fn top_orders_ties_by_member_ascending_and_cuts_ties_exactly() -> TestResu
 }
 
 #[tokio::test]
+async fn top_and_the_one_step_script_agree_with_a_sorted_tally_at_every_cut() -> TestResult {
+    let node = RedisNode::start()?;
+    let stats = connect(&node.url()).await.with_layout(Layout::SortedSet);
+    // 300 members over 12 counts: long runs of ties, so most cuts fall inside one. The
+    // members' order is not their insertion order.
+    let tally: Vec<(String, u64)> = (0..300u64)
+        .map(|i| {
+            (
+                format!("/api/m/{:03}/", (i * 7919) % 1000),
+                1 + (i * 31) % 12,
+            )
+        })
+        .collect();
+    let deltas: Vec<(&str, u64)> = tally.iter().map(|(m, c)| (m.as_str(), *c)).collect();
+    stats.apply(0, &batch(1, 1, &deltas)).await?;
+    let mut want = tally.clone();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+
+    for limit in [1, 2, 24, 25, 26, 100, 299, 300, 301, 1000] {
+        let expected = &want[..limit.min(want.len())];
+        assert_eq!(stats.top(0, limit).await?, expected, "top, limit {limit}");
+        assert_eq!(
+            stats.top_by_script_only(0, limit).await?,
+            expected,
+            "script, limit {limit}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn sorted_set_reads_and_resets_go_through_the_same_script() -> TestResult {
     let node = RedisNode::start()?;
     let stats = connect(&node.url()).await.with_layout(Layout::SortedSet);

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+mod gate;
+
 use proptest::prelude::*;
 use tally_counter::{CounterConfig, MemoryStore};
 use tally_stats::{Page, StatsTracker, UrlCount, UrlPath};

@@ -1,0 +1,269 @@
+//! Scenario 15: deep `/stats/` queries cannot take a node down. Three nodes hold 360,000
+//! URLs of about 1 KB (written straight into each owner's sorted set), and 20 clients ask
+//! at once for `/stats/?offset=100000&limit=10000`: each merge moves some 330 MB (110,000
+//! members from each node). First 20 different pages (no two can share a merge, so the
+//! bound on concurrent merges is what holds), then 20 identical ones (the original report).
+//!
+//! While they run, every node stays up (no "marked down" in the server's log, `/status`
+//! sees all three, `/health` says `healthy`), and uncached visit reads, which need a
+//! node's answer, succeed. Every deep query answers 200 with the exact page, or 503
+//! `overloaded` with `Retry-After`; a refused query costs the nodes nothing, and the bound
+//! was reached (some were refused: 20 merges of 330 MB cannot pass two at a time through
+//! one second of waiting).
+//!
+//! Before the bound, the 20 merges took the connections of the nodes' one pool, health
+//! pings waited behind them past `REDIS_TIMEOUT`, and each node was marked down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Rig, Server, json, one_at_a_time};
+
+/// URLs written, their length, and their counts: `1 + i % COUNTS` (long runs of ties, so
+/// every cut falls inside one).
+const URLS: usize = 360_000;
+const URL_BYTES: usize = 1_000;
+const COUNTS: usize = 40;
+/// Concurrent deep queries, and their page.
+const QUERIES: usize = 20;
+const OFFSET: usize = 100_000;
+const LIMIT: usize = 10_000;
+/// Visit counters written straight to the nodes, read (uncached) during the queries.
+const PAGES: usize = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_deep_stats_queries_leave_every_node_up_and_reads_served() {
+    let _serial = one_at_a_time().await;
+    let started = Instant::now();
+    let rig = Rig::start(3);
+    let ranking = ranked(seed_urls(&rig));
+    let pages = seed_visits(&rig);
+    // A deep answer keeps a node busy for a while (110 MB to write out); the nodes' other
+    // commands wait behind it. 2 s is under the 5 s default.
+    let server = rig.server(&[("REDIS_TIMEOUT", "2")]);
+    let mut reads = pages.iter();
+
+    let distinct: Vec<usize> = (0..QUERIES).map(|i| OFFSET - i).collect();
+    let identical = vec![OFFSET; QUERIES];
+    let mut refused = 0;
+    for (round, offsets) in [("distinct pages", distinct), ("identical", identical)] {
+        let merges_before = merges_on(&rig);
+        let outcome = storm(&server, &offsets, &mut reads).await;
+        let merges = merges_on(&rig) - merges_before;
+        let answered = outcome.answers.iter().filter(|a| a.is_some()).count();
+        for (offset, answer) in offsets.iter().zip(&outcome.answers) {
+            if let Some(page) = answer {
+                assert_eq!(
+                    page.as_slice(),
+                    &ranking[*offset..*offset + LIMIT],
+                    "{round}: offset {offset}"
+                );
+            }
+        }
+        println!(
+            "scenario 15, {round}: {answered} answered, {} refused (503 overloaded), {merges} merges, {} uncached reads, /health checked {} times",
+            QUERIES - answered,
+            outcome.reads,
+            outcome.health_checks
+        );
+        assert!(answered > 0, "{round}: no deep query answered");
+        assert!(
+            merges <= answered as u64,
+            "{round}: {merges} merges for {answered} answers: refused queries read the nodes"
+        );
+        assert!(
+            outcome.reads > 0,
+            "{round}: no read made during the queries"
+        );
+        refused += QUERIES - answered;
+    }
+    assert!(
+        refused > 0,
+        "the bound on concurrent merges was never reached"
+    );
+
+    let output = server.output();
+    assert!(
+        !output.contains("marked down"),
+        "a node was marked down:\n{output}"
+    );
+    println!("scenario 15: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// What one round of concurrent deep queries saw.
+struct Storm {
+    /// Per query, in order: the page answered, or `None` for 503 `overloaded`.
+    answers: Vec<Option<Vec<(u64, String)>>>,
+    /// Uncached visit reads made (and checked) while the queries ran.
+    reads: usize,
+    /// `/health` and `/status` checks made while they ran.
+    health_checks: usize,
+}
+
+/// Sends one deep query per offset at once; until all are answered, checks `/health`,
+/// `/status` and one uncached visit read after another.
+async fn storm<'a>(
+    server: &Server,
+    offsets: &[usize],
+    reads: &mut impl Iterator<Item = &'a (String, u64)>,
+) -> Storm {
+    let done = Arc::new(AtomicBool::new(false));
+    let queries = futures::future::join_all(offsets.iter().map(|offset| {
+        let target = format!("/stats/?offset={offset}&limit={LIMIT}");
+        async move {
+            let response = server.request("GET", &target).await;
+            match response.status {
+                200 => {
+                    let body = json(&response);
+                    let entries = body.as_array().expect("a JSON array");
+                    Some(
+                        entries
+                            .iter()
+                            .map(|e| {
+                                (
+                                    e["count"].as_u64().expect("count"),
+                                    e["url"].as_str().expect("url").to_owned(),
+                                )
+                            })
+                            .collect(),
+                    )
+                }
+                503 => {
+                    assert_eq!(
+                        json(&response)["error"]["code"],
+                        "overloaded",
+                        "{target}: {}",
+                        response.text()
+                    );
+                    assert!(
+                        response.header("retry-after").is_some(),
+                        "{target}: 503 without Retry-After"
+                    );
+                    None
+                }
+                other => panic!("{target}: {other} {}", response.text()),
+            }
+        }
+    }));
+    let watch = {
+        let done = Arc::clone(&done);
+        async move {
+            let (mut made, mut checks) = (0, 0);
+            while !done.load(Ordering::SeqCst) {
+                let health = server.get_json("/health").await;
+                assert_eq!(
+                    health["status"],
+                    "healthy",
+                    "/health: {health}; the server's log:\n{}",
+                    server.output()
+                );
+                let status = server.get_json("/status").await;
+                assert_all_up(&status);
+                checks += 1;
+                let (page, visits) = reads.next().expect("enough pages to read");
+                let (counted, via) = server.count(page).await;
+                assert_eq!(counted, *visits, "{page}");
+                assert!(
+                    via.starts_with("redis_"),
+                    "{page} not read from its node: {via}"
+                );
+                made += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (made, checks)
+        }
+    };
+    let queries = async {
+        let answers = queries.await;
+        done.store(true, Ordering::SeqCst);
+        answers
+    };
+    let (answers, (reads, health_checks)) = tokio::join!(queries, watch);
+    Storm {
+        answers,
+        reads,
+        health_checks,
+    }
+}
+
+fn assert_all_up(status: &Value) {
+    let nodes = status["redis_status"]["node_status"]
+        .as_object()
+        .expect("node_status");
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert!(
+        nodes.values().all(|up| up == true),
+        "a node is down in /status: {status}"
+    );
+}
+
+/// URL `i`: `/api/deep/{i}/` padded to [`URL_BYTES`].
+fn url(i: usize) -> String {
+    let head = format!("/api/deep/{i:06}/");
+    format!("{head}{}/", "x".repeat(URL_BYTES - head.len() - 1))
+}
+
+/// Writes [`URLS`] URLs into their owners' sorted sets; returns them with their counts.
+fn seed_urls(rig: &Rig) -> Vec<(u64, String)> {
+    let urls: Vec<(u64, String)> = (0..URLS)
+        .map(|i| ((1 + i % COUNTS) as u64, url(i)))
+        .collect();
+    let mut by_node: HashMap<usize, Vec<&(u64, String)>> = HashMap::new();
+    for entry in &urls {
+        by_node.entry(rig.owner(&entry.1)).or_default().push(entry);
+    }
+    for (index, entries) in by_node {
+        let node = rig.cluster.node(index);
+        for chunk in entries.chunks(2_000) {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg("tally:urls");
+            for (count, url) in chunk {
+                zadd.arg(*count).arg(url);
+            }
+            let added: u64 = node.query(&zadd).expect("ZADD");
+            assert_eq!(added, chunk.len() as u64);
+        }
+    }
+    urls
+}
+
+/// Writes [`PAGES`] visit counters (`deep-page-{i}`: `i + 1` visits) into their owners;
+/// the server has never seen them, so its first read of each goes to the node.
+fn seed_visits(rig: &Rig) -> Vec<(String, u64)> {
+    let pages: Vec<(String, u64)> = (0..PAGES)
+        .map(|i| (format!("deep-page-{i}"), i as u64 + 1))
+        .collect();
+    for (page, visits) in &pages {
+        let mut set = redis::cmd("SET");
+        set.arg(format!("tally:v:{page}")).arg(visits);
+        let _: () = rig.cluster.node(rig.owner(page)).query(&set).expect("SET");
+    }
+    pages
+}
+
+/// `urls` in ranking order (count descending, then url ascending), sorted here.
+fn ranked(mut urls: Vec<(u64, String)>) -> Vec<(u64, String)> {
+    urls.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    urls
+}
+
+/// Merges the nodes have served so far: on a node holding more members than a merge
+/// asks for, each merge reads the members at its cut-off once (`ZRANGEBYSCORE`). The
+/// largest node holds at least a third of [`URLS`], more than `OFFSET + LIMIT`.
+fn merges_on(rig: &Rig) -> u64 {
+    let largest = rig
+        .nodes()
+        .into_iter()
+        .max_by_key(|node| {
+            let mut zcard = redis::cmd("ZCARD");
+            zcard.arg("tally:urls");
+            node.query::<u64>(&zcard).expect("ZCARD")
+        })
+        .expect("three nodes");
+    let stats = largest.info_commandstats().expect("INFO commandstats");
+    stats.get("zrangebyscore").copied().unwrap_or(0)
+}
