@@ -473,6 +473,78 @@ pub(crate) fn evicts_any_key(policy: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A node over a real redis-server with a small command pool and a short timeout.
+    fn node_with_pool(url: &str, pool_size: usize) -> Node {
+        let mut config = RedisConfig::from_urls(url).expect("a test URL");
+        config.pool_size = pool_size;
+        config.timeout = Duration::from_millis(500);
+        config.retry_attempts = 1;
+        Node::new(&config.nodes[0], &config).expect("a node")
+    }
+
+    #[tokio::test]
+    async fn health_pings_do_not_wait_for_busy_command_or_ranking_connections() {
+        let redis = tally_testkit::RedisNode::start().expect("redis-server");
+        let node = node_with_pool(&redis.url(), 2);
+        // Every connection that commands and rankings may use, checked out and held, as
+        // long batches and deep rankings hold them.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(node.checkout("get").await.expect("a command connection"));
+        }
+        for _ in 0..RANKING_CONNECTIONS {
+            held.push(
+                node.checkout_ranking("top")
+                    .await
+                    .expect("a ranking connection"),
+            );
+        }
+        // A further command waits for one of them, and gives up (this is what the pings
+        // did when they shared the command pool).
+        assert!(
+            matches!(node.checkout("get").await, Err(Error::Timeout { .. })),
+            "the command pool is not exhausted"
+        );
+        node.mark_up();
+
+        assert_eq!(node.probe(false).await, Probe::Up);
+        assert!(node.is_up());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_ranking_that_waits_past_the_timeout_does_not_mark_the_node_down() {
+        let redis = tally_testkit::RedisNode::start().expect("redis-server");
+        let node = node_with_pool(&redis.url(), 2);
+        let mut held = Vec::new();
+        for _ in 0..RANKING_CONNECTIONS {
+            held.push(
+                node.checkout_ranking("top")
+                    .await
+                    .expect("a ranking connection"),
+            );
+        }
+
+        let waited = node.checkout_ranking("top").await;
+
+        assert!(
+            matches!(waited, Err(Error::Timeout { .. })),
+            "{:?}",
+            waited.err()
+        );
+        assert!(node.is_up(), "a busy ranking pool marked the node down");
+        // A command timing out the same way does.
+        let mut commands = Vec::new();
+        for _ in 0..2 {
+            commands.push(node.checkout("get").await.expect("a command connection"));
+        }
+        assert!(matches!(
+            node.checkout("get").await,
+            Err(Error::Timeout { .. })
+        ));
+        assert!(!node.is_up(), "a timed-out command left the node up");
+    }
+
     #[test]
     fn only_allkeys_policies_may_evict_the_marks() {
         for policy in [
