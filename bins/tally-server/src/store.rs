@@ -3,7 +3,7 @@
 
 use tally_counter::{
     Applied, Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId, Store,
-    StoreError, StoredValues,
+    StoreError, StoredValues, Window, WindowRead,
 };
 use tally_redis::RedisStore;
 
@@ -123,6 +123,33 @@ impl RankedStore for AppStore {
         match self {
             Self::Memory(store) => store.top(shard, limit).await,
             Self::Redis { store, .. } => RankedStore::top(store, shard, limit).await,
+        }
+    }
+
+    fn serves_windows(&self) -> bool {
+        match self {
+            Self::Memory(store) => store.serves_windows(),
+            Self::Redis { store, .. } => store.serves_windows(),
+        }
+    }
+
+    async fn count_at_least(
+        &self,
+        shard: ShardId,
+        thresholds: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Self::Memory(store) => store.count_at_least(shard, thresholds).await,
+            Self::Redis { store, .. } => {
+                RankedStore::count_at_least(store, shard, thresholds).await
+            }
+        }
+    }
+
+    async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead, StoreError> {
+        match self {
+            Self::Memory(store) => store.window(shard, window).await,
+            Self::Redis { store, .. } => RankedStore::window(store, shard, window).await,
         }
     }
 }

@@ -123,6 +123,6 @@ pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use store::{
     Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store,
-    StoreError, StoredValues,
+    StoreError, StoredValues, Window, WindowRead, rank_order,
 };
 pub use task::restart_on_panic;

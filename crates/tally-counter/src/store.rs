@@ -208,4 +208,90 @@ pub trait RankedStore: Store {
         shard: ShardId,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Whether this store answers [`RankedStore::count_at_least`] and
+    /// [`RankedStore::window`] cheaply (a few index lookups each). A deep page of a
+    /// ranking is then read around its own counts rather than through every shard's whole
+    /// head (`top(offset + limit)`). The default is `false`, and the two methods then fail.
+    fn serves_windows(&self) -> bool {
+        false
+    }
+
+    /// For each of `thresholds`, how many keys on `shard` hold at least that value, in one
+    /// consistent read.
+    fn count_at_least(
+        &self,
+        shard: ShardId,
+        thresholds: &[u64],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send {
+        let _ = (shard, thresholds);
+        async { Err(windows_unsupported()) }
+    }
+
+    /// The keys of `shard` around one page of the ranking, in one consistent read: see
+    /// [`Window`] and [`WindowRead`].
+    fn window(
+        &self,
+        shard: ShardId,
+        window: Window,
+    ) -> impl Future<Output = Result<WindowRead, StoreError>> + Send {
+        let _ = (shard, window);
+        async { Err(windows_unsupported()) }
+    }
+}
+
+fn windows_unsupported() -> StoreError {
+    "this store does not serve ranking windows (serves_windows is false)".into()
+}
+
+/// What [`RankedStore::window`] reads: the keys valued between `low` and `high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// The value at the top of the page (`low <= high`).
+    pub high: u64,
+    /// The value at the bottom of the page.
+    pub low: u64,
+    /// How many of the keys valued exactly `high` to read, smallest keys first.
+    pub high_run: usize,
+    /// How many of the keys valued exactly `low` to read, smallest keys first (when
+    /// `low < high`).
+    pub low_run: usize,
+}
+
+/// The answer to [`RankedStore::window`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowRead {
+    /// Keys valued above `high`.
+    pub above: u64,
+    /// Keys valued below `low`.
+    pub below: u64,
+    /// The first `high_run` keys valued `high` (key ascending).
+    pub at_high: Vec<(String, u64)>,
+    /// Every key valued strictly between `low` and `high`.
+    pub between: Vec<(String, u64)>,
+    /// The first `low_run` keys valued `low` (key ascending), when `low < high`.
+    pub at_low: Vec<(String, u64)>,
+}
+
+/// The ranking order of [`RankedStore`]: value descending, then key ascending (byte
+/// order).
+pub fn rank_order(a: &(String, u64), b: &(String, u64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_order_is_value_descending_then_key_ascending() {
+        let mut ranked = [
+            ("/api/b/".to_owned(), 1),
+            ("/api/z/".to_owned(), 2),
+            ("/api/a/".to_owned(), 1),
+        ];
+        ranked.sort_by(rank_order);
+        let keys: Vec<&str> = ranked.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["/api/z/", "/api/a/", "/api/b/"]);
+    }
 }

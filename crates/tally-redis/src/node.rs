@@ -34,7 +34,7 @@ const PROBE_CONNECTIONS: usize = 2;
 /// Commands on the ranking pool. A slow answer to one of them (a deep ranking moves a lot
 /// of data) does not mark the node down: the health check, on its own connections, decides
 /// that. A failed connection still does.
-const RANKING_OPS: [&str; 2] = ["top", "len"];
+const RANKING_OPS: [&str; 4] = ["top", "len", "count_at_least", "window"];
 
 /// Commands on the ranking pool wait for their answer at least this long, or
 /// `REDIS_TIMEOUT` if longer: a deep ranking's answer is large (110,000 members of up to

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tally_counter::{
     Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
-    StoredValues,
+    StoredValues, Window, WindowRead,
 };
 use tally_ring::Ring;
 use tokio::sync::watch;
@@ -299,6 +299,90 @@ impl RedisStore {
         node.finish("top", invocation.invoke_async(conn)).await
     }
 
+    /// For each of `thresholds`, how many members of `shard`'s sorted set count at least
+    /// that much (`ZCOUNT`), in one `MULTI`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::top`].
+    pub async fn count_at_least(&self, shard: ShardId, thresholds: &[u64]) -> Result<Vec<u64>> {
+        self.require_sorted_set("count_at_least")?;
+        let node = self.node(shard)?;
+        if thresholds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for threshold in thresholds {
+            pipe.cmd("ZCOUNT").arg(URLS_KEY).arg(threshold).arg("+inf");
+        }
+        let mut conn = node.checkout_ranking("count_at_least").await?;
+        node.finish("count_at_least", pipe.query_async(&mut conn))
+            .await
+    }
+
+    /// The members of `shard` around one page of the ranking, in one `MULTI` (see
+    /// [`tally_counter::Window`]): how many count more than `high` and less than `low`,
+    /// every member strictly between, and the smallest members at `high` and at `low`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::top`].
+    pub async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead> {
+        self.require_sorted_set("window")?;
+        let node = self.node(shard)?;
+        let Window {
+            high,
+            low,
+            high_run,
+            low_run,
+        } = window;
+        let low = low.min(high);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZCOUNT")
+            .arg(URLS_KEY)
+            .arg(format!("({high}"))
+            .arg("+inf")
+            .cmd("ZCOUNT")
+            .arg(URLS_KEY)
+            .arg("-inf")
+            .arg(format!("({low}"))
+            .cmd("ZRANGEBYSCORE")
+            .arg(URLS_KEY)
+            .arg(high)
+            .arg(high)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(high_run)
+            // Strictly between (empty when low == high).
+            .cmd("ZRANGEBYSCORE")
+            .arg(URLS_KEY)
+            .arg(format!("({low}"))
+            .arg(format!("({high}"))
+            .arg("WITHSCORES")
+            .cmd("ZRANGEBYSCORE")
+            .arg(URLS_KEY)
+            .arg(low)
+            .arg(low)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(if low < high { low_run } else { 0 });
+        let mut conn = node.checkout_ranking("window").await?;
+        let (above, below, at_high, between, at_low): (u64, u64, Vec<Pair>, Vec<Pair>, Vec<Pair>) =
+            node.finish("window", pipe.query_async(&mut conn)).await?;
+        let counts = |pairs: Vec<Pair>| ranked(node, pairs, usize::MAX);
+        Ok(WindowRead {
+            above,
+            below,
+            at_high: counts(at_high)?,
+            between: counts(between)?,
+            at_low: counts(at_low)?,
+        })
+    }
+
     /// Number of members in `shard`'s sorted set (`ZCARD tally:urls`).
     ///
     /// # Errors
@@ -550,6 +634,22 @@ impl RankedStore for RedisStore {
     async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
         Ok(RedisStore::top(self, shard, limit).await?)
     }
+
+    fn serves_windows(&self) -> bool {
+        self.layout == Layout::SortedSet
+    }
+
+    async fn count_at_least(
+        &self,
+        shard: ShardId,
+        thresholds: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(RedisStore::count_at_least(self, shard, thresholds).await?)
+    }
+
+    async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead, StoreError> {
+        Ok(RedisStore::window(self, shard, window).await?)
+    }
 }
 
 impl Shared {
@@ -624,7 +724,7 @@ fn ranked(node: &Node, pairs: Vec<Pair>, limit: usize) -> Result<Vec<(String, u6
                 .map_err(|detail| protocol(node, "top", detail))
         })
         .collect::<Result<Vec<_>>>()?;
-    entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    entries.sort_unstable_by(tally_counter::rank_order);
     entries.truncate(limit);
     Ok(entries)
 }

@@ -36,6 +36,7 @@
 //! - `path`: [`UrlPath`], which requests count and under which key (querystring dropped,
 //!   over-long paths pooled under [`OVERFLOW_KEY`]).
 //! - `tracker`: [`StatsTracker`], recording and the exact merged ranking ([`Page`]).
+//! - `window`: deep pages read around their own counts ([`WINDOW_FROM_OFFSET`]).
 //! - `traffic`: [`TrafficPlan`] and [`SingleRun`] for the `/test/{n}/` generator.
 //! - `error`: [`Error`].
 #![deny(missing_docs)]
@@ -44,6 +45,7 @@ mod error;
 mod path;
 mod tracker;
 mod traffic;
+mod window;
 
 pub use error::{Error, Result};
 pub use path::{MAX_PATH_BYTES, OVERFLOW_KEY, PREFIX, UrlPath};
@@ -52,3 +54,4 @@ pub use tracker::{
     UrlCount,
 };
 pub use traffic::{MAX_SEGMENTS, POOL_SIZE, RunGuard, SEGMENT_LEN, SingleRun, TrafficPlan};
+pub use window::WINDOW_FROM_OFFSET;

@@ -1,6 +1,5 @@
 //! `StatsTracker`: counting through the batching core, and the exact merged ranking.
 
-use std::cmp::Ordering as RankOrdering;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -8,12 +7,13 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared, WeakShared};
-use tally_counter::{Counter, CounterConfig, RankedStore, ShardId, ShutdownReport};
+use tally_counter::{Counter, CounterConfig, RankedStore, ShardId, ShutdownReport, rank_order};
 use tokio::sync::Semaphore;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Result};
 use crate::path::UrlPath;
+use crate::window::{self, ShardFailure, WINDOW_FROM_OFFSET, on_every_shard};
 
 /// Default number of entries `/stats/` returns.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -81,11 +81,6 @@ pub struct UrlCount {
     pub count: u64,
     /// The path as received, without query string.
     pub url: String,
-}
-
-/// The ranking order: count descending, then url ascending.
-fn rank_order(a: &UrlCount, b: &UrlCount) -> RankOrdering {
-    b.count.cmp(&a.count).then_with(|| a.url.cmp(&b.url))
 }
 
 /// At most this many rankings are merged at once by one tracker.
@@ -201,6 +196,7 @@ impl<S: RankedStore> StatsTracker<S> {
     /// # Panics
     /// Outside a tokio runtime (the counter's flushers and the merges run on it).
     pub fn new(store: S, config: CounterConfig, flush_timeout: Duration) -> Result<Self> {
+        describe_metrics();
         Ok(Self {
             counter: Counter::new(store, config)?,
             flush_timeout,
@@ -251,6 +247,7 @@ impl<S: RankedStore> StatsTracker<S> {
     fn join_or_queue(&self, page: Page) -> SharedMerge {
         let mut queued = self.gate.queued();
         if let Some(merge) = queued.get(&page).and_then(|(_, weak)| weak.upgrade()) {
+            metrics::counter!("tally_stats_rankings_joined_total").increment(1);
             return merge;
         }
         // Entries whose callers all went away (their merges cancelled).
@@ -287,39 +284,55 @@ impl<S: RankedStore> StatsTracker<S> {
             }
         }
         let Ok(Ok(_slot)) = slot else {
+            metrics::counter!("tally_stats_rankings_refused_total").increment(1);
             return Err(Failure::Busy);
         };
         self.merge(page).await.map(Arc::new)
     }
 
-    /// One merge, unbounded: flush, then every shard's top `offset + limit`.
+    /// One merge, unbounded: flush, then the page, read around its counts (a deep page on
+    /// a store that serves windows, see the `window` module) or from every shard's top
+    /// `offset + limit`.
     async fn merge(&self, page: Page) -> std::result::Result<Vec<UrlCount>, Failure> {
         let _ = tokio::time::timeout(self.flush_timeout, self.counter.flush()).await;
         let store = self.counter.store();
-        let wanted = page.offset + page.limit;
-        let answers = futures::future::join_all(
-            (0..store.shard_count())
-                .map(|shard| async move { (shard, store.top(shard, wanted).await) }),
-        )
-        .await;
-        let mut merged = Vec::new();
-        for (shard, answer) in answers {
-            let entries = answer.map_err(|source| Failure::Unavailable {
-                shard,
-                name: store.shard_name(shard).to_owned(),
-                source: Arc::from(source),
-            })?;
-            merged.extend(
-                entries
-                    .into_iter()
-                    .map(|(url, count)| UrlCount { count, url }),
-            );
+        let unavailable = |(shard, source): ShardFailure| Failure::Unavailable {
+            shard,
+            name: store.shard_name(shard).to_owned(),
+            source: Arc::from(source),
+        };
+        let windowed = page.offset >= WINDOW_FROM_OFFSET && store.serves_windows();
+        let mut found = None;
+        if windowed {
+            found = window::page(store, page.offset, page.limit)
+                .await
+                .map_err(unavailable)?;
         }
-        merged.sort_unstable_by(rank_order);
-        Ok(merged
+        let read = match (windowed, found.is_some()) {
+            (true, true) => "window",
+            (true, false) => "window_fallback",
+            (false, _) => "heads",
+        };
+        metrics::counter!("tally_stats_merges_total", "read" => read).increment(1);
+        let entries = match found {
+            Some(entries) => entries,
+            None => {
+                let wanted = page.offset + page.limit;
+                let heads = on_every_shard(store, |shard| store.top(shard, wanted))
+                    .await
+                    .map_err(unavailable)?;
+                let mut merged: Vec<(String, u64)> = heads.into_iter().flatten().collect();
+                merged.sort_unstable_by(rank_order);
+                merged
+                    .into_iter()
+                    .skip(page.offset)
+                    .take(page.limit)
+                    .collect()
+            }
+        };
+        Ok(entries
             .into_iter()
-            .skip(page.offset)
-            .take(page.limit)
+            .map(|(url, count)| UrlCount { count, url })
             .collect())
     }
 
@@ -332,6 +345,22 @@ impl<S: RankedStore> StatsTracker<S> {
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
         self.counter.shutdown(deadline).await
     }
+}
+
+/// Describes the tracker's own metrics (the counter describes its own).
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "tally_stats_merges_total",
+        "ranking merges run, by how the page was read: window (around its counts), window_fallback (the window could not prove it; every shard's head read after), heads"
+    );
+    metrics::describe_counter!(
+        "tally_stats_rankings_joined_total",
+        "rankings that shared a merge queued for the same page"
+    );
+    metrics::describe_counter!(
+        "tally_stats_rankings_refused_total",
+        "rankings refused because the merges allowed at once were busy for MERGE_WAIT"
+    );
 }
 
 #[cfg(test)]
@@ -376,26 +405,5 @@ mod tests {
             message,
             "invalid limit \"abc\": expected a whole number from 1 to 10000"
         );
-    }
-
-    #[test]
-    fn rank_order_is_count_desc_then_url_asc() {
-        let mut v = [
-            UrlCount {
-                count: 1,
-                url: "/api/b/".into(),
-            },
-            UrlCount {
-                count: 2,
-                url: "/api/z/".into(),
-            },
-            UrlCount {
-                count: 1,
-                url: "/api/a/".into(),
-            },
-        ];
-        v.sort_by(rank_order);
-        let urls: Vec<_> = v.iter().map(|u| u.url.as_str()).collect();
-        assert_eq!(urls, ["/api/z/", "/api/a/", "/api/b/"]);
     }
 }

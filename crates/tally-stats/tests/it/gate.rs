@@ -109,6 +109,15 @@ fn tracker(store: HeldStore) -> StatsTracker<HeldStore> {
     StatsTracker::new(store, config, Duration::from_secs(5)).unwrap()
 }
 
+/// `stats.ranking(page)` on a task of its own.
+fn spawn_ranking(
+    stats: &StatsTracker<HeldStore>,
+    page: Page,
+) -> tokio::task::JoinHandle<tally_stats::Result<Vec<tally_stats::UrlCount>>> {
+    let stats = stats.clone();
+    tokio::spawn(async move { stats.ranking(page).await })
+}
+
 fn page(offset: usize) -> Page {
     Page { limit: 10, offset }
 }
@@ -145,12 +154,7 @@ async fn merges_past_the_bound_wait_then_fail_busy_and_a_freed_slot_admits_the_n
 
     // Distinct pages: no sharing, each call a merge of its own.
     let running: Vec<_> = (0..MAX_CONCURRENT_MERGES)
-        .map(|i| {
-            tokio::spawn({
-                let stats = stats.clone();
-                async move { stats.ranking(page(i)).await }
-            })
-        })
+        .map(|i| spawn_ranking(&stats, page(i)))
         .collect();
     until("the allowed merges reading the store", || {
         seen.started.load(Ordering::SeqCst) == MAX_CONCURRENT_MERGES
@@ -179,10 +183,7 @@ async fn merges_past_the_bound_wait_then_fail_busy_and_a_freed_slot_admits_the_n
         seen.finished.load(Ordering::SeqCst) == 1
     })
     .await;
-    let next = tokio::spawn({
-        let stats = stats.clone();
-        async move { stats.ranking(Page::default()).await }
-    });
+    let next = spawn_ranking(&stats, Page::default());
     release.add_permits(MAX_CONCURRENT_MERGES);
     let ranking = bounded("the next call", next).await.unwrap().unwrap();
     assert_eq!(ranking.len(), 1);
@@ -203,24 +204,14 @@ async fn identical_queries_share_one_merge_started_after_each_arrived() {
 
     // Fill every slot, so the identical queries below queue.
     let blockers: Vec<_> = (0..MAX_CONCURRENT_MERGES)
-        .map(|i| {
-            tokio::spawn({
-                let stats = stats.clone();
-                async move { stats.ranking(page(100 + i)).await }
-            })
-        })
+        .map(|i| spawn_ranking(&stats, page(100 + i)))
         .collect();
     until("the slots taken", || {
         seen.started.load(Ordering::SeqCst) == MAX_CONCURRENT_MERGES
     })
     .await;
     let queued: Vec<_> = (0..5)
-        .map(|_| {
-            tokio::spawn({
-                let stats = stats.clone();
-                async move { stats.ranking(Page::default()).await }
-            })
-        })
+        .map(|_| spawn_ranking(&stats, Page::default()))
         .collect();
     for _ in 0..100 {
         tokio::task::yield_now().await;
@@ -236,10 +227,7 @@ async fn identical_queries_share_one_merge_started_after_each_arrived() {
     stats
         .record(&UrlPath::parse("/api/late/").unwrap())
         .unwrap();
-    let late = tokio::spawn({
-        let stats = stats.clone();
-        async move { stats.ranking(Page::default()).await }
-    });
+    let late = spawn_ranking(&stats, Page::default());
     release.add_permits(10);
     let answers: Vec<_> = bounded("the queued calls", futures::future::join_all(queued)).await;
     for answer in &answers {
@@ -277,12 +265,7 @@ async fn a_merge_nobody_waits_for_any_more_is_cancelled_and_frees_its_slot() {
 
     // Two callers of one merge, both reading the store; the first goes away, then the second.
     let callers: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn({
-                let stats = stats.clone();
-                async move { stats.ranking(Page::default()).await }
-            })
-        })
+        .map(|_| spawn_ranking(&stats, Page::default()))
         .collect();
     until("the merge reading", || {
         seen.started.load(Ordering::SeqCst) == 1
@@ -305,12 +288,7 @@ async fn a_merge_nobody_waits_for_any_more_is_cancelled_and_frees_its_slot() {
 
     // Every slot is free again: as many merges as allowed start at once.
     let next: Vec<_> = (0..MAX_CONCURRENT_MERGES)
-        .map(|i| {
-            tokio::spawn({
-                let stats = stats.clone();
-                async move { stats.ranking(page(i)).await }
-            })
-        })
+        .map(|i| spawn_ranking(&stats, page(i)))
         .collect();
     until("the allowed merges reading", || {
         seen.started.load(Ordering::SeqCst) == 1 + MAX_CONCURRENT_MERGES
