@@ -8,6 +8,7 @@
 //! cargo run -p tally-benches --bin load -- --quick                # CI: a few s per target
 //! cargo run -p tally-benches --release --bin load -- --targets floor,tally-redis \
 //!     --duration 20 --connections 32 --markdown load.md
+//! cargo run -p tally-benches --release --bin load -- --only stats   # /stats/ at 1M URLs
 //! ```
 //!
 //! Targets: `floor` (bare actix-web JSON handler), `naive` (one `INCR` per visit through
@@ -16,6 +17,13 @@
 //! per scenario. For each scenario: a warm-up, a closed-loop phase (every connection sends
 //! as soon as it has its answer: the maximum rate), then a paced phase at a fraction (50%)
 //! of that rate (open loop, latency timed from the schedule) for the p99 target.
+//!
+//! Then, when `tally-redis` is among the targets, the `/stats/` scale scenario
+//! (`src/load/stats_scale.rs`): the three nodes flushed and filled with `--stats-urls`
+//! distinct URLs (default 1,000,000; 100,000 with `--quick`) through tally-redis's write
+//! path, then `GET /stats/` (top 100) and `GET /stats/?offset=100000&limit=100` timed from
+//! one client and from 8 at once, every answer checked against the ranking computed from
+//! the seed, `/health` and `/status` polled throughout. `--only stats` runs nothing else.
 //!
 //! Arrangement, the same for every target so ratios are fair: the servers run on their
 //! own threads (actix-web's workers, default count, plus a multi-threaded tokio runtime as
@@ -34,12 +42,15 @@
 //!
 //! Everything is bounded: phases by time, the whole run by a watchdog; Ctrl-C, SIGTERM and
 //! the watchdog kill the redis-server children before exiting. Exit code 1 when a phase got
-//! no 2xx answer at all (the CI check); targets missed are reported, not failed.
+//! no 2xx answer at all or a `/stats/` answer did not match the seeded ranking (the CI
+//! check); targets missed are reported, not failed.
 
 #[path = "../load/client.rs"]
 mod client;
 #[path = "../load/measure.rs"]
 mod measure;
+#[path = "../load/stats_scale.rs"]
+mod stats_scale;
 #[path = "../load/targets.rs"]
 mod targets;
 
@@ -60,6 +71,7 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
             [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
+            [--stats-urls N] [--only stats]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
                      working; the figures are printed, not checked)
@@ -85,7 +97,11 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --paced-fraction F the paced phase's rate as a fraction of the closed-loop rate
                      (default 0.5, the issue's p99 target)
   --timeline         print on stderr, per phase, the 100 ms windows whose slowest answer
-                     took over 5 ms (where a latency tail comes from)";
+                     took over 5 ms (where a latency tail comes from)
+  --stats-urls N     URLs seeded for the /stats/ scale scenario, which runs after the
+                     others when tally-redis is a target (default 1000000; 100000 with
+                     --quick; 1000 to 10000000)
+  --only stats       run only the /stats/ scale scenario (3 nodes, tally-redis)";
 
 /// Pages of the hot set.
 const HOT_PAGES: u64 = 100;
@@ -122,12 +138,17 @@ struct Options {
     retries: u32,
     paced_fraction: f64,
     rounds: usize,
+    /// URLs of the `/stats/` scale scenario.
+    stats_urls: usize,
+    /// `--only stats`: the `/stats/` scale scenario and nothing else.
+    only_stats: bool,
 }
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
         let (mut quick, mut duration, mut warmup, mut quiet_wait, mut retries) =
             (false, None, None, None, None);
+        let mut stats_urls = None;
         let mut options = Options {
             quick: false,
             duration: Duration::from_secs(10),
@@ -145,6 +166,8 @@ impl Options {
             retries: 2,
             paced_fraction: PACED_FRACTION,
             rounds: 1,
+            stats_urls: stats_scale::DEFAULT_URLS,
+            only_stats: false,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -211,6 +234,22 @@ impl Options {
                     options.server_metrics =
                         on_off("--server-metrics", &value("--server-metrics")?)?;
                 }
+                "--stats-urls" => {
+                    let n = value("--stats-urls")?;
+                    stats_urls = Some(
+                        n.replace('_', "")
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1_000..=10_000_000).contains(n))
+                            .ok_or(format!(
+                                "--stats-urls {n:?}: expected a number from 1000 to 10000000"
+                            ))?,
+                    );
+                }
+                "--only" => match value("--only")?.as_str() {
+                    "stats" => options.only_stats = true,
+                    other => return Err(format!("--only {other:?}: expected stats")),
+                },
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -221,7 +260,9 @@ impl Options {
             options.warmup = Duration::from_secs(1);
             options.quiet_wait = Duration::ZERO;
             options.retries = 0;
+            options.stats_urls = stats_scale::QUICK_URLS;
         }
+        options.stats_urls = stats_urls.unwrap_or(options.stats_urls);
         options.retries = retries.unwrap_or(options.retries);
         options.quiet_wait = quiet_wait.unwrap_or(options.quiet_wait);
         options.paced = if quick && duration.is_none() {
@@ -234,6 +275,22 @@ impl Options {
         Ok(options)
     }
 
+    /// The `/stats/` scale scenario's plan, when it runs: with `--only stats`, or after the
+    /// others when tally-redis is a target.
+    fn stats_plan(&self) -> Option<stats_scale::Plan> {
+        (self.only_stats || self.targets.contains(&Kind::TallyRedis))
+            .then(|| stats_scale::Plan::new(self.stats_urls, self.quick))
+    }
+
+    /// The load scenarios run (none with `--only stats`).
+    fn plan(&self) -> Vec<(Kind, Load)> {
+        if self.only_stats {
+            Vec::new()
+        } else {
+            scenarios(&self.targets)
+        }
+    }
+
     /// Longest the whole run can rightly take; the watchdog stops it past twice this.
     fn budget(&self, scenarios: usize) -> Duration {
         let per_scenario = self.warmup
@@ -243,6 +300,9 @@ impl Options {
             + self.quiet_wait
             + Duration::from_secs(45);
         per_scenario * scenarios as u32 * (self.retries + 1) * self.rounds as u32
+            + self
+                .stats_plan()
+                .map_or(Duration::ZERO, |p| p.budget() + self.quiet_wait)
             + Duration::from_secs(30)
     }
 }
@@ -408,9 +468,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs every scenario and prints the report; `Ok(false)` when a phase got no 2xx at all.
+/// Runs every scenario and prints the report; `Ok(false)` when a phase got no 2xx at all
+/// or a `/stats/` answer was wrong.
 fn run(options: &Options) -> anyhow::Result<bool> {
-    let plan = scenarios(&options.targets);
+    let plan = options.plan();
+    let stats_plan = options.stats_plan();
     let started = Instant::now();
     start_watchdog(options.budget(plan.len()) * 2);
     let log_path = std::env::temp_dir().join(format!("tally-load-{}.log", std::process::id()));
@@ -432,7 +494,7 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         .context("cannot build the client runtime")?;
     server_rt.spawn(stop_on_signal());
 
-    let needs_redis = plan.iter().any(|(kind, _)| kind.uses_redis());
+    let needs_redis = plan.iter().any(|(kind, _)| kind.uses_redis()) || stats_plan.is_some();
     let cluster = if needs_redis {
         let cluster = RedisCluster::start(3).context("cannot start 3 redis-server nodes")?;
         let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
@@ -452,13 +514,17 @@ fn run(options: &Options) -> anyhow::Result<bool> {
 
     let load_before = measure::load_average();
     eprintln!(
-        "load: {} scenarios, ~{} s; server logs in {}",
+        "load: {} scenarios, ~{} s{}; server logs in {}",
         plan.len(),
         (options.warmup + options.duration + options.paced)
             .as_secs_f64()
             .ceil() as u64
             * plan.len() as u64
             * options.rounds as u64,
+        stats_plan.map_or(String::new(), |p| format!(
+            ", then /stats/ at {} URLs",
+            p.urls
+        )),
         log_path.display()
     );
     // Round r holds every scenario's r-th measurement; rounds interleave the targets so a
@@ -522,8 +588,35 @@ fn run(options: &Options) -> anyhow::Result<bool> {
     } else {
         None
     };
-    let mut report = render(options, &rows, &load_before, started.elapsed());
+    let stats = match (stats_plan, &cluster) {
+        (Some(plan), Some(cluster)) => {
+            let setup = stats_scale::Setup {
+                server_rt: &server_rt,
+                client_rt: &client_rt,
+                cluster,
+                redis_urls: &redis_urls,
+                redis_pids: &redis_pids,
+                metrics: options.server_metrics,
+                quiet_wait: options.quiet_wait,
+            };
+            Some(stats_scale::run(&plan, &setup).context("/stats/ at scale")?)
+        }
+        _ => None,
+    };
+    let mut report = if plan.is_empty() {
+        render_header(
+            &load_before,
+            started.elapsed(),
+            &format!(
+                "; {} build; 3 local redis-server nodes (no persistence); server and client in this process, on their own tokio runtimes",
+                build_profile()
+            ),
+        )
+    } else {
+        render(options, &rows, &load_before, started.elapsed())
+    };
     report.extend(comparison);
+    report.extend(stats.as_ref().map(stats_scale::Report::render));
     print!("{report}");
     if let Some(path) = &options.markdown {
         std::fs::write(path, &report)
@@ -535,7 +628,11 @@ fn run(options: &Options) -> anyhow::Result<bool> {
     if !all_answered {
         eprintln!("load: a target answered no request with 2xx");
     }
-    Ok(all_answered)
+    let stats_passed = stats.as_ref().is_none_or(stats_scale::Report::passed);
+    if let Some(problem) = stats.as_ref().and_then(stats_scale::Report::first_problem) {
+        eprintln!("load: /stats/ at scale: {problem}");
+    }
+    Ok(all_answered && stats_passed)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -782,23 +879,35 @@ fn start_watchdog(limit: Duration) {
 
 // ---- report ----
 
-fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration) -> String {
+/// The report's first lines: when, where, how long; `extra` ends the line.
+fn render_header(load_before: &str, elapsed: Duration, extra: &str) -> String {
     let mut out = String::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
     let _ = writeln!(out, "## tally load harness\n");
     let _ = writeln!(
         out,
-        "- {} UTC on {cpus} CPUs ({}); load average {load_before} before, {} after; {:.0} s in all",
+        "- {} UTC on {cpus} CPUs ({}); load average {load_before} before, {} after; {:.0} s in all{extra}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
         measure::cpu_model(),
         measure::load_average(),
         elapsed.as_secs_f64()
     );
+    out
+}
+
+/// `debug` or `release`: how the harness (and so the servers) was built.
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration) -> String {
+    let mut out = render_header(load_before, elapsed, "");
+    let profile = build_profile();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
         "- {profile} build; per scenario a fresh server, {} s warm-up, {} s closed loop, {} s paced at {:.0}% of the closed-loop rate; {} keep-alive connections; client on {} tokio thread(s); servers on actix-web's default workers plus a {cpus}-thread tokio runtime, in the same process",
@@ -1040,4 +1149,37 @@ fn cpu(c: &CpuUse) -> String {
         "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
         c.client, c.server, c.redis, c.softirq, c.other
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn stats_scale_runs_after_the_others_only_with_tally_redis() {
+        let all = parse(&[]).unwrap();
+        assert!(!all.plan().is_empty());
+        assert_eq!(all.stats_plan().map(|p| p.urls), Some(1_000_000));
+        assert!(
+            parse(&["--targets", "floor"])
+                .unwrap()
+                .stats_plan()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn only_stats_runs_nothing_else_and_quick_seeds_fewer_urls() {
+        let only = parse(&["--only", "stats", "--quick"]).unwrap();
+        assert!(only.plan().is_empty());
+        assert_eq!(only.stats_plan().map(|p| p.urls), Some(100_000));
+        let chosen = parse(&["--quick", "--stats-urls", "250_000"]).unwrap();
+        assert_eq!(chosen.stats_urls, 250_000);
+        assert!(parse(&["--only", "floor"]).is_err());
+        assert!(parse(&["--stats-urls", "10"]).is_err());
+    }
 }
