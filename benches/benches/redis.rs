@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tally_counter::{Batch, BatchId, InstanceId, Store as _};
+use tally_counter::{Batch, BatchId, InstanceId};
 use tally_redis::{RedisConfig, RedisStore};
 use tally_testkit::RedisNode;
 

@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, run_load};
+use tally_testkit::{LoadSpec, keys_on, run_load};
 
-use crate::support::{Rig, assert_answered_promptly, one_at_a_time, pages_on, report};
+use crate::support::{Rig, assert_answered_promptly, one_at_a_time, report};
 
 /// The node paused.
 const PAUSED: usize = 1;
@@ -37,7 +37,7 @@ async fn a_backlog_of_twenty_thousand_pages_drains_in_bounded_batches_and_exactl
     rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
     server.wait_for_node(&paused_url, false).await;
 
-    let keys = pages_on(&rig.ring, PAUSED, "backlog-", pages);
+    let keys: Vec<String> = keys_on(&rig.ring, PAUSED, "backlog-").take(pages).collect();
     let board = run_load(LoadSpec {
         concurrency: 32,
         time_limit: Duration::from_secs(600),

@@ -63,7 +63,7 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
     ]);
     let keys = flood_keys();
     let requests = keys.len() as u64;
-    let baseline = server.process().rss_bytes().expect("VmRSS");
+    let baseline = server.rss_bytes();
 
     // Sample the server's resident memory and its pending URLs while the flood runs.
     let done = Arc::new(AtomicBool::new(false));
@@ -94,7 +94,7 @@ async fn slow_a_flood_of_distinct_urls_keeps_memory_bounded_and_stats_exact() {
     } = sampler.await.expect("sampler");
     let peak = samples.iter().copied().max().unwrap_or(baseline);
     let most_pending = pending.iter().copied().max().unwrap_or(0);
-    let at_end = server.process().rss_bytes().expect("VmRSS");
+    let at_end = server.rss_bytes();
 
     // `/stats/` writes this instance's pending counts, then ranks every node's.
     let top = server.get_json(&format!("/stats/?limit={HOT}")).await;
@@ -209,7 +209,7 @@ fn sample(
     done: &Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Samples> {
     let done = Arc::clone(done);
-    let pid = server.process().pid();
+    let pid = server.pid();
     let addr = server.addr();
     tokio::spawn(async move {
         let mut samples = Samples {
@@ -266,7 +266,7 @@ async fn slow_two_kib_paths_with_a_node_down_stay_under_the_byte_bound() {
     let paused_url = rig.cluster.node(PAUSED).url();
     rig.cluster.node(PAUSED).pause().expect("SIGSTOP");
     server.wait_for_node(&paused_url, false).await;
-    let baseline = server.process().rss_bytes().expect("VmRSS");
+    let baseline = server.rss_bytes();
     // "/api/" + 2,036 characters + "/": 2,042 bytes, under the 2,048 of the overflow key.
     let keys: Vec<String> = (0..LONG_PATHS).map(|i| format!("{i:0>2036}")).collect();
     let path_len = 2042;

@@ -1,7 +1,10 @@
-//! End-to-end fault suite: the real server binary (`tally-e2e-server`, the code of
-//! `tally-server`) over real `redis-server` nodes, under the faults production brings.
-//! Each module is one scenario of the README's "Guarantees and failure modes"; each test prints its figures
-//! (acknowledged, counted, 503s, unknown) at the end, visible with `--nocapture`.
+//! End-to-end suite: every test that runs the real server binary (`tally-e2e-server`, the
+//! code of `tally-server`) as a process, over real `redis-server` nodes, under the faults
+//! production brings. Most modules are one scenario of the README's "Guarantees and
+//! failure modes", whose tests print their figures (acknowledged, counted, 503s, unknown)
+//! at the end, visible with `--nocapture`; `bad_config` checks how the binary refuses a
+//! configuration it cannot run with. All of them start the server through
+//! `support::Server`.
 //!
 //! Scenarios run one at a time (see `support::one_at_a_time`). Tests whose name starts
 //! with `slow_` take the longest; `cargo xtask test` runs them all, and
@@ -9,6 +12,7 @@
 //! `TEST_LOG=1` to see the servers' output.
 
 mod backlog;
+mod bad_config;
 mod bad_input;
 mod cardinality;
 mod concurrent;

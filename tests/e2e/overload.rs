@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, run_load};
+use tally_testkit::{LoadSpec, keys_on, run_load};
 
-use crate::support::{Rig, one_at_a_time, pages_on, report};
+use crate::support::{Rig, one_at_a_time, report};
 
 const PAUSED: usize = 1;
 /// `MAX_PENDING_KEYS`: with three nodes, each node's keys may hold 100 places. The other
@@ -41,7 +41,9 @@ async fn an_overloaded_server_refuses_with_retry_after_counts_nothing_refused_an
         .iter()
         .all(|key| rig.owner(key) != PAUSED)
     };
-    let on_paused = pages_on(&rig.ring, PAUSED, "down-", 3 * SHARE as usize);
+    let on_paused: Vec<String> = keys_on(&rig.ring, PAUSED, "down-")
+        .take(3 * SHARE as usize)
+        .collect();
     let elsewhere: Vec<String> = (0..)
         .map(|i| format!("up-{i}"))
         .filter(healthy)
@@ -65,7 +67,9 @@ async fn an_overloaded_server_refuses_with_retry_after_counts_nothing_refused_an
     // rest are refused.
     let mut board = visits(on_paused.clone(), on_paused.len() as u64).await;
     let first = board.totals();
-    let extra = pages_on(&rig.ring, PAUSED, "down-extra-", 1).remove(0);
+    let extra = keys_on(&rig.ring, PAUSED, "down-extra-")
+        .next()
+        .expect("a page");
     let refused = server
         .request("POST", &format!("/api/v1/counter/visit/{extra}"))
         .await;

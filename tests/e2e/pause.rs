@@ -6,11 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, run_load};
+use tally_testkit::{LoadSpec, keys_on, run_load};
 
-use crate::support::{
-    Outcome, Rig, assert_answered_promptly, json, one_at_a_time, pages_on, report,
-};
+use crate::support::{Outcome, Rig, assert_answered_promptly, json, one_at_a_time, report};
 
 /// How big a run is, so the secrets scenario can repeat this one smaller.
 pub struct Size {
@@ -69,7 +67,7 @@ pub async fn paused_node_loses_nothing(scenario: &str, rig: &Rig, size: &Size) -
     let pages: Vec<String> = (0..size.pages).map(|i| format!("page-{i}")).collect();
     // Pages on the paused node that nobody visits or reads before the pause: certainly
     // not cached. And visited pages on the other nodes.
-    let cold = pages_on(&rig.ring, PAUSED, "cold-", 10);
+    let cold: Vec<String> = keys_on(&rig.ring, PAUSED, "cold-").take(10).collect();
     let elsewhere: Vec<&String> = pages
         .iter()
         .filter(|p| rig.owner(p) != PAUSED)

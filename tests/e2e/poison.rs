@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_testkit::{LoadSpec, run_load};
+use tally_testkit::{LoadSpec, keys_on, run_load};
 
-use crate::support::{Rig, Server, json, one_at_a_time, pages_on};
+use crate::support::{Rig, Server, json, one_at_a_time};
 
 const POISON: &str = "poison";
 
@@ -30,7 +30,7 @@ async fn a_poisoned_value_holds_only_its_own_page_and_a_repair_writes_its_visits
         .await;
     assert_eq!(first.status, 200, "{}", first.text());
     let mut pages: Vec<String> = (0..120).map(|i| format!("page-{i}")).collect();
-    pages.extend(pages_on(&rig.ring, owner, "neighbour-", 20));
+    pages.extend(keys_on(&rig.ring, owner, "neighbour-").take(20));
     let board = run_load(LoadSpec {
         concurrency: 8,
         ..LoadSpec::visits(&server.base_url(), pages.clone(), pages.len() as u64)
@@ -62,7 +62,7 @@ async fn a_poisoned_value_holds_only_its_own_page_and_a_repair_writes_its_visits
         let body = json(response);
         assert_eq!(body["error"]["code"], "corrupt_count", "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        for part in ["tally:v:poison", &crate::support::name_of(node), "abc"] {
+        for part in ["tally:v:poison", &node.addr().to_string(), "abc"] {
             assert!(message.contains(part), "{part} not in: {message}");
         }
     }
@@ -176,7 +176,7 @@ async fn a_statistics_set_of_the_wrong_type_is_reported_naming_key_and_node() {
         ..LoadSpec::visits(&server.base_url(), urls.clone(), urls.len() as u64)
     })
     .await;
-    let name = crate::support::name_of(node);
+    let name = node.addr().to_string();
     let status = server
         .wait_for_status(&format!("{name} among the failing nodes"), |status| {
             status["stats_status"]["failing_nodes"][&name].is_string()

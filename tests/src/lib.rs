@@ -5,10 +5,13 @@
 //! as the shipped `tally-server`, over real Redis nodes from `tally-testkit`, and injects
 //! the faults production brings: a node paused (SIGSTOP), killed (SIGKILL) and restarted
 //! from its append-only file, replies lost by a proxy, SIGTERM to the server, two servers
-//! on the same nodes, overload, bad input, a flood of distinct URLs, and passwords.
+//! on the same nodes, overload, bad input, a flood of distinct URLs, and passwords. It also
+//! holds the binary's start-up checks: a configuration it cannot run with exits 2 with one
+//! line. Every test that runs the server as a process lives here; in-process API tests live
+//! in `tally-server`'s own `tests/api`.
 //!
-//! the README's "Guarantees and failure modes" says what tally promises, which test proves each promise, and what
-//! it does not promise.
+//! The README's "Guarantees and failure modes" says what tally promises, which test proves
+//! each promise, and what it does not promise.
 //!
 //! ```text
 //! cargo test -p tally-tests -- --nocapture          # every scenario, with its figures

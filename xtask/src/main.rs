@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
 //!   running as root), then runs the whole test suite.
-//! - `cargo xtask ci`: formatting, clippy, cargo-deny, the compose file's validity, the
-//!   same tests, then one `--quick` run of the load harness. `.ci/run` calls it.
+//! - `cargo xtask ci`: formatting, clippy, cargo-deny, the docs (`cargo doc` with warnings
+//!   as errors), the library crates' packages (`cargo package`, each built from what it
+//!   would publish), the compose file's validity, the same tests, then one `--quick` run
+//!   of the load harness. `.ci/run` calls it.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
 
 use std::process::{Command, ExitCode};
@@ -43,6 +45,19 @@ fn ci() -> Result {
     ensure_cargo_deny()?;
     // Advisories need the network, which CI machines do not have.
     cargo(&["deny", "check", "licenses", "bans", "sources"])?;
+    // Intra-doc links and doc comments stay valid.
+    run_with(
+        &cargo_program(),
+        &["doc", "--no-deps", "--workspace"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    // The library crates are meant to be embedded: each packages and builds on its own
+    // from what it would publish (ours resolved from a local registry cargo builds).
+    let mut package = vec!["package", "--allow-dirty"];
+    for library in LIBRARIES {
+        package.extend(["-p", library]);
+    }
+    cargo(&package)?;
     // No Docker engine runs on CI machines: validate what can be validated without one.
     ensure_apt_package("docker-compose", "docker-compose")?;
     run(
@@ -75,15 +90,31 @@ fn bench(extra: &[String]) -> Result {
     cargo(&args)
 }
 
+/// The crates other services embed, in dependency order.
+const LIBRARIES: [&str; 4] = ["tally-ring", "tally-counter", "tally-redis", "tally-stats"];
+
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
 fn cargo(args: &[&str]) -> Result {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(&cargo, args)
+    run(&cargo_program(), args)
 }
 
 fn run(program: &str, args: &[&str]) -> Result {
-    println!("xtask: running {program} {}", args.join(" "));
+    run_with(program, args, &[])
+}
+
+fn run_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result {
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    println!(
+        "xtask: running {}{program} {}",
+        shown.concat(),
+        args.join(" ")
+    );
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("could not start {program}: {e}"))?;
     if status.success() {
@@ -142,4 +173,139 @@ fn ensure_cargo_deny() -> Result {
     }
     println!("xtask: cargo-deny is missing; installing it");
     cargo(&["install", "cargo-deny", "--locked"])
+}
+
+/// The repository's own documents against its code: what `ARCHITECTURE.md` names exists,
+/// and the README's embedding example is the one the counter crate runs as a doctest.
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask sits in the workspace root")
+            .to_path_buf()
+    }
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Every `.rs` file under the folders that hold code, as paths from the root.
+    fn sources() -> Vec<(String, String)> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let name = path.strip_prefix(root).unwrap_or(&path);
+                    out.push((name.to_string_lossy().into_owned(), text));
+                }
+            }
+        }
+        let root = root();
+        let mut out = Vec::new();
+        for dir in ["crates", "bins", "tests", "benches", "xtask"] {
+            walk(&root.join(dir), &root, &mut out);
+        }
+        out
+    }
+
+    /// The `code spans` of a Markdown text, outside fenced blocks.
+    fn code_spans(text: &str) -> Vec<String> {
+        let mut spans = Vec::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                continue;
+            }
+            if !fenced {
+                spans.extend(line.split('`').skip(1).step_by(2).map(str::to_owned));
+            }
+        }
+        spans
+    }
+
+    #[test]
+    fn architecture_names_only_files_and_items_that_exist() {
+        let sources = sources();
+        let mut missing = Vec::new();
+        for span in code_spans(&read("ARCHITECTURE.md")) {
+            let top = [
+                "crates/", "bins/", "tests/", "benches/", "xtask/", "docker/",
+            ];
+            let is_file = !span.contains(['*', '{', ' '])
+                && (span.ends_with(".rs") || top.iter().any(|t| span.starts_with(t)));
+            if is_file {
+                let found = sources.iter().any(|(path, _)| path.ends_with(&*span))
+                    || root().join(&span).exists();
+                if !found {
+                    missing.push(format!("file {span}"));
+                }
+                continue;
+            }
+            let is_path = span
+                .split("::")
+                .all(|s| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_'));
+            let Some(item) = span.rsplit("::").next().filter(|_| is_path) else {
+                continue;
+            };
+            let first = item.chars().next().unwrap_or('_');
+            let patterns: Vec<String> = if item.chars().all(|c| !c.is_lowercase()) {
+                // A constant, or a setting read from the environment.
+                if !item.contains('_') {
+                    continue;
+                }
+                vec![
+                    format!("const {item}:"),
+                    format!("static {item}:"),
+                    format!("\"{item}\""),
+                ]
+            } else if first.is_uppercase() {
+                ["struct", "enum", "trait", "type"]
+                    .iter()
+                    .map(|kind| format!("{kind} {item}"))
+                    .collect()
+            } else {
+                // One lower-case word names a crate or a tool as often as a function.
+                if !item.contains('_') && !span.contains("::") {
+                    continue;
+                }
+                vec![format!("fn {item}("), format!("fn {item}<")]
+            };
+            if !sources
+                .iter()
+                .any(|(_, text)| patterns.iter().any(|p| text.contains(p.as_str())))
+            {
+                missing.push(format!("item {span}"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "ARCHITECTURE.md names what the code does not have: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_readme_embedding_example_is_the_counter_crates_tested_one() {
+        let fenced = |text: &str| -> Vec<String> {
+            text.split("```rust\n")
+                .skip(1)
+                .filter_map(|rest| rest.split_once("```").map(|(code, _)| code.to_owned()))
+                .collect()
+        };
+        let crate_example = fenced(&read("crates/tally-counter/README.md"));
+        assert_eq!(crate_example.len(), 1, "the crate README has one example");
+        assert!(
+            fenced(&read("README.md")).contains(&crate_example[0]),
+            "README.md's \"Embedding the counter\" example differs from crates/tally-counter/README.md's"
+        );
+    }
 }

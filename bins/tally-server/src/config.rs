@@ -1,10 +1,16 @@
-//! The server's configuration: one typed [`Config`] read from the environment (and `.env`),
-//! with a one-line [`ConfigError`] naming the variable, its value and what was expected.
+//! The server's configuration: every setting declared once, read from the environment (and
+//! `.env`) into one typed [`Config`], with a one-line [`ConfigError`] naming the variable,
+//! its value and what was expected.
 //!
-//! Variables keep the names of the original Python service. envy maps them onto a struct of
-//! raw strings; each is then parsed by a small parser that knows the variable's name, so
-//! every message has the same shape and no value is printed before it is made safe to show
-//! (node URLs lose their passwords, `REDIS_PASSWORD` is never printed).
+//! The `settings!` block below is the one declaration of each setting: the field with its
+//! type and one line of docs, its default (taken from the crate that owns the setting where
+//! one does), the variable it is read from (names of the original Python service) and its
+//! parser with the parser's bounds. From it come the `Config` struct and its `Default`, the
+//! parse of [`Config::from_vars`], the checks of [`Config::validate`], and
+//! [`Config::SETTINGS`], against which tests hold the README's configuration table and
+//! `docker/.env.example`. Each parser is given its variable's name, so every message has the
+//! same shape and no value is printed before it is made safe to show (node URLs lose their
+//! passwords, `REDIS_PASSWORD` is never printed).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,13 +18,190 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tally_counter::{CounterConfig, PendingBytes};
 use tally_redis::{Layout, NodeUrl, RedisConfig, Secret, redact};
 
-/// Longest duration any `*_SECONDS` variable accepts: one year. Far above any sensible
-/// value, and low enough that no timer or cache implementation overflows on it.
-const MAX_SECONDS: f64 = 31_536_000.0;
+/// Declares the settings (see the module docs). Each entry reads
+///
+/// ```text
+/// /// One line of docs.
+/// pub field: Type = default, from "VARIABLE" as parser;
+/// ```
+///
+/// optionally followed by `, overridden by "OTHER" as parser`: a second variable that, when
+/// set, gives the field its value instead (and has no default of its own).
+macro_rules! settings {
+    (
+        $(#[$attr:meta])*
+        pub struct Config {
+            $(
+                $(#[doc = $doc:literal])+
+                pub $field:ident: $ty:ty = $default:expr,
+                    from $name:literal as $parser:expr
+                    $(, overridden by $over:literal as $over_parser:expr)?;
+            )+
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                #[doc = ""]
+                #[doc = concat!("From `", $name, "`", $(", or `", $over, "` when set",)? ".")]
+                pub $field: $ty,
+            )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $($field: $default,)+ }
+            }
+        }
+
+        impl Config {
+            /// Every variable the server reads, in declaration order, with its default.
+            pub const SETTINGS: &'static [Setting] = &[
+                $(
+                    Setting {
+                        name: $name,
+                        default: || {
+                            let default: $ty = $default;
+                            Parser::show(&$parser, &default)
+                        },
+                    },
+                    $(Setting { name: $over, default: || None },)?
+                )+
+            ];
+
+            /// Each field from its variable when set, else its default; the first bad value
+            /// is the error.
+            fn read(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $(
+                        $field: $(if let Some(text) = vars.get($over) {
+                            $over_parser.parse($over, text)?
+                        } else)? {
+                            match vars.get($name) {
+                                Some(text) => $parser.parse($name, text)?,
+                                None => $default,
+                            }
+                        },
+                    )+
+                })
+            }
+
+            fn check_fields(&self) -> Result<(), ConfigError> {
+                $(Parser::check(&$parser, $name, &self.$field)?;)+
+                Ok(())
+            }
+        }
+
+        /// Every environment variable the server reads: the names of [`Config::SETTINGS`].
+        pub const KNOWN_VARIABLES: &[&str] = &[$($name, $($over,)?)+];
+    };
+}
+
+settings! {
+    /// Everything the server can be told, one field per setting.
+    ///
+    /// Build it with [`Config::from_env`] (the binary), [`Config::from_vars`] (tests of
+    /// parsing), or [`Config::default`] plus field updates (tests that start the app). The
+    /// defaults are listed by [`Config::SETTINGS`] and the README. Durations are parsed from
+    /// the `*_SECONDS`-style variables, which accept fractions (`0.5`). `Debug` never shows a
+    /// password: node URLs print redacted and [`Secret`] prints `***`.
+    #[derive(Clone, Debug)]
+    pub struct Config {
+        /// The Redis nodes, in order; none means the embedded in-process store.
+        pub redis_nodes: Vec<NodeUrl> = Vec::new(), from "REDIS_NODES" as NodeList;
+        /// Password for every node, overriding the URLs' own.
+        pub redis_password: Option<Secret> = None, from "REDIS_PASSWORD" as Password;
+        /// Database index for every node, overriding the URLs' own.
+        pub redis_db: Option<i64> = None, from "REDIS_DB" as DbIndex;
+        /// Bound on each connection attempt and command.
+        pub redis_timeout: Duration = tally_redis::DEFAULT_TIMEOUT,
+            from "REDIS_TIMEOUT" as Seconds;
+        /// Connection attempts before a command fails.
+        pub redis_retry_attempts: u32 = tally_redis::DEFAULT_RETRY_ATTEMPTS,
+            from "REDIS_RETRY_ATTEMPTS" as Whole(1, 1000);
+        /// Connections per node.
+        pub redis_pool_size: usize = tally_redis::DEFAULT_POOL_SIZE,
+            from "REDIS_POOL_SIZE" as Whole(1, 10_000);
+        /// Ring points per node (the ring's default).
+        pub virtual_nodes: u32 = tally_redis::DEFAULT_VNODES,
+            from "VIRTUAL_NODES" as Whole(1, 100_000);
+        /// How long a read value is served from memory.
+        pub cache_ttl: Duration = CounterConfig::default().cache_ttl,
+            from "CACHE_TTL_SECONDS" as Seconds;
+        /// Most entries in the visit counter's read cache.
+        pub cache_capacity: u64 = CounterConfig::default().cache_capacity,
+            from "CACHE_CAPACITY" as Whole(0, 1_000_000_000);
+        /// Pending visits are written at least this often.
+        pub batch_interval: Duration = CounterConfig::default().batch_interval,
+            from "BATCH_INTERVAL_SECONDS" as Seconds;
+        /// A node's batch goes out early at this many pages, and holds no more.
+        pub batch_size_limit: usize = CounterConfig::default().batch_size_limit,
+            from "BATCH_SIZE_LIMIT" as Whole(1, 1_000_000);
+        /// Most bytes of page ids (or paths) in one batch.
+        pub batch_max_bytes: usize = CounterConfig::default().batch_max_bytes,
+            from "BATCH_MAX_BYTES" as Whole(1, 1 << 30);
+        /// Most distinct pages waiting to be written, each node's at most its share.
+        pub max_pending_keys: usize = CounterConfig::default().max_pending_keys,
+            from "MAX_PENDING_KEYS" as Whole(1, 1_000_000_000);
+        /// Most bytes of keys waiting to be written: one budget, cloned into both counters.
+        pub max_pending_bytes: PendingBytes = CounterConfig::default().max_pending_bytes,
+            from "MAX_PENDING_BYTES" as Budget(Whole(1 << 16, 1 << 40));
+        /// Reported as `debug_mode` by `/status`.
+        pub debug: bool = false, from "DEBUG" as FLAG;
+        /// Path prefix of the counter API, no trailing slash.
+        pub api_prefix: String = "/api/v1".to_owned(), from "API_PREFIX" as PathPrefix;
+        /// Named in the start-up log line.
+        pub project_name: String = "tally".to_owned(), from "PROJECT_NAME" as Name;
+        /// Serve Prometheus metrics at `/metrics`.
+        pub enable_metrics: bool = true, from "ENABLE_METRICS" as FLAG;
+        /// How often a counter summary is logged.
+        pub metrics_interval: Duration = Duration::from_secs(60),
+            from "METRICS_INTERVAL_SECONDS" as Seconds;
+        /// Address to listen on (the container image sets `0.0.0.0`).
+        pub host: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST), from "HOST" as ListenAddress;
+        /// Port to listen on; 0 picks a free one (logged at start).
+        pub port: u16 = 8000, from "PORT" as Whole(0, u16::MAX);
+        /// Format of the log lines.
+        pub log_format: LogFormat = LogFormat::Text, from "LOG_FORMAT" as FORMAT;
+        /// Log filter: a level, or full `tracing` directives.
+        pub log_filter: String = "info".to_owned(), from "LOG_LEVEL" as Level,
+            overridden by "RUST_LOG" as Directives;
+        /// How often every Redis node is pinged.
+        pub health_check_interval: Duration = tally_redis::DEFAULT_HEALTH_CHECK_INTERVAL,
+            from "HEALTH_CHECK_INTERVAL_SECONDS" as Seconds;
+        /// A node's high-water mark of an instance silent this long is removed; must
+        /// outlast any node outage a running server rides out (see [`RedisConfig`]).
+        pub marks_retention: Duration = tally_redis::DEFAULT_MARKS_RETENTION,
+            from "MARKS_RETENTION_HOURS" as Hours;
+        /// Bound on a graceful shutdown, split as [`Config::drain_timeout`] says.
+        pub shutdown_timeout: Duration = Duration::from_secs(25),
+            from "SHUTDOWN_TIMEOUT_SECONDS" as ShutdownSeconds;
+        /// Largest `n` of `/test/{n}/`.
+        pub test_max_requests: u64 = 100_000, from "TEST_MAX_REQUESTS" as Whole(1, 10_000_000);
+        /// Serve `/test/{n}/`.
+        pub test_endpoint_enabled: bool = true, from "TEST_ENDPOINT_ENABLED" as FLAG;
+    }
+}
+
+/// One environment variable the server reads, as [`Config::SETTINGS`] lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The variable's name, e.g. `REDIS_TIMEOUT`.
+    pub name: &'static str,
+    default: fn() -> Option<String>,
+}
+
+impl Setting {
+    /// The default written as the variable's value (`5` for five seconds), or `None` when
+    /// the variable is unset by default.
+    pub fn default_value(&self) -> Option<String> {
+        (self.default)()
+    }
+}
 
 /// Format of the log lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,124 +211,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (`LOG_FORMAT=json`).
     Json,
-}
-
-/// Everything the server can be told, with the defaults of the original service except
-/// where the README says otherwise.
-///
-/// Build it with [`Config::from_env`] (the binary), [`Config::from_vars`] (tests of
-/// parsing), or [`Config::default`] plus field updates (tests that start the app).
-/// Durations are [`Duration`] fields, parsed from the `*_SECONDS`-style variables, which
-/// accept fractions (`0.5`). `Debug` never shows a password: node URLs print redacted and
-/// [`Secret`] prints `***`.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// `REDIS_NODES`: the Redis nodes, in order; empty means the embedded in-process store.
-    pub redis_nodes: Vec<NodeUrl>,
-    /// `REDIS_PASSWORD`: password for every node, overriding the URLs' own.
-    pub redis_password: Option<Secret>,
-    /// `REDIS_DB`: database index for every node, overriding the URLs' own.
-    pub redis_db: Option<i64>,
-    /// `REDIS_TIMEOUT` (seconds, default 5): bound on each connection attempt and command.
-    pub redis_timeout: Duration,
-    /// `REDIS_RETRY_ATTEMPTS` (default 3): connection attempts before a command fails.
-    pub redis_retry_attempts: u32,
-    /// `REDIS_POOL_SIZE` (default 16): connections per node.
-    pub redis_pool_size: usize,
-    /// `VIRTUAL_NODES` (default 160): ring points per node.
-    pub virtual_nodes: u32,
-    /// `CACHE_TTL_SECONDS` (default 5): how long a read value is served from memory.
-    pub cache_ttl: Duration,
-    /// `CACHE_CAPACITY` (default 100,000): most entries in the read cache.
-    pub cache_capacity: u64,
-    /// `BATCH_INTERVAL_SECONDS` (default 5.0): pending visits are written at least this often.
-    pub batch_interval: Duration,
-    /// `BATCH_SIZE_LIMIT` (default 1000): a node's batch goes out early at this many pages,
-    /// and holds no more.
-    pub batch_size_limit: usize,
-    /// `BATCH_MAX_BYTES` (default 1 MiB): most bytes of page ids (or paths) in one batch.
-    pub batch_max_bytes: usize,
-    /// `MAX_PENDING_KEYS` (default 1,000,000): most distinct pages waiting to be written,
-    /// each node's pages at most their share (divided by the number of nodes); past it
-    /// visits to new pages answer 503.
-    pub max_pending_keys: usize,
-    /// `MAX_PENDING_BYTES` (default 256 MiB): most bytes of page ids and paths waiting to
-    /// be written, over the visit counter and the request statistics together (each key
-    /// costs its length plus [`tally_counter::PendingBytes::KEY_OVERHEAD`]); past it,
-    /// requests with a new page or path answer 503. Both counters get clones of this one
-    /// budget.
-    pub max_pending_bytes: PendingBytes,
-    /// `DEBUG` (default false): reported as `debug_mode` by `/status`.
-    pub debug: bool,
-    /// `API_PREFIX` (default `/api/v1`): path prefix of the counter API, no trailing slash.
-    pub api_prefix: String,
-    /// `PROJECT_NAME` (default `tally`): named in the start-up log line.
-    pub project_name: String,
-    /// `ENABLE_METRICS` (default true): serve Prometheus metrics at `/metrics`.
-    pub enable_metrics: bool,
-    /// `METRICS_INTERVAL_SECONDS` (default 60): how often a counter summary is logged.
-    pub metrics_interval: Duration,
-    /// `HOST` (default `127.0.0.1`): address to listen on. The container image sets
-    /// `0.0.0.0`.
-    pub host: IpAddr,
-    /// `PORT` (default 8000): port to listen on; 0 picks a free one (logged at start).
-    pub port: u16,
-    /// `LOG_FORMAT` (default `text`): `text` or `json`.
-    pub log_format: LogFormat,
-    /// Log filter: `RUST_LOG` when set (full `tracing` directives), else `LOG_LEVEL`
-    /// (default `info`).
-    pub log_filter: String,
-    /// `HEALTH_CHECK_INTERVAL_SECONDS` (default 5): how often every Redis node is pinged.
-    pub health_check_interval: Duration,
-    /// `MARKS_RETENTION_HOURS` (default 720, fractions accepted): a node's high-water mark
-    /// of a server instance that has not written to it for this long is removed; must
-    /// outlast any node outage a running server rides out (see [`RedisConfig`]).
-    pub marks_retention: Duration,
-    /// `SHUTDOWN_TIMEOUT_SECONDS` (default 25, at least [`Config::MIN_SHUTDOWN_TIMEOUT`]):
-    /// bound on a graceful shutdown, from the signal to the last flushed batch; split as
-    /// [`Config::drain_timeout`] says.
-    pub shutdown_timeout: Duration,
-    /// `TEST_MAX_REQUESTS` (default 100,000): largest `n` of `/test/{n}/` (request-stats
-    /// issue; parsed now, unused so far).
-    pub test_max_requests: u64,
-    /// `TEST_ENDPOINT_ENABLED` (default true): serve `/test/{n}/` (request-stats issue;
-    /// parsed now, unused so far).
-    pub test_endpoint_enabled: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            redis_nodes: Vec::new(),
-            redis_password: None,
-            redis_db: None,
-            redis_timeout: tally_redis::DEFAULT_TIMEOUT,
-            redis_retry_attempts: tally_redis::DEFAULT_RETRY_ATTEMPTS,
-            redis_pool_size: tally_redis::DEFAULT_POOL_SIZE,
-            virtual_nodes: 160,
-            cache_ttl: Duration::from_secs(5),
-            cache_capacity: 100_000,
-            batch_interval: Duration::from_secs(5),
-            batch_size_limit: 1000,
-            batch_max_bytes: CounterConfig::default().batch_max_bytes,
-            max_pending_keys: 1_000_000,
-            max_pending_bytes: CounterConfig::default().max_pending_bytes,
-            debug: false,
-            api_prefix: "/api/v1".to_owned(),
-            project_name: "tally".to_owned(),
-            enable_metrics: true,
-            metrics_interval: Duration::from_secs(60),
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 8000,
-            log_format: LogFormat::Text,
-            log_filter: "info".to_owned(),
-            health_check_interval: tally_redis::DEFAULT_HEALTH_CHECK_INTERVAL,
-            marks_retention: tally_redis::DEFAULT_MARKS_RETENTION,
-            shutdown_timeout: Duration::from_secs(25),
-            test_max_requests: 100_000,
-            test_endpoint_enabled: true,
-        }
-    }
 }
 
 /// A configuration value that cannot be used. `Display` is one line:
@@ -179,41 +244,6 @@ impl ConfigError {
     }
 }
 
-/// The variables as envy reads them: raw strings, parsed one by one below so each message
-/// names its variable. Empty values count as unset (the seed's `.env` has `REDIS_PASSWORD=`).
-#[derive(Debug, Default, Deserialize)]
-struct RawVars {
-    redis_nodes: Option<String>,
-    redis_password: Option<String>,
-    redis_db: Option<String>,
-    redis_timeout: Option<String>,
-    redis_retry_attempts: Option<String>,
-    redis_pool_size: Option<String>,
-    virtual_nodes: Option<String>,
-    cache_ttl_seconds: Option<String>,
-    cache_capacity: Option<String>,
-    batch_interval_seconds: Option<String>,
-    batch_size_limit: Option<String>,
-    batch_max_bytes: Option<String>,
-    max_pending_keys: Option<String>,
-    max_pending_bytes: Option<String>,
-    debug: Option<String>,
-    api_prefix: Option<String>,
-    project_name: Option<String>,
-    enable_metrics: Option<String>,
-    metrics_interval_seconds: Option<String>,
-    host: Option<String>,
-    port: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
-    rust_log: Option<String>,
-    health_check_interval_seconds: Option<String>,
-    marks_retention_hours: Option<String>,
-    shutdown_timeout_seconds: Option<String>,
-    test_max_requests: Option<String>,
-    test_endpoint_enabled: Option<String>,
-}
-
 impl Config {
     /// Reads `.env` from the working directory when present, then the process environment
     /// (which wins over the file), and parses the result.
@@ -230,7 +260,7 @@ impl Config {
                     vars.insert(name.to_owned(), value);
                 }
                 // Only our own variables matter; others may hold anything.
-                Err(_) if is_known_variable(name) => {
+                Err(_) if KNOWN_VARIABLES.contains(&name) => {
                     return Err(ConfigError::new(name, None, "is not valid UTF-8"));
                 }
                 Err(_) => {}
@@ -259,8 +289,9 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        // Only our variables, spelled exactly (envy would also take `port` for `PORT`), the
-        // last value of a name winning (as `.env` then the environment).
+        // Only our variables, spelled exactly, the last value of a name winning (as `.env`
+        // then the environment); empty values count as unset (the seed's `.env` has
+        // `REDIS_PASSWORD=`).
         let vars: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
@@ -268,194 +299,20 @@ impl Config {
                 KNOWN_VARIABLES.contains(&k.as_str()) && !v.trim().is_empty()
             })
             .collect();
-        // All fields are optional strings, so envy cannot fail on values; a failure here
-        // would be a bug in the struct, reported without any value.
-        let raw: RawVars = envy::from_iter(vars)
-            .map_err(|e| ConfigError::new("environment", None, e.to_string()))?;
-        let d = Config::default();
-        let config = Config {
-            redis_nodes: match raw.redis_nodes.as_deref() {
-                Some(value) => parse_nodes(value)?,
-                None => Vec::new(),
-            },
-            redis_password: raw.redis_password.map(Secret::new),
-            redis_db: raw
-                .redis_db
-                .as_deref()
-                .map(|v| whole("REDIS_DB", v, 0, i64::from(i32::MAX)))
-                .transpose()?,
-            redis_timeout: seconds("REDIS_TIMEOUT", raw.redis_timeout, d.redis_timeout)?,
-            redis_retry_attempts: whole_or(
-                "REDIS_RETRY_ATTEMPTS",
-                raw.redis_retry_attempts,
-                1,
-                1000,
-                d.redis_retry_attempts,
-            )?,
-            redis_pool_size: whole_or(
-                "REDIS_POOL_SIZE",
-                raw.redis_pool_size,
-                1,
-                10_000,
-                d.redis_pool_size,
-            )?,
-            virtual_nodes: whole_or(
-                "VIRTUAL_NODES",
-                raw.virtual_nodes,
-                1,
-                100_000,
-                d.virtual_nodes,
-            )?,
-            cache_ttl: seconds("CACHE_TTL_SECONDS", raw.cache_ttl_seconds, d.cache_ttl)?,
-            cache_capacity: whole_or(
-                "CACHE_CAPACITY",
-                raw.cache_capacity,
-                0,
-                1_000_000_000,
-                d.cache_capacity,
-            )?,
-            batch_interval: seconds(
-                "BATCH_INTERVAL_SECONDS",
-                raw.batch_interval_seconds,
-                d.batch_interval,
-            )?,
-            batch_size_limit: whole_or(
-                "BATCH_SIZE_LIMIT",
-                raw.batch_size_limit,
-                1,
-                1_000_000,
-                d.batch_size_limit,
-            )?,
-            batch_max_bytes: whole_or(
-                "BATCH_MAX_BYTES",
-                raw.batch_max_bytes,
-                1,
-                1 << 30,
-                d.batch_max_bytes,
-            )?,
-            max_pending_keys: whole_or(
-                "MAX_PENDING_KEYS",
-                raw.max_pending_keys,
-                1,
-                1_000_000_000,
-                d.max_pending_keys,
-            )?,
-            max_pending_bytes: PendingBytes::new(whole_or(
-                "MAX_PENDING_BYTES",
-                raw.max_pending_bytes,
-                1 << 16,
-                1 << 40,
-                d.max_pending_bytes.limit(),
-            )?),
-            debug: boolean("DEBUG", raw.debug, d.debug)?,
-            api_prefix: match raw.api_prefix.as_deref() {
-                Some(value) => parse_prefix(value)?,
-                None => d.api_prefix,
-            },
-            project_name: raw
-                .project_name
-                .map_or(d.project_name, |v| v.trim().to_owned()),
-            enable_metrics: boolean("ENABLE_METRICS", raw.enable_metrics, d.enable_metrics)?,
-            metrics_interval: seconds(
-                "METRICS_INTERVAL_SECONDS",
-                raw.metrics_interval_seconds,
-                d.metrics_interval,
-            )?,
-            host: match raw.host.as_deref() {
-                Some(value) => parse_host(value)?,
-                None => d.host,
-            },
-            port: whole_or("PORT", raw.port, 0, u16::MAX, d.port)?,
-            log_format: match raw.log_format.as_deref() {
-                Some(value) => parse_log_format(value)?,
-                None => d.log_format,
-            },
-            log_filter: parse_log_filter(raw.rust_log.as_deref(), raw.log_level.as_deref())?,
-            health_check_interval: seconds(
-                "HEALTH_CHECK_INTERVAL_SECONDS",
-                raw.health_check_interval_seconds,
-                d.health_check_interval,
-            )?,
-            marks_retention: hours(
-                "MARKS_RETENTION_HOURS",
-                raw.marks_retention_hours,
-                d.marks_retention,
-            )?,
-            shutdown_timeout: match raw.shutdown_timeout_seconds.as_deref() {
-                Some(value) => parse_shutdown_timeout(value)?,
-                None => d.shutdown_timeout,
-            },
-            test_max_requests: whole_or(
-                "TEST_MAX_REQUESTS",
-                raw.test_max_requests,
-                1,
-                10_000_000,
-                d.test_max_requests,
-            )?,
-            test_endpoint_enabled: boolean(
-                "TEST_ENDPOINT_ENABLED",
-                raw.test_endpoint_enabled,
-                d.test_endpoint_enabled,
-            )?,
-        };
+        let config = Self::read(&vars)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what the field types cannot: durations above zero, counts of at least one,
-    /// a well-formed prefix, distinct nodes. [`crate::run`] calls it too, for configs built
-    /// in code.
+    /// Checks what the field types cannot, for configs built in code: durations above zero
+    /// and within a year, counts of at least one, a database index of 0 or more, a
+    /// well-formed prefix, distinct nodes. [`crate::run`] calls it too.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] for the first bad field, named by its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let durations = [
-            ("REDIS_TIMEOUT", self.redis_timeout),
-            ("CACHE_TTL_SECONDS", self.cache_ttl),
-            ("BATCH_INTERVAL_SECONDS", self.batch_interval),
-            ("METRICS_INTERVAL_SECONDS", self.metrics_interval),
-            ("HEALTH_CHECK_INTERVAL_SECONDS", self.health_check_interval),
-            ("SHUTDOWN_TIMEOUT_SECONDS", self.shutdown_timeout),
-        ];
-        for (variable, duration) in durations {
-            if duration.is_zero() || duration.as_secs_f64() > MAX_SECONDS {
-                return Err(ConfigError::new(
-                    variable,
-                    Some(&duration.as_secs_f64().to_string()),
-                    SECONDS_EXPECTED,
-                ));
-            }
-        }
-        let at_least_one = [
-            ("REDIS_RETRY_ATTEMPTS", self.redis_retry_attempts as u64),
-            ("REDIS_POOL_SIZE", self.redis_pool_size as u64),
-            ("VIRTUAL_NODES", u64::from(self.virtual_nodes)),
-            ("BATCH_SIZE_LIMIT", self.batch_size_limit as u64),
-            ("BATCH_MAX_BYTES", self.batch_max_bytes as u64),
-            ("MAX_PENDING_KEYS", self.max_pending_keys as u64),
-            ("TEST_MAX_REQUESTS", self.test_max_requests),
-        ];
-        for (variable, value) in at_least_one {
-            if value == 0 {
-                return Err(ConfigError::new(variable, Some("0"), "expected at least 1"));
-            }
-        }
-        if self.redis_db.is_some_and(|db| db < 0) {
-            return Err(ConfigError::new(
-                "REDIS_DB",
-                self.redis_db.map(|db| db.to_string()).as_deref(),
-                "expected a database index of 0 or more",
-            ));
-        }
-        if self.shutdown_timeout < Self::MIN_SHUTDOWN_TIMEOUT {
-            return Err(shutdown_timeout_error(
-                &self.shutdown_timeout.as_secs_f64().to_string(),
-            ));
-        }
-        parse_prefix(&self.api_prefix)?;
-        check_distinct(&self.redis_nodes)?;
-        Ok(())
+        self.check_fields()
     }
 
     /// Smallest `SHUTDOWN_TIMEOUT_SECONDS`: requests in flight get at least 1 s (actix-web
@@ -540,46 +397,6 @@ impl fmt::Display for LogFormat {
     }
 }
 
-const SECONDS_EXPECTED: &str =
-    "expected a number of seconds above 0 and at most 31536000, such as 5 or 0.5";
-
-/// Every environment variable the server reads.
-pub const KNOWN_VARIABLES: &[&str] = &[
-    "REDIS_NODES",
-    "REDIS_PASSWORD",
-    "REDIS_DB",
-    "REDIS_TIMEOUT",
-    "REDIS_RETRY_ATTEMPTS",
-    "REDIS_POOL_SIZE",
-    "VIRTUAL_NODES",
-    "CACHE_TTL_SECONDS",
-    "CACHE_CAPACITY",
-    "BATCH_INTERVAL_SECONDS",
-    "BATCH_SIZE_LIMIT",
-    "BATCH_MAX_BYTES",
-    "MAX_PENDING_KEYS",
-    "MAX_PENDING_BYTES",
-    "DEBUG",
-    "API_PREFIX",
-    "PROJECT_NAME",
-    "ENABLE_METRICS",
-    "METRICS_INTERVAL_SECONDS",
-    "HOST",
-    "PORT",
-    "LOG_FORMAT",
-    "LOG_LEVEL",
-    "RUST_LOG",
-    "HEALTH_CHECK_INTERVAL_SECONDS",
-    "MARKS_RETENTION_HOURS",
-    "SHUTDOWN_TIMEOUT_SECONDS",
-    "TEST_MAX_REQUESTS",
-    "TEST_ENDPOINT_ENABLED",
-];
-
-fn is_known_variable(name: &str) -> bool {
-    KNOWN_VARIABLES.contains(&name)
-}
-
 /// The `(name, value)` pairs of a `.env` file; none when it does not exist.
 fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let iter = match dotenvy::from_path_iter(path) {
@@ -615,64 +432,96 @@ fn dotenv_error(error: &dotenvy::Error) -> ConfigError {
     ConfigError::new(".env", None, problem)
 }
 
-fn parse_nodes(value: &str) -> Result<Vec<NodeUrl>, ConfigError> {
-    let config = RedisConfig::from_urls(value).map_err(|e| {
-        // `redact` splits the list as `from_urls` does, so a password holding commas is
-        // hidden whole.
-        let mut problem = format!(
-            "{e}; expected comma-separated redis:// URLs such as redis://:password@redis1:6379/0"
-        );
-        if matches!(&e, tally_redis::Error::InvalidUrl { url, .. } if url.contains(',')) {
-            problem.push_str("; a comma starts a new node only when redis:// follows it");
-        }
-        if value.contains('@') {
-            problem.push_str(
-                "; in a password write '/' '?' '#' '%' as %2F %3F %23 %25 (',' '@' ':' and blanks may stay)",
-            );
-        }
-        ConfigError::new("REDIS_NODES", Some(&redact(value)), problem)
-    })?;
-    check_distinct(&config.nodes)?;
-    Ok(config.nodes)
+/// How a variable's text becomes a field's value, and a value is written back.
+trait Parser {
+    /// The field's type.
+    type Value;
+
+    /// The value of a variable that is set (not empty), or why it is refused.
+    fn parse(&self, variable: &str, text: &str) -> Result<Self::Value, ConfigError>;
+
+    /// `value` written as the variable would hold it; `None` for unset.
+    fn show(&self, value: &Self::Value) -> Option<String>;
+
+    /// Checks a value set in code: what the server needs to work (durations above zero and
+    /// within a year, counts of at least one, a valid prefix, distinct nodes). The upper
+    /// bounds of `parse` only catch typos, and `MARKS_RETENTION_HOURS` is checked by
+    /// tally-redis, so by default nothing is checked.
+    fn check(&self, _variable: &str, _value: &Self::Value) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
-fn check_distinct(nodes: &[NodeUrl]) -> Result<(), ConfigError> {
-    for (i, node) in nodes.iter().enumerate() {
-        if nodes[..i].iter().any(|other| other.name() == node.name()) {
-            let shown = nodes
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+/// Longest duration any `*_SECONDS` variable accepts: one year. Far above any sensible
+/// value, and low enough that no timer or cache implementation overflows on it.
+const MAX_SECONDS: f64 = 31_536_000.0;
+
+const SECONDS_EXPECTED: &str =
+    "expected a number of seconds above 0 and at most 31536000, such as 5 or 0.5";
+
+/// Longest `MARKS_RETENTION_HOURS`: ten years.
+const MAX_HOURS: f64 = 87_600.0;
+
+/// A duration in seconds, fractions allowed, above 0 and at most [`MAX_SECONDS`].
+struct Seconds;
+
+impl Parser for Seconds {
+    type Value = Duration;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Duration, ConfigError> {
+        duration(variable, text, (1.0, MAX_SECONDS), SECONDS_EXPECTED)
+    }
+
+    fn show(&self, value: &Duration) -> Option<String> {
+        Some(value.as_secs_f64().to_string())
+    }
+
+    fn check(&self, variable: &str, value: &Duration) -> Result<(), ConfigError> {
+        if value.is_zero() || value.as_secs_f64() > MAX_SECONDS {
             return Err(ConfigError::new(
-                "REDIS_NODES",
-                Some(&shown),
-                format!(
-                    "node {} is listed twice; expected each host:port once",
-                    node.name()
-                ),
+                variable,
+                self.show(value).as_deref(),
+                SECONDS_EXPECTED,
             ));
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// `SHUTDOWN_TIMEOUT_SECONDS`: seconds, from [`Config::MIN_SHUTDOWN_TIMEOUT`] up, so that
+/// `SHUTDOWN_TIMEOUT_SECONDS`: [`Seconds`] from [`Config::MIN_SHUTDOWN_TIMEOUT`] up, so that
 /// at least 1 s is left for writing after the drain.
-fn parse_shutdown_timeout(value: &str) -> Result<Duration, ConfigError> {
-    seconds(
-        "SHUTDOWN_TIMEOUT_SECONDS",
-        Some(value.to_owned()),
-        Duration::ZERO,
-    )
-    .ok()
-    .filter(|timeout| *timeout >= Config::MIN_SHUTDOWN_TIMEOUT)
-    .ok_or_else(|| shutdown_timeout_error(value))
+struct ShutdownSeconds;
+
+impl Parser for ShutdownSeconds {
+    type Value = Duration;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Duration, ConfigError> {
+        Seconds
+            .parse(variable, text)
+            .ok()
+            .filter(|timeout| *timeout >= Config::MIN_SHUTDOWN_TIMEOUT)
+            .ok_or_else(|| shutdown_timeout_error(variable, text))
+    }
+
+    fn show(&self, value: &Duration) -> Option<String> {
+        Seconds.show(value)
+    }
+
+    fn check(&self, variable: &str, value: &Duration) -> Result<(), ConfigError> {
+        Seconds.check(variable, value)?;
+        if *value < Config::MIN_SHUTDOWN_TIMEOUT {
+            return Err(shutdown_timeout_error(
+                variable,
+                &value.as_secs_f64().to_string(),
+            ));
+        }
+        Ok(())
+    }
 }
 
-fn shutdown_timeout_error(shown: &str) -> ConfigError {
+fn shutdown_timeout_error(variable: &str, shown: &str) -> ConfigError {
     ConfigError::new(
-        "SHUTDOWN_TIMEOUT_SECONDS",
+        variable,
         Some(shown),
         format!(
             "expected a number of seconds from {} to 31536000, such as 25: requests in flight get at least 1 s, and less than {0} would leave under 1 s to write pending visits",
@@ -681,186 +530,361 @@ fn shutdown_timeout_error(shown: &str) -> ConfigError {
     )
 }
 
-fn seconds(
-    variable: &str,
-    value: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    duration(
-        variable,
-        value,
-        default,
-        (1.0, MAX_SECONDS),
-        SECONDS_EXPECTED,
-    )
-}
+/// A duration in hours, fractions allowed, above 0 and at most [`MAX_HOURS`].
+struct Hours;
 
-/// Longest `MARKS_RETENTION_HOURS`: ten years.
-const MAX_HOURS: f64 = 87_600.0;
+impl Parser for Hours {
+    type Value = Duration;
 
-fn hours(
-    variable: &str,
-    value: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    duration(
-        variable,
-        value,
-        default,
-        (3600.0, MAX_HOURS),
-        "expected a number of hours above 0 and at most 87600, such as 720 or 0.5",
-    )
+    fn parse(&self, variable: &str, text: &str) -> Result<Duration, ConfigError> {
+        duration(
+            variable,
+            text,
+            (3600.0, MAX_HOURS),
+            "expected a number of hours above 0 and at most 87600, such as 720 or 0.5",
+        )
+    }
+
+    fn show(&self, value: &Duration) -> Option<String> {
+        Some((value.as_secs_f64() / 3600.0).to_string())
+    }
 }
 
 /// A duration written as a number of units (`unit` seconds each, fractions allowed),
-/// above 0 and at most `max` units; `default` when unset.
+/// above 0 and at most `max` units.
 fn duration(
     variable: &str,
-    value: Option<String>,
-    default: Duration,
+    text: &str,
     (unit, max): (f64, f64),
     expected: &str,
 ) -> Result<Duration, ConfigError> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    value
-        .trim()
+    text.trim()
         .parse::<f64>()
         .ok()
         .filter(|units| *units > 0.0 && *units <= max)
         .and_then(|units| Duration::try_from_secs_f64(units * unit).ok())
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError::new(variable, Some(&value), expected))
+        .ok_or_else(|| ConfigError::new(variable, Some(text), expected))
 }
 
-fn whole<T>(variable: &str, value: &str, min: T, max: T) -> Result<T, ConfigError>
+/// A whole number from `.0` to `.1`; in code, at least `.0`.
+struct Whole<T>(T, T);
+
+impl<T> Parser for Whole<T>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
-    value
-        .trim()
-        .parse::<T>()
-        .ok()
-        .filter(|n| *n >= min && *n <= max)
-        .ok_or_else(|| {
-            ConfigError::new(
+    type Value = T;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<T, ConfigError> {
+        let Self(min, max) = *self;
+        text.trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min && *n <= max)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    variable,
+                    Some(text),
+                    format!("expected a whole number from {min} to {max}"),
+                )
+            })
+    }
+
+    fn show(&self, value: &T) -> Option<String> {
+        Some(value.to_string())
+    }
+
+    fn check(&self, variable: &str, value: &T) -> Result<(), ConfigError> {
+        if *value < self.0 {
+            return Err(ConfigError::new(
                 variable,
-                Some(value),
-                format!("expected a whole number from {min} to {max}"),
-            )
+                Some(&value.to_string()),
+                format!("expected at least {}", self.0),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `MAX_PENDING_BYTES`: a [`Whole`] number of bytes, as a new [`PendingBytes`] budget.
+struct Budget(Whole<usize>);
+
+impl Parser for Budget {
+    type Value = PendingBytes;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<PendingBytes, ConfigError> {
+        self.0.parse(variable, text).map(PendingBytes::new)
+    }
+
+    fn show(&self, value: &PendingBytes) -> Option<String> {
+        self.0.show(&value.limit())
+    }
+}
+
+/// `REDIS_DB`: a [`Whole`] database index, when set.
+struct DbIndex;
+
+impl Parser for DbIndex {
+    type Value = Option<i64>;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Option<i64>, ConfigError> {
+        Whole(0, i64::from(i32::MAX))
+            .parse(variable, text)
+            .map(Some)
+    }
+
+    fn show(&self, value: &Option<i64>) -> Option<String> {
+        value.map(|db| db.to_string())
+    }
+
+    fn check(&self, variable: &str, value: &Option<i64>) -> Result<(), ConfigError> {
+        if value.is_some_and(|db| db < 0) {
+            return Err(ConfigError::new(
+                variable,
+                self.show(value).as_deref(),
+                "expected a database index of 0 or more",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One of a list of words, in any case; a value is shown as its first word.
+struct Words<T: 'static>(&'static [(&'static str, T)], &'static str);
+
+impl<T: Copy + PartialEq> Parser for Words<T> {
+    type Value = T;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<T, ConfigError> {
+        let Self(words, expected) = *self;
+        let text_word = text.trim().to_ascii_lowercase();
+        words
+            .iter()
+            .find(|(word, _)| *word == text_word)
+            .map(|(_, value)| *value)
+            .ok_or_else(|| ConfigError::new(variable, Some(text), expected))
+    }
+
+    fn show(&self, value: &T) -> Option<String> {
+        let (word, _) = self.0.iter().find(|(_, v)| v == value)?;
+        Some((*word).to_owned())
+    }
+}
+
+/// A boolean: `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`.
+const FLAG: Words<bool> = Words(
+    &[
+        ("true", true),
+        ("false", false),
+        ("1", true),
+        ("0", false),
+        ("yes", true),
+        ("no", false),
+        ("on", true),
+        ("off", false),
+    ],
+    "expected true or false (also accepted: 1/0, yes/no, on/off)",
+);
+
+/// `LOG_FORMAT`: `text` or `json`.
+const FORMAT: Words<LogFormat> = Words(
+    &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    "expected text or json",
+);
+
+/// Any text, trimmed.
+struct Name;
+
+impl Parser for Name {
+    type Value = String;
+
+    fn parse(&self, _variable: &str, text: &str) -> Result<String, ConfigError> {
+        Ok(text.trim().to_owned())
+    }
+
+    fn show(&self, value: &String) -> Option<String> {
+        Some(value.clone())
+    }
+}
+
+/// `REDIS_PASSWORD`: kept as it is, never shown.
+struct Password;
+
+impl Parser for Password {
+    type Value = Option<Secret>;
+
+    fn parse(&self, _variable: &str, text: &str) -> Result<Option<Secret>, ConfigError> {
+        Ok(Some(Secret::new(text)))
+    }
+
+    fn show(&self, value: &Option<Secret>) -> Option<String> {
+        value.as_ref().map(ToString::to_string)
+    }
+}
+
+/// `REDIS_NODES`: comma-separated `redis://` URLs, each `host:port` once.
+struct NodeList;
+
+impl Parser for NodeList {
+    type Value = Vec<NodeUrl>;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Vec<NodeUrl>, ConfigError> {
+        let config = RedisConfig::from_urls(text).map_err(|e| {
+            // `redact` splits the list as `from_urls` does, so a password holding commas is
+            // hidden whole.
+            let mut problem = format!(
+                "{e}; expected comma-separated redis:// URLs such as redis://:password@redis1:6379/0"
+            );
+            if matches!(&e, tally_redis::Error::InvalidUrl { url, .. } if url.contains(',')) {
+                problem.push_str("; a comma starts a new node only when redis:// follows it");
+            }
+            if text.contains('@') {
+                problem.push_str(
+                    "; in a password write '/' '?' '#' '%' as %2F %3F %23 %25 (',' '@' ':' and blanks may stay)",
+                );
+            }
+            ConfigError::new(variable, Some(&redact(text)), problem)
+        })?;
+        self.check(variable, &config.nodes)?;
+        Ok(config.nodes)
+    }
+
+    fn show(&self, value: &Vec<NodeUrl>) -> Option<String> {
+        // Node URLs print with their passwords redacted.
+        (!value.is_empty()).then(|| {
+            value
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         })
-}
+    }
 
-fn whole_or<T>(
-    variable: &str,
-    value: Option<String>,
-    min: T,
-    max: T,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
-{
-    match value {
-        Some(value) => whole(variable, &value, min, max),
-        None => Ok(default),
+    fn check(&self, variable: &str, nodes: &Vec<NodeUrl>) -> Result<(), ConfigError> {
+        for (i, node) in nodes.iter().enumerate() {
+            if nodes[..i].iter().any(|other| other.name() == node.name()) {
+                return Err(ConfigError::new(
+                    variable,
+                    self.show(nodes).as_deref(),
+                    format!(
+                        "node {} is listed twice; expected each host:port once",
+                        node.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-fn boolean(variable: &str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(
-            variable,
-            Some(&value),
-            "expected true or false (also accepted: 1/0, yes/no, on/off)",
-        )),
+/// `API_PREFIX`: a URL path of safe characters, its trailing slash removed.
+struct PathPrefix;
+
+impl Parser for PathPrefix {
+    type Value = String;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<String, ConfigError> {
+        let prefix = text.trim().trim_end_matches('/');
+        let valid = (prefix.is_empty() || prefix.starts_with('/'))
+            && !prefix.contains("//")
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
+        if valid {
+            Ok(prefix.to_owned())
+        } else {
+            Err(ConfigError::new(
+                variable,
+                Some(text),
+                "expected a path such as /api/v1 (letters, digits, '/', '-', '.', '_', '~'; empty or / for none)",
+            ))
+        }
+    }
+
+    fn show(&self, value: &String) -> Option<String> {
+        Some(value.clone())
+    }
+
+    fn check(&self, variable: &str, value: &String) -> Result<(), ConfigError> {
+        self.parse(variable, value).map(drop)
     }
 }
 
-fn parse_prefix(value: &str) -> Result<String, ConfigError> {
-    let prefix = value.trim().trim_end_matches('/');
-    let valid = (prefix.is_empty() || prefix.starts_with('/'))
-        && !prefix.contains("//")
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
-    if valid {
-        Ok(prefix.to_owned())
-    } else {
-        Err(ConfigError::new(
-            "API_PREFIX",
-            Some(value),
-            "expected a path such as /api/v1 (letters, digits, '/', '-', '.', '_', '~'; empty or / for none)",
-        ))
+/// `HOST`: an IP address (IPv6 with or without brackets), or `localhost`.
+struct ListenAddress;
+
+impl Parser for ListenAddress {
+    type Value = IpAddr;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<IpAddr, ConfigError> {
+        let host = text.trim();
+        if host.eq_ignore_ascii_case("localhost") {
+            return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                ConfigError::new(
+                    variable,
+                    Some(text),
+                    "expected an IP address to listen on, such as 0.0.0.0, 127.0.0.1 or ::",
+                )
+            })
+    }
+
+    fn show(&self, value: &IpAddr) -> Option<String> {
+        Some(value.to_string())
     }
 }
 
-fn parse_host(value: &str) -> Result<IpAddr, ConfigError> {
-    let host = value.trim();
-    if host.eq_ignore_ascii_case("localhost") {
-        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    }
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .map_err(|_| {
-            ConfigError::new(
-                "HOST",
-                Some(value),
-                "expected an IP address to listen on, such as 0.0.0.0, 127.0.0.1 or ::",
-            )
-        })
-}
+/// `LOG_LEVEL`: a level name, in any case (`warning` for `warn`).
+struct Level;
 
-fn parse_log_format(value: &str) -> Result<LogFormat, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(ConfigError::new(
-            "LOG_FORMAT",
-            Some(value),
-            "expected text or json",
-        )),
+impl Parser for Level {
+    type Value = String;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<String, ConfigError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            level @ ("trace" | "debug" | "info" | "warn" | "error" | "off") => Ok(level.to_owned()),
+            "warning" => Ok("warn".to_owned()),
+            _ => Err(ConfigError::new(
+                variable,
+                Some(text),
+                "expected one of trace, debug, info, warn, error, off",
+            )),
+        }
+    }
+
+    fn show(&self, value: &String) -> Option<String> {
+        Some(value.clone())
     }
 }
 
-fn parse_log_filter(
-    rust_log: Option<&str>,
-    log_level: Option<&str>,
-) -> Result<String, ConfigError> {
-    if let Some(directives) = rust_log {
-        return tracing_subscriber::EnvFilter::builder()
-            .parse(directives)
-            .map(|_| directives.trim().to_owned())
+/// `RUST_LOG`: `tracing` filter directives, as `EnvFilter` reads them.
+struct Directives;
+
+impl Parser for Directives {
+    type Value = String;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<String, ConfigError> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(text)
+            .map(|_| text.trim().to_owned())
             .map_err(|e| {
                 ConfigError::new(
-                    "RUST_LOG",
-                    Some(directives),
+                    variable,
+                    Some(text),
                     format!(
                         "{e}; expected tracing filter directives such as info,tally_server=debug"
                     ),
                 )
-            });
+            })
     }
-    match log_level.map(|l| l.trim().to_ascii_lowercase()) {
-        None => Ok("info".to_owned()),
-        Some(level)
-            if ["trace", "debug", "info", "warn", "error", "off"].contains(&level.as_str()) =>
-        {
-            Ok(level)
-        }
-        Some(level) if level == "warning" => Ok("warn".to_owned()),
-        Some(_) => Err(ConfigError::new(
-            "LOG_LEVEL",
-            log_level,
-            "expected one of trace, debug, info, warn, error, off",
-        )),
+
+    fn show(&self, value: &String) -> Option<String> {
+        Some(value.clone())
     }
 }
 
@@ -874,6 +898,77 @@ mod tests {
 
     fn error(vars: &[(&str, &str)]) -> String {
         parse(vars).unwrap_err().to_string()
+    }
+
+    /// `(variable, default)` of each row of the README's configuration table, the default
+    /// as written (`` `5` `` or `(unset: ...)`).
+    fn readme_configuration_table() -> Vec<(String, String)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("the README has a Configuration section");
+        let section = section.split("\n#").next().unwrap_or_default();
+        section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .map(|row| {
+                let (name, rest) = row.split_once("` |").expect("| `NAME` | default | ...");
+                let default = rest.split(" | ").next().unwrap_or_default().trim();
+                (name.to_owned(), default.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_setting_once_with_its_default() {
+        let rows = readme_configuration_table();
+        for setting in Config::SETTINGS {
+            let name = setting.name;
+            let shown: Vec<&str> = rows
+                .iter()
+                .filter(|(row, _)| row == name)
+                .map(|(_, default)| default.as_str())
+                .collect();
+            let [shown] = shown[..] else {
+                panic!(
+                    "the README's configuration table lists {name} {} times; expected once",
+                    shown.len()
+                );
+            };
+            match setting.default_value() {
+                Some(default) => assert_eq!(shown, format!("`{default}`"), "{name}"),
+                None => assert!(shown.starts_with("(unset"), "{name}: {shown}"),
+            }
+        }
+        for (name, _) in &rows {
+            assert!(
+                KNOWN_VARIABLES.contains(&name.as_str()),
+                "the README's configuration table lists {name}, which the server does not read"
+            );
+        }
+    }
+
+    #[test]
+    fn each_shown_default_parses_to_the_default() {
+        let default = format!("{:?}", Config::default());
+        for setting in Config::SETTINGS {
+            if let Some(value) = setting.default_value() {
+                let parsed = parse(&[(setting.name, &value)]).unwrap();
+                assert_eq!(format!("{parsed:?}"), default, "{}={value}", setting.name);
+            }
+        }
+        assert_eq!(format!("{:?}", parse(&[]).unwrap()), default);
+    }
+
+    #[test]
+    fn each_variable_is_declared_once() {
+        for (i, name) in KNOWN_VARIABLES.iter().enumerate() {
+            assert!(!KNOWN_VARIABLES[..i].contains(name), "{name}");
+        }
+        assert_eq!(KNOWN_VARIABLES.len(), Config::SETTINGS.len());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! [`ApiError`]: every error the API answers, as the JSON body of DESIGN.md.
+//! [`ApiError`]: every error the API answers, as the JSON body the README documents
+//! (`{"status":"error","error":{"code","message"}}`).
 
 use std::fmt;
 

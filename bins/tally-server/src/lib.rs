@@ -4,8 +4,8 @@
 //! and answered at once, batches go to Redis (several nodes on a consistent-hash ring, see
 //! `tally-redis`) or, without `REDIS_NODES`, to an embedded in-process store. Reads add
 //! this instance's unwritten visits to the stored count, so a client reads its own writes.
-//! The HTTP API is the one of DESIGN.md ("tally-server HTTP API"); the README has the
-//! endpoint reference and every configuration variable.
+//! The repository's README is the HTTP API's reference (every endpoint, answer and error
+//! code) and lists every configuration variable.
 //!
 //! The library is what the binary runs and what the tests start: [`Config`] (from the
 //! environment and `.env`), [`run`] (binds the socket, port 0 for tests) and
@@ -44,7 +44,9 @@
 //!   or turn it off.
 //! - `/stats/` merges at most `tally_stats::MAX_CONCURRENT_MERGES` rankings at once; a
 //!   query that finds them busy for `tally_stats::MERGE_WAIT` answers 503 `overloaded`
-//!   with `Retry-After: 1`.
+//!   with `Retry-After: 1`. Like every store call a ranking has a deadline (a merge slot,
+//!   the flush, and three ranking reads of at least `tally_redis::RANKING_TIMEOUT_FLOOR`:
+//!   41 s with the defaults), past which it answers 503 `store_unavailable`.
 //! - On the embedded store `served_via` is always `in_memory`, `"node"` is `embedded`,
 //!   `/health` answers 200 with `"redis":"embedded"` and `/status` reports no nodes.
 //! - `/health` reads node health as of the last check (every
@@ -55,15 +57,16 @@
 //!
 //! # Layout
 //!
-//! - `config`: [`Config`], [`ConfigError`], [`LogFormat`].
+//! - `config`: [`Config`] and its [`Setting`] declarations, [`ConfigError`], [`LogFormat`].
 //! - `page_id`: [`PageId`], the validated page id, and [`PageIdError`].
 //! - `error`: [`ApiError`], every error answer as JSON.
 //! - `startup`: [`run`], [`App`], [`shutdown_signal`].
 //! - [`cli`]: [`cli::main`], the whole binary (config, logs, runtime, exit code), public so
 //!   other binaries (the end-to-end tests') run the same code.
 //! - `routes`: the handlers and the route table; `middleware`: the span, metrics and
-//!   `X-Process-Time` of every request; `state`: what handlers share; `store`: the
-//!   embedded-or-Redis store; `telemetry`: logs and the Prometheus recorder.
+//!   `X-Process-Time` of every request, and the counting of `/api/` requests; `state`: what
+//!   handlers share, and the deadline on every store call; `store`: the embedded-or-Redis
+//!   store; `telemetry`: logs and the Prometheus recorder.
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -77,7 +80,7 @@ mod state;
 mod store;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat};
+pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat, Setting};
 pub use error::ApiError;
 pub use page_id::{PageId, PageIdError};
 pub use startup::{App, run, shutdown_signal};

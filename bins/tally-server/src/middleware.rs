@@ -1,7 +1,9 @@
-//! The one middleware every request goes through: the request count, the HTTP metrics,
-//! the `X-Process-Time` header, and a log event for every refused or failed request.
+//! The two middlewares around the routes. [`observe`], the outer one, wraps every request:
+//! the request count, the HTTP metrics, the `X-Process-Time` header, and a log event for
+//! every refused or failed request. [`count_api_requests`], inside it, counts each request
+//! under `/api/` in the request statistics before a handler sees it.
 //!
-//! It runs on every request, so it is kept cheap (the load harness measures it: `GET
+//! `observe` runs on every request, so it is kept cheap (the load harness measures it: `GET
 //! /health` against the floor handler): the route label is the resource's own
 //! [`RouteLabel`] rather than a pattern rebuilt per request, metric handles are looked up
 //! once per worker thread and label set, the per-request span is at `debug` (created only

@@ -1,22 +1,26 @@
-//! Start-up and shutdown: [`run`] builds the store, the counter and the HTTP server on a
-//! bound socket; [`App::run_until_stopped`] serves until told to stop, then drains and
-//! flushes.
+//! Start-up and shutdown. [`run`] builds the app in named steps: the stores
+//! ([`build_stores`]), the counters, the listening socket ([`bind`]), the loopback target
+//! of `/test/{n}/` ([`test_target`]), the state every handler shares ([`build_state`]) and
+//! the HTTP server on the socket ([`http_server`]). [`App::run_until_stopped`] serves until
+//! told to stop, then drains the requests in flight and flushes both counters, logging
+//! each flush with [`log_flush`].
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::{HttpServer, middleware, web};
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tally_counter::{Counter, MemoryStore, ShutdownReport};
 use tally_redis::{Layout, RedisStore};
 use tally_stats::{SingleRun, StatsTracker};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::state::{AppState, TestEndpoint};
+use crate::state::{AppState, Deadline, TestEndpoint};
 use crate::store::AppStore;
 
 /// A bound, ready server: connections are accepted as soon as it runs.
@@ -58,120 +62,24 @@ impl std::fmt::Debug for App {
 /// inside the `anyhow::Error`, which the binary turns into exit code 2.
 pub async fn run(config: Config) -> anyhow::Result<App> {
     config.validate()?;
-    // Before the counter: its metric handles are registered when it is built.
-    let metrics = if config.enable_metrics {
-        Some(crate::telemetry::prometheus_handle()?)
-    } else {
-        None
-    };
-    // Visits and request statistics share the nodes (one set of pools); the statistics
-    // use the sorted-set layout, the visits plain counters.
-    let (store, stats_store) = match config.redis_config() {
-        None => {
-            tracing::warn!(
-                "REDIS_NODES is not set: counting in the embedded in-process store; counts live in this process only and are lost when it exits"
-            );
-            (
-                AppStore::Memory(MemoryStore::new()),
-                AppStore::Memory(MemoryStore::ranked(1)),
-            )
-        }
-        Some(redis) => {
-            let ports: Vec<u16> = redis.nodes.iter().map(|node| node.port()).collect();
-            let store = match RedisStore::connect(redis).await {
-                Ok(store) => store,
-                // Settings that cannot work, as `Config::from_env` reports them.
-                Err(e) if e.is_config() => {
-                    let variable = match &e {
-                        tally_redis::Error::Config { field, .. } => field,
-                        _ => "REDIS_NODES",
-                    };
-                    return Err(ConfigError {
-                        variable: variable.to_owned(),
-                        value: None,
-                        problem: e.to_string(),
-                    }
-                    .into());
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context("cannot set up the Redis store"));
-                }
-            };
-            let stats_store = store.with_layout(Layout::SortedSet);
-            (
-                AppStore::Redis {
-                    store,
-                    ports: ports.clone(),
-                },
-                AppStore::Redis {
-                    store: stats_store,
-                    ports,
-                },
-            )
-        }
-    };
-    let counter =
-        Counter::new(store, config.counter_config()).context("cannot start the visit counter")?;
-    let listener = TcpListener::bind((config.host, config.port))
-        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-    let address = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-
-    // In-flight requests get the drain; the rest of SHUTDOWN_TIMEOUT_SECONDS (at least
-    // 1 s, as `validate` checked) goes to flushing.
-    let store_deadline = config.store_deadline();
+    // Before the counters: their metric handles are registered when they are built.
+    let metrics = config
+        .enable_metrics
+        .then(crate::telemetry::prometheus_handle)
+        .transpose()?;
+    let (visit_store, stats_store) = build_stores(&config).await?;
+    let counter = Counter::new(visit_store, config.counter_config())
+        .context("cannot start the visit counter")?;
+    let (listener, address) = bind(&config)?;
+    let stats = StatsTracker::new(
+        stats_store,
+        config.stats_counter_config(),
+        config.store_deadline(),
+    )
+    .context("cannot start the request statistics")?;
+    let state = build_state(&config, &counter, &stats, test_target(address), metrics)?;
     let drain_timeout = config.drain_timeout();
-    let stats = StatsTracker::new(stats_store, config.stats_counter_config(), store_deadline)
-        .context("cannot start the request statistics")?;
-    let test_target = match address.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], address.port()))
-        }
-        ip if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, address.port()))
-        }
-        _ => address,
-    };
-    let state = web::Data::new(AppState {
-        counter: counter.clone(),
-        stats: stats.clone(),
-        test: TestEndpoint {
-            enabled: config.test_endpoint_enabled,
-            max_requests: config.test_max_requests,
-            target: test_target,
-            runs: SingleRun::default(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("cannot build the HTTP client of /test/{n}/")?,
-        },
-        runtime: tokio::runtime::Handle::current(),
-        started: Instant::now(),
-        requests: AtomicU64::new(0),
-        debug: config.debug,
-        metrics,
-        store_deadline,
-        overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
-    });
-    let prefix = config.api_prefix.clone();
-    let server = HttpServer::new(move || {
-        let prefix = prefix.clone();
-        actix_web::App::new()
-            .app_data(state.clone())
-            .configure(move |cfg| crate::routes::configure(cfg, &prefix, metrics.is_some()))
-            .default_service(web::to(crate::routes::not_found))
-            // Inner to outer: statistics counting, then observation of the whole request.
-            .wrap(middleware::from_fn(crate::middleware::count_api_requests))
-            .wrap(middleware::from_fn(crate::middleware::observe))
-    })
-    // Signals are ours: `run_until_stopped` drains, then flushes the counter.
-    .disable_signals()
-    .shutdown_timeout(drain_timeout.as_secs())
-    .listen(listener)
-    .context("cannot start the HTTP server")?
-    .run();
+    let server = http_server(listener, state, &config.api_prefix, drain_timeout)?;
 
     let summary = tokio::spawn(log_summaries(counter.clone(), config.metrics_interval));
     tracing::info!(
@@ -189,6 +97,160 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
         drain_timeout,
         summary,
     })
+}
+
+/// The stores of the visit counter and of the request statistics. Without `REDIS_NODES`,
+/// two embedded stores (and a warning); with it, one set of connections to the nodes that
+/// both share, the statistics on the sorted-set layout and the visits on plain counters.
+async fn build_stores(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
+    let Some(redis) = config.redis_config() else {
+        tracing::warn!(
+            "REDIS_NODES is not set: counting in the embedded in-process store; counts live in this process only and are lost when it exits"
+        );
+        return Ok((
+            AppStore::Memory(MemoryStore::new()),
+            AppStore::Memory(MemoryStore::ranked(1)),
+        ));
+    };
+    let ports: Vec<u16> = redis.nodes.iter().map(|node| node.port()).collect();
+    let store = match RedisStore::connect(redis).await {
+        Ok(store) => store,
+        // Settings that cannot work, as `Config::from_env` reports them.
+        Err(e) if e.is_config() => {
+            let variable = match &e {
+                tally_redis::Error::Config { field, .. } => field,
+                _ => "REDIS_NODES",
+            };
+            return Err(ConfigError {
+                variable: variable.to_owned(),
+                value: None,
+                problem: e.to_string(),
+            }
+            .into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot set up the Redis store")),
+    };
+    let stats_store = store.with_layout(Layout::SortedSet);
+    Ok((
+        AppStore::Redis {
+            store,
+            ports: ports.clone(),
+        },
+        AppStore::Redis {
+            store: stats_store,
+            ports,
+        },
+    ))
+}
+
+/// The listening socket on `HOST:PORT`, and the address it got (the real port when `PORT`
+/// is 0).
+fn bind(config: &Config) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((config.host, config.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    Ok((listener, address))
+}
+
+/// Where `/test/{n}/` runs send their requests: this server's own `address`, on loopback
+/// when it listens on every interface (`0.0.0.0` or `::`), since a wildcard address is not
+/// one to connect to.
+fn test_target(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, address.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, address.port())),
+        _ => address,
+    }
+}
+
+/// How long a store read or reset may take: [`Config::store_deadline`].
+fn store_deadline(config: &Config) -> Deadline {
+    Deadline {
+        after: config.store_deadline(),
+        set_by: "twice REDIS_TIMEOUT",
+    }
+}
+
+/// How long a `/stats/` query waits for its ranking before answering 503: a merge slot
+/// (at most [`tally_stats::MERGE_WAIT`]), the flush of this instance's counts (at most the
+/// store deadline), then three ranking timeouts (`REDIS_TIMEOUT`, at least
+/// [`tally_redis::RANKING_TIMEOUT_FLOOR`]) for the reads. A read that gets no answer fails
+/// within the first of them, naming its node; this deadline ends a ranking whose reads do
+/// answer, but so slowly, round after round, that the client would wait minutes.
+fn ranking_deadline(config: &Config) -> Deadline {
+    let read = config.redis_timeout.max(tally_redis::RANKING_TIMEOUT_FLOOR);
+    Deadline {
+        after: tally_stats::MERGE_WAIT + config.store_deadline() + read * 3,
+        set_by: "a merge slot, the flush and three ranking reads",
+    }
+}
+
+/// What every handler shares: the counters, the `/test/{n}/` endpoint (its settings, its
+/// run slot, and its HTTP client, aimed at `test_target`), the runtime that owns the
+/// store's connections, and the deadlines of store calls.
+fn build_state(
+    config: &Config,
+    counter: &Counter<AppStore>,
+    stats: &StatsTracker<AppStore>,
+    test_target: SocketAddr,
+    metrics: Option<&'static PrometheusHandle>,
+) -> anyhow::Result<web::Data<AppState>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client of /test/{n}/")?;
+    Ok(web::Data::new(AppState {
+        counter: counter.clone(),
+        stats: stats.clone(),
+        test: TestEndpoint {
+            enabled: config.test_endpoint_enabled,
+            max_requests: config.test_max_requests,
+            target: test_target,
+            runs: SingleRun::default(),
+            client,
+        },
+        runtime: tokio::runtime::Handle::current(),
+        started: Instant::now(),
+        requests: AtomicU64::new(0),
+        debug: config.debug,
+        metrics,
+        store_deadline: store_deadline(config),
+        ranking_deadline: ranking_deadline(config),
+        overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
+    }))
+}
+
+/// The HTTP server on `listener`: the routes under `prefix`, the JSON 404, and the two
+/// middlewares. It handles no signals (`run_until_stopped` drains, then flushes) and gives
+/// requests in flight `drain_timeout` once stopped.
+fn http_server(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    prefix: &str,
+    drain_timeout: Duration,
+) -> anyhow::Result<Server> {
+    let metrics_on = state.metrics.is_some();
+    let prefix = prefix.to_owned();
+    Ok(HttpServer::new(move || {
+        let prefix = prefix.clone();
+        actix_web::App::new()
+            .app_data(state.clone())
+            .configure(move |cfg| crate::routes::configure(cfg, &prefix, metrics_on))
+            .default_service(web::to(crate::routes::not_found))
+            // Inner to outer: statistics counting, then observation of the whole request.
+            .wrap(middleware::from_fn(crate::middleware::count_api_requests))
+            .wrap(middleware::from_fn(crate::middleware::observe))
+    })
+    .disable_signals()
+    .shutdown_timeout(drain_timeout.as_secs())
+    .listen(listener)
+    .context("cannot start the HTTP server")?
+    .run())
 }
 
 impl App {
@@ -249,40 +311,59 @@ impl App {
         tracing::info!(?remaining, "flushing pending visits");
         let (report, stats_report) =
             tokio::join!(counter.shutdown(remaining), stats.shutdown(remaining));
-        if stats_report.keys_unwritten == 0 {
-            tracing::info!(
-                keys_written = stats_report.keys_written,
-                "request statistics: every pending count was written"
-            );
-        } else {
-            tracing::error!(
-                keys_written = stats_report.keys_written,
-                keys_unwritten = stats_report.keys_unwritten,
-                increments_unwritten = stats_report.increments_unwritten,
-                "request statistics: {} requests to {} paths could not be written",
-                stats_report.increments_unwritten,
-                stats_report.keys_unwritten
-            );
-        }
-        if report.keys_unwritten == 0 {
-            tracing::info!(
-                keys_written = report.keys_written,
-                "shutdown complete: every pending visit was written"
-            );
-        } else {
-            tracing::error!(
-                keys_written = report.keys_written,
-                keys_unwritten = report.keys_unwritten,
-                increments_unwritten = report.increments_unwritten,
-                "shutdown complete, but {} visits to {} pages could not be written",
-                report.increments_unwritten,
-                report.keys_unwritten
-            );
-        }
+        log_flush(&stats_report, &STATS_FLUSH);
+        log_flush(&report, &VISITS_FLUSH);
         match failure {
             Some(error) => Err(error),
             None => Ok(report),
         }
+    }
+}
+
+/// The log lines of one counter's flush at shutdown.
+struct FlushLines {
+    /// The `info` line when every pending key was written.
+    all_written: &'static str,
+    /// The start of the `error` line when some were not, and what its numbers count:
+    /// `{start} {n} {increments} to {k} {keys} could not be written`.
+    start: &'static str,
+    increments: &'static str,
+    keys: &'static str,
+}
+
+/// The visit counter's: the last lines of a shutdown.
+const VISITS_FLUSH: FlushLines = FlushLines {
+    all_written: "shutdown complete: every pending visit was written",
+    start: "shutdown complete, but",
+    increments: "visits",
+    keys: "pages",
+};
+
+/// The request statistics'.
+const STATS_FLUSH: FlushLines = FlushLines {
+    all_written: "request statistics: every pending count was written",
+    start: "request statistics:",
+    increments: "requests",
+    keys: "paths",
+};
+
+/// Logs what a counter's flush at shutdown wrote: `info` when it wrote everything,
+/// `error` with what it could not write otherwise.
+fn log_flush(report: &ShutdownReport, lines: &FlushLines) {
+    if report.keys_unwritten == 0 {
+        tracing::info!(keys_written = report.keys_written, "{}", lines.all_written);
+    } else {
+        tracing::error!(
+            keys_written = report.keys_written,
+            keys_unwritten = report.keys_unwritten,
+            increments_unwritten = report.increments_unwritten,
+            "{} {} {} to {} {} could not be written",
+            lines.start,
+            report.increments_unwritten,
+            lines.increments,
+            report.keys_unwritten,
+            lines.keys
+        );
     }
 }
 

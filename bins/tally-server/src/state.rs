@@ -1,12 +1,15 @@
-//! [`AppState`]: what every handler shares, and the one way handlers call the store.
+//! [`AppState`]: what every handler shares, and the one way handlers call the store: each
+//! call is bounded by [`within_deadline`], which answers 503 `store_unavailable` when the
+//! store has not answered in time ([`AppState::store_call`] for the visit counter,
+//! [`AppState::ranking`] for `/stats/`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tally_counter::Counter;
-use tally_stats::{SingleRun, StatsTracker};
+use tally_counter::{Counter, Store as _};
+use tally_stats::{Page, SingleRun, StatsTracker, UrlCount};
 
 use crate::error::ApiError;
 use crate::store::AppStore;
@@ -35,9 +38,21 @@ pub(crate) struct AppState {
     /// The Prometheus handle when `ENABLE_METRICS` is on.
     pub(crate) metrics: Option<&'static PrometheusHandle>,
     /// Longest wait for one store read or reset before answering 503.
-    pub(crate) store_deadline: Duration,
+    pub(crate) store_deadline: Deadline,
+    /// Longest wait for a `/stats/` ranking before answering 503.
+    pub(crate) ranking_deadline: Deadline,
     /// `Retry-After` for an overloaded counter: one batch interval, rounded up.
     pub(crate) overload_retry_after: u64,
+}
+
+/// How long a store call may take before the answer is 503, and what sets that bound (for
+/// the log line of a missed deadline).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    /// The bound.
+    pub(crate) after: Duration,
+    /// What sets it, such as `twice REDIS_TIMEOUT`.
+    pub(crate) set_by: &'static str,
 }
 
 /// Settings of the `/test/{n}/` traffic generator.
@@ -77,9 +92,10 @@ impl AppState {
         crate::error::counter_error(error, self.overload_retry_after)
     }
 
-    /// Runs a store operation for `key` on the app's runtime, bounded by the store
-    /// deadline. Past the deadline the operation is cancelled and the answer is 503 naming
-    /// the key's node (a reset may wait behind a batch to a node that is down).
+    /// Runs a store operation for `key` on the app's runtime, [within](within_deadline)
+    /// the store deadline. Past the deadline the operation is cancelled and the answer is
+    /// 503 naming the key's node (a reset may wait behind a batch to a node that is down).
+    /// A client that goes away earlier does not cancel it: a reset it started still ends.
     pub(crate) async fn store_call<T, F, Fut>(&self, key: &str, op: F) -> Result<T, ApiError>
     where
         F: FnOnce(Counter<AppStore>, String) -> Fut,
@@ -87,21 +103,107 @@ impl AppState {
         T: Send + 'static,
     {
         let mut task = self.runtime.spawn(op(self.counter.clone(), key.to_owned()));
-        match tokio::time::timeout(self.store_deadline, &mut task).await {
+        let node = || self.counter.store().node_of(key).to_owned();
+        match within_deadline(self.store_deadline, &mut task, node).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(error))) => Err(self.counter_error(error)),
             Ok(Err(join_error)) => Err(ApiError::Internal(join_error.into())),
-            Err(_) => {
+            Err(missed) => {
                 task.abort();
-                Err(ApiError::StoreUnavailable {
-                    node: self.counter.store().node_of(key).to_owned(),
-                    retry_after: 1,
-                    source: anyhow::anyhow!(
-                        "no answer within {:?} (twice REDIS_TIMEOUT)",
-                        self.store_deadline
-                    ),
-                })
+                Err(missed)
             }
         }
+    }
+
+    /// The `/stats/` ranking page `page`, [within](within_deadline) the ranking deadline.
+    ///
+    /// The tracker runs the merge on the app's runtime itself, bounds it and shares it with
+    /// identical queries (see [`StatsTracker::ranking`]). Past the deadline this query
+    /// leaves it, as a client that went away would, which cancels the merge once no other
+    /// query waits on it, and the answer is 503 naming the nodes the ranking reads.
+    pub(crate) async fn ranking(&self, page: Page) -> Result<Vec<UrlCount>, ApiError> {
+        let nodes = || {
+            let store = self.stats.counter().store();
+            (0..store.shard_count())
+                .map(|shard| store.shard_name(shard))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        within_deadline(self.ranking_deadline, self.stats.ranking(page), nodes)
+            .await?
+            .map_err(|e| self.stats_error(e))
+    }
+}
+
+/// Awaits `operation` for at most `deadline`. Past it, `operation` is dropped and the
+/// answer is 503 `store_unavailable` naming `node()` (the node, or nodes, it was waiting
+/// for) with `Retry-After: 1`, as for a node that did not answer.
+pub(crate) async fn within_deadline<F: Future>(
+    deadline: Deadline,
+    operation: F,
+    node: impl FnOnce() -> String,
+) -> Result<F::Output, ApiError> {
+    tokio::time::timeout(deadline.after, operation)
+        .await
+        .map_err(|_| ApiError::StoreUnavailable {
+            node: node(),
+            retry_after: 1,
+            source: anyhow::anyhow!(
+                "no answer within {:?} ({})",
+                deadline.after,
+                deadline.set_by
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::ResponseError as _;
+
+    use super::*;
+
+    // Real time, not `start_paused`: tally-server's tokio has no `test-util`. The deadlines
+    // are short, and nothing here depends on how long a step takes past them.
+
+    #[tokio::test]
+    async fn an_operation_past_its_deadline_is_dropped_and_answers_503_naming_its_node() {
+        let deadline = Deadline {
+            after: Duration::from_millis(20),
+            set_by: "twice REDIS_TIMEOUT",
+        };
+        let started = Instant::now();
+        let error = within_deadline(deadline, std::future::pending::<()>(), || {
+            "127.0.0.1:7070".to_owned()
+        })
+        .await
+        .unwrap_err();
+
+        assert!(started.elapsed() >= deadline.after);
+        let response = error.error_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        assert_eq!(error.code(), "store_unavailable");
+        assert_eq!(
+            error.to_string(),
+            "redis node 127.0.0.1:7070 is unavailable; retry later"
+        );
+        assert!(
+            format!("{error:?}").contains("no answer within 20ms (twice REDIS_TIMEOUT)"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_operation_within_its_deadline_passes_its_output_through() {
+        let deadline = Deadline {
+            after: Duration::from_secs(60),
+            set_by: "a minute",
+        };
+        let answer = within_deadline(deadline, async { 7 }, || {
+            unreachable!("no node is named for an answer in time")
+        })
+        .await;
+
+        assert_eq!(answer.unwrap(), 7);
     }
 }

@@ -73,14 +73,14 @@ impl Store for AppStore {
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         match self {
             Self::Memory(store) => store.apply(shard, batch).await,
-            Self::Redis { store, .. } => store.apply(shard, batch).await,
+            Self::Redis { store, .. } => Store::apply(store, shard, batch).await,
         }
     }
 
     async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
         match self {
             Self::Memory(store) => store.apply_checked(shard, batch).await,
-            Self::Redis { store, .. } => store.apply_checked(shard, batch).await,
+            Self::Redis { store, .. } => Store::apply_checked(store, shard, batch).await,
         }
     }
 
@@ -92,14 +92,14 @@ impl Store for AppStore {
     ) -> Result<StoredValues, StoreError> {
         match self {
             Self::Memory(store) => store.get(shard, instance, keys).await,
-            Self::Redis { store, .. } => store.get(shard, instance, keys).await,
+            Self::Redis { store, .. } => Store::get(store, shard, instance, keys).await,
         }
     }
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
         match self {
             Self::Memory(store) => store.reset(shard, key).await,
-            Self::Redis { store, .. } => store.reset(shard, key).await,
+            Self::Redis { store, .. } => Store::reset(store, shard, key).await,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The crate's error type.
+//! The crate's error type, and how a chain of causes is written on one line.
 
 use crate::store::{ShardId, StoreError};
 
@@ -78,3 +78,37 @@ pub enum Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What caused `error`, its chain of sources on one line (the error itself when it has
+/// none): the store error that waiters of a failed shared read report as theirs.
+pub(crate) fn cause_text(error: &Error) -> String {
+    let causes: Vec<String> = chain(std::error::Error::source(error))
+        .map(ToString::to_string)
+        .collect();
+    if causes.is_empty() {
+        error.to_string()
+    } else {
+        causes.join(": ")
+    }
+}
+
+/// `error` and each of its sources, joined with `: `: what a store said, whole (its
+/// outer message alone may only say which operation failed).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    for cause in chain(error.source()) {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+    }
+    text
+}
+
+/// `first` and each of its sources in turn.
+fn chain<'a>(
+    first: Option<&'a (dyn std::error::Error + 'static)>,
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(first, |error| error.source())
+}

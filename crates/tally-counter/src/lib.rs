@@ -6,30 +6,32 @@
 //! short-lived read cache (or the store on a miss) plus this instance's own unwritten
 //! deltas; [`Counter::get_cached`] is its await-free half, for threads that should answer
 //! cache hits themselves and hand only misses elsewhere. The crate knows nothing of Redis
-//! or HTTP: a store is anything implementing
-//! [`Store`]. [`MemoryStore`] is the embedded one; `tally-redis` provides Redis.
+//! or HTTP: a store is anything implementing [`Store`]. [`MemoryStore`] is the embedded
+//! one; `tally-redis` provides Redis.
 //!
 //! # Example
+//!
+//! The example of the crate's README, word for word (a test holds them together):
 //!
 //! ```
 //! use std::time::Duration;
 //! use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tally_counter::Error> {
-//! let counter = Counter::new(MemoryStore::new(), CounterConfig::default())?;
-//! counter.increment("page1", 1)?;
-//! counter.increment("page1", 2)?;
-//! // Read your own writes before anything is flushed.
-//! assert_eq!(counter.get("page1").await?.value, 3);
-//! counter.flush().await;
-//! assert_eq!(counter.store().value("page1"), 3);
-//! // The flush refreshed the cache with the stored total.
-//! assert_eq!(counter.get("page1").await?.served_via, ServedVia::Cache);
-//! let report = counter.shutdown(Duration::from_secs(5)).await;
-//! assert_eq!(report.keys_unwritten, 0);
-//! # Ok(())
-//! # }
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), tally_counter::Error> {
+//!     let counter = Counter::new(MemoryStore::new(), CounterConfig::default())?;
+//!     counter.increment("page1", 1)?;
+//!     counter.increment("page1", 2)?;
+//!     // Read your own writes before anything is flushed.
+//!     assert_eq!(counter.get("page1").await?.value, 3);
+//!     counter.flush().await;
+//!     assert_eq!(counter.store().value("page1"), 3);
+//!     // The flush refreshed the cache with the stored total.
+//!     assert_eq!(counter.get("page1").await?.served_via, ServedVia::Cache);
+//!     let report = counter.shutdown(Duration::from_secs(5)).await;
+//!     assert_eq!(report.keys_unwritten, 0);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # Guarantees
@@ -100,12 +102,19 @@
 //! # Layout
 //!
 //! - `store`: the [`Store`] contract and its types.
-//! - `counter`: [`Counter`], the write buffer, the read cache and the flushers.
+//! - `counter`: [`Counter`] and the state its parts share, one module a part:
+//!   `counter::buffer` the write buffer and its bounds, `counter::read` the read cache and
+//!   the reads shared by concurrent misses, `counter::flush` the flushers and their
+//!   retries, `counter::quarantine` the keys whose stored value is not a count. Each
+//!   opens with what it owns and the invariants it keeps.
 //! - `memory`: [`MemoryStore`].
-//! - `config`: [`CounterConfig`]; `error`: [`Error`]; `metrics`: the `tally_counter_*`
-//!   metrics emitted through the `metrics` facade. [`Counter::new`] registers their
-//!   handles with the recorder installed at that moment (once, so the hot paths pay an
-//!   atomic add): install yours before creating counters, or theirs go nowhere.
+//! - `config`: [`CounterConfig`]; `error`: [`Error`].
+//! - `metrics`: the counter's activity, each event recorded once for both [`Snapshot`]
+//!   and the `tally_counter_*` metrics of the `metrics` facade. [`Counter::new`] registers
+//!   their handles with the recorder installed at that moment (once, so the hot paths pay
+//!   an atomic add): install yours before creating counters, or theirs go nowhere.
+//! - `task`: [`restart_on_panic`]; `hash`: the seeded hasher of keys; `sync`:
+//!   poison-tolerant locking.
 #![deny(missing_docs)]
 
 mod config;
@@ -115,6 +124,7 @@ mod hash;
 mod memory;
 mod metrics;
 mod store;
+mod sync;
 mod task;
 
 pub use config::{CounterConfig, PendingBytes};
@@ -126,3 +136,45 @@ pub use store::{
     StoreError, StoredValues, Window, WindowRead, rank_order,
 };
 pub use task::restart_on_panic;
+
+/// The README's example runs as a doctest too, so what a reader of the README copies
+/// compiles and does what it says.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// The code blocks of a Markdown text (in crate docs, without their `//! ` prefixes).
+    fn code_blocks(text: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start().starts_with("```")) {
+                (None, true) => block = Some(String::new()),
+                (Some(_), true) => blocks.extend(block.take()),
+                (Some(code), false) => {
+                    code.push_str(line);
+                    code.push('\n');
+                }
+                (None, false) => {}
+            }
+        }
+        blocks
+    }
+
+    #[test]
+    fn the_readme_example_is_the_crate_docs_example() {
+        let docs: String = include_str!("lib.rs")
+            .lines()
+            .map_while(|line| line.strip_prefix("//!"))
+            .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+            .collect();
+
+        let readme = code_blocks(include_str!("../README.md"));
+        let crate_docs = code_blocks(&docs);
+
+        assert_eq!(readme.len(), 1, "the README has one example");
+        assert_eq!(readme.first(), crate_docs.first());
+    }
+}

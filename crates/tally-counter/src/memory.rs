@@ -2,15 +2,16 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::store::{
     Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
-    StoredValues,
+    StoredValues, rank_order,
 };
+use crate::sync::lock;
 
 /// An in-process [`Store`]: sharded maps behind short mutexes, honouring batch ids exactly
 /// once like a real store.
@@ -34,12 +35,20 @@ struct MemoryShard {
     state: Mutex<ShardState>,
 }
 
+impl MemoryShard {
+    /// The shard's state, locked.
+    fn state(&self) -> MutexGuard<'_, ShardState> {
+        lock(&self.state)
+    }
+}
+
 #[derive(Debug, Default)]
 struct ShardState {
     values: HashMap<Box<str>, u64>,
     /// Highest applied batch sequence per instance: constant memory per writer.
     applied: HashMap<InstanceId, u64>,
-    /// `(value descending, key ascending)` of every key, when the store is ranked.
+    /// `(value descending, key ascending)` of every key, when the store is ranked: the
+    /// order of [`rank_order`], kept by the set's own ordering of its tuples.
     ranking: Option<BTreeSet<(Reverse<u64>, Box<str>)>>,
     /// Keys holding something that is not a count (set by [`MemoryStore::corrupt`], as a
     /// Redis key can be), with what is there.
@@ -58,6 +67,15 @@ impl ShardState {
         if let Some(ranking) = &mut self.ranking {
             ranking.remove(&(Reverse(old), Box::from(key)));
             ranking.insert((Reverse(value), key.into()));
+        }
+    }
+
+    /// An error naming the first of `keys` that holds something that is not a count, if
+    /// any.
+    fn all_counts<'a>(&self, mut keys: impl Iterator<Item = &'a str>) -> Result<(), StoreError> {
+        match keys.find_map(|key| Some((key, self.corrupt.get(key)?))) {
+            Some((key, found)) => Err(format!("{key} holds {found}, not a count").into()),
+            None => Ok(()),
         }
     }
 
@@ -90,11 +108,7 @@ impl MemoryStore {
     pub fn ranked(shards: usize) -> Self {
         let store = Self::with_shards(shards);
         for shard in store.shards.iter() {
-            shard
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .ranking = Some(BTreeSet::new());
+            shard.state().ranking = Some(BTreeSet::new());
         }
         store
     }
@@ -104,7 +118,7 @@ impl MemoryStore {
         self.shards
             .iter()
             .flat_map(|shard| {
-                let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let state = shard.state();
                 state
                     .values
                     .iter()
@@ -130,18 +144,13 @@ impl MemoryStore {
         state.set(key, value);
     }
 
-    fn state_of(&self, key: &str) -> std::sync::MutexGuard<'_, ShardState> {
-        self.shards[self.shard_of(key)]
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn state_of(&self, key: &str) -> MutexGuard<'_, ShardState> {
+        self.shards[self.shard_of(key)].state()
     }
 
     /// The stored value of `key` (0 when never written), read directly.
     pub fn value(&self, key: &str) -> u64 {
-        let shard = &self.shards[self.shard_of(key)];
-        let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.values.get(key).copied().unwrap_or(0)
+        self.state_of(key).values.get(key).copied().unwrap_or(0)
     }
 }
 
@@ -166,27 +175,14 @@ impl Store for MemoryStore {
 
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         // All or nothing, as a store that cannot apply part of a batch must be.
-        {
-            let state = self.shards[shard]
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((key, _)) = batch
-                .deltas
-                .iter()
-                .find(|(key, _)| state.corrupt.contains_key(&**key))
-            {
-                return Err(format!("{key} holds {}, not a count", state.corrupt[&**key]).into());
-            }
-        }
+        self.shards[shard]
+            .state()
+            .all_counts(batch.deltas.iter().map(|(key, _)| &**key))?;
         Ok(self.apply_checked(shard, batch).await?.totals)
     }
 
     async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
-        let mut state = self.shards[shard]
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.shards[shard].state();
         let mark = state.applied.entry(batch.id.instance).or_insert(0);
         let fresh = batch.id.seq > *mark;
         if fresh {
@@ -219,13 +215,8 @@ impl Store for MemoryStore {
         instance: InstanceId,
         keys: &[&str],
     ) -> Result<StoredValues, StoreError> {
-        let state = self.shards[shard]
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(key) = keys.iter().find(|key| state.corrupt.contains_key(**key)) {
-            return Err(format!("{key} holds {}, not a count", state.corrupt[*key]).into());
-        }
+        let state = self.shards[shard].state();
+        state.all_counts(keys.iter().copied())?;
         Ok(StoredValues {
             values: keys
                 .iter()
@@ -236,10 +227,7 @@ impl Store for MemoryStore {
     }
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
-        let mut state = self.shards[shard]
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.shards[shard].state();
         state.remove(key);
         Ok(())
     }
@@ -258,10 +246,7 @@ impl Store for MemoryStore {
 
 impl RankedStore for MemoryStore {
     async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
-        let state = self.shards[shard]
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let state = self.shards[shard].state();
         if let Some(ranking) = &state.ranking {
             return Ok(ranking
                 .iter()
@@ -274,7 +259,7 @@ impl RankedStore for MemoryStore {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.sort_unstable_by(rank_order);
         all.truncate(limit);
         Ok(all)
     }

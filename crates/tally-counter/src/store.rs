@@ -28,11 +28,6 @@ impl InstanceId {
     pub const fn from_u64(value: u64) -> Self {
         Self(value)
     }
-
-    /// The raw value.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
 }
 
 impl fmt::Display for InstanceId {

@@ -9,17 +9,17 @@ use redis::IntoConnectionInfo as _;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
-/// Default `REDIS_TIMEOUT`: connect and command timeout.
+/// Default [`RedisConfig::timeout`]: 5 s for each connection attempt and each command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default `REDIS_RETRY_ATTEMPTS`: connection attempts per pooled connection.
+/// Default [`RedisConfig::retry_attempts`]: connection attempts per pooled connection.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
-/// Default connections per node.
+/// Default [`RedisConfig::pool_size`]: connections per node.
 pub const DEFAULT_POOL_SIZE: usize = 16;
-/// Default `HEALTH_CHECK_INTERVAL_SECONDS`.
+/// Default [`RedisConfig::health_check_interval`]: a ping to every node every 5 s.
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-/// Default `VIRTUAL_NODES`: ring points per node.
+/// Default [`RedisConfig::vnodes`]: ring points per node, the ring's own default.
 pub const DEFAULT_VNODES: u32 = tally_ring::DEFAULT_VNODES;
-/// Default `MARKS_RETENTION_HOURS`: 720 hours (30 days).
+/// Default [`RedisConfig::marks_retention`]: 720 hours (30 days).
 ///
 /// A high-water mark only matters while a batch of its instance may still be retried, and a
 /// batch waits (in the instance's memory, retried until acknowledged) at most as long as its
@@ -260,21 +260,6 @@ impl NodeUrl {
         self.port
     }
 
-    /// User name from the URL, if any.
-    pub fn username(&self) -> Option<&str> {
-        self.username.as_deref()
-    }
-
-    /// Password from the URL, if any.
-    pub fn password(&self) -> Option<&Secret> {
-        self.password.as_ref()
-    }
-
-    /// Database index from the URL path, if it has one.
-    pub fn db(&self) -> Option<i64> {
-        self.db
-    }
-
     /// Connection settings for the client, with `REDIS_PASSWORD` and `REDIS_DB` applied.
     pub(crate) fn connection_info(
         &self,
@@ -317,35 +302,38 @@ impl fmt::Debug for NodeUrl {
     }
 }
 
-/// Everything a [`crate::RedisStore`] needs; mirrors the server's environment.
+/// Everything a [`crate::RedisStore`] needs, typed.
 ///
-/// Build it with [`RedisConfig::from_urls`] (defaults for the rest, then adjust fields) or
-/// [`RedisConfig::from_env`]. `Debug` never shows a password.
+/// This crate reads no environment: the server fills this from its own settings. Each
+/// field's docs name the server variable that sets it, and [`Error::Config`] names a bad
+/// value by that variable. Build it with [`RedisConfig::from_urls`] (defaults for the rest,
+/// then adjust fields) or [`RedisConfig::new`]. `Debug` never shows a password.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `REDIS_NODES`: the nodes, in order. A node's position here is its shard id, and its
+    /// The nodes, in order (`REDIS_NODES`). A node's position here is its shard id, and its
     /// `host:port` places it on the ring, so credentials and DB index never move keys.
     pub nodes: Vec<NodeUrl>,
-    /// `REDIS_PASSWORD`: when set, used for every node instead of the URL's password.
+    /// When set, the password for every node instead of the URL's (`REDIS_PASSWORD`).
     pub password: Option<Secret>,
-    /// `REDIS_DB`: when set, the database index for every node instead of the URL's.
+    /// When set, the database index for every node instead of the URL's (`REDIS_DB`).
     pub db: Option<i64>,
-    /// `REDIS_TIMEOUT` (seconds): bound on each connection attempt and on each command.
+    /// Bound on each connection attempt and on each command (`REDIS_TIMEOUT`).
     pub timeout: Duration,
-    /// `REDIS_RETRY_ATTEMPTS`: how many times the pool tries to open a connection to a node
-    /// before a command fails (refused or reset connections only; an authentication failure
-    /// or a timeout ends the attempts at once). Commands and batches are never retried here:
-    /// the counter retries a failed batch, unchanged, with its own backoff. At least 1.
+    /// How many times the pool tries to open a connection to a node before a command fails
+    /// (`REDIS_RETRY_ATTEMPTS`): refused or reset connections only; an authentication
+    /// failure or a timeout ends the attempts at once. Commands and batches are never
+    /// retried here: the counter retries a failed batch, unchanged, with its own backoff.
+    /// At least 1.
     pub retry_attempts: u32,
-    /// Connections per node.
+    /// Connections per node for batches, reads and resets (`REDIS_POOL_SIZE`).
     pub pool_size: usize,
-    /// `HEALTH_CHECK_INTERVAL_SECONDS`: how often every node is pinged. Nodes marked down
+    /// How often every node is pinged (`HEALTH_CHECK_INTERVAL_SECONDS`). Nodes marked down
     /// are pinged more often (every `min(interval, 1 s)`), so they come back quickly.
     pub health_check_interval: Duration,
-    /// `VIRTUAL_NODES`: ring points per node.
+    /// Ring points per node (`VIRTUAL_NODES`).
     pub vnodes: u32,
-    /// `MARKS_RETENTION_HOURS`: a high-water mark that its instance has not written for
-    /// this long is removed from the node (by the health task, a bounded slice at a time).
+    /// A high-water mark that its instance has not written for this long is removed from
+    /// the node, by the health task, a bounded slice at a time (`MARKS_RETENTION_HOURS`).
     /// Must outlast the longest time a batch can wait to be retried, i.e. the longest
     /// outage of a node that a running instance rides out: a batch retried after its mark
     /// was removed would be applied twice. Default [`DEFAULT_MARKS_RETENTION`].
@@ -396,59 +384,6 @@ impl RedisConfig {
             .map(|span| NodeUrl::parse(&urls[span]))
             .collect::<Result<Vec<_>>>()?;
         let config = Self::new(nodes);
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Reads the server's variables from the process environment: `REDIS_NODES`
-    /// (required), `REDIS_PASSWORD`, `REDIS_DB`, `REDIS_TIMEOUT`, `REDIS_RETRY_ATTEMPTS`,
-    /// `REDIS_POOL_SIZE`, `HEALTH_CHECK_INTERVAL_SECONDS`, `VIRTUAL_NODES`,
-    /// `MARKS_RETENTION_HOURS` (fractions accepted).
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisConfig::from_lookup`].
-    pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// [`RedisConfig::from_env`] over any source of variables (`None` = unset; empty
-    /// values count as unset).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the variable that is missing or malformed, or
-    /// [`Error::InvalidUrl`] for a bad node URL.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let nodes = get("REDIS_NODES").ok_or_else(|| Error::Config {
-            field: "REDIS_NODES",
-            problem: "is not set; expected comma-separated redis:// URLs".into(),
-        })?;
-        let mut config = Self::from_urls(&nodes)?;
-        config.password = get("REDIS_PASSWORD").map(Secret::new);
-        if let Some(db) = get("REDIS_DB") {
-            config.db = Some(parse_number("REDIS_DB", &db)?);
-        }
-        if let Some(timeout) = get("REDIS_TIMEOUT") {
-            config.timeout = parse_seconds("REDIS_TIMEOUT", &timeout)?;
-        }
-        if let Some(attempts) = get("REDIS_RETRY_ATTEMPTS") {
-            config.retry_attempts = parse_number("REDIS_RETRY_ATTEMPTS", &attempts)?;
-        }
-        if let Some(size) = get("REDIS_POOL_SIZE") {
-            config.pool_size = parse_number("REDIS_POOL_SIZE", &size)?;
-        }
-        if let Some(interval) = get("HEALTH_CHECK_INTERVAL_SECONDS") {
-            config.health_check_interval =
-                parse_seconds("HEALTH_CHECK_INTERVAL_SECONDS", &interval)?;
-        }
-        if let Some(vnodes) = get("VIRTUAL_NODES") {
-            config.vnodes = parse_number("VIRTUAL_NODES", &vnodes)?;
-        }
-        if let Some(hours) = get("MARKS_RETENTION_HOURS") {
-            config.marks_retention = parse_hours("MARKS_RETENTION_HOURS", &hours)?;
-        }
         config.validate()?;
         Ok(config)
     }
@@ -523,50 +458,8 @@ impl fmt::Display for RedisConfig {
     }
 }
 
-fn parse_number<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T> {
-    value.trim().parse().map_err(|_| Error::Config {
-        field,
-        problem: format!("is '{}', expected a whole number", value.trim()),
-    })
-}
-
-fn parse_seconds(field: &'static str, value: &str) -> Result<Duration> {
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| Error::Config {
-            field,
-            problem: format!(
-                "is '{}', expected a number of seconds above zero",
-                value.trim()
-            ),
-        })
-}
-
-fn parse_hours(field: &'static str, value: &str) -> Result<Duration> {
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|hours| *hours > 0.0)
-        .and_then(|hours| Duration::try_from_secs_f64(hours * 3600.0).ok())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| Error::Config {
-            field,
-            problem: format!(
-                "is '{}', expected a number of hours above zero (fractions accepted)",
-                value.trim()
-            ),
-        })
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     #[test]
@@ -614,12 +507,15 @@ mod tests {
         let names: Vec<&str> = config.nodes.iter().map(NodeUrl::name).collect();
         assert_eq!(names, ["redis1:6379", "redis2:6379"]);
         assert_eq!(
-            config.nodes[0].password().map(Secret::expose),
+            config.nodes[0].password.as_ref().map(Secret::expose),
             Some("Tr0ub4dor,horse")
         );
         // `,`, `@`, `:` and blanks as they are; `/` and `%` percent-encoded.
         let node = NodeUrl::parse("redis://app:a,b@c:d e%2Ff%25g@redis1:6379/1").unwrap();
-        assert_eq!(node.password().map(Secret::expose), Some("a,b@c:d e/f%g"));
+        assert_eq!(
+            node.password.as_ref().map(Secret::expose),
+            Some("a,b@c:d e/f%g")
+        );
         assert_eq!(node.name(), "redis1:6379");
         // A mistyped scheme is still an entry of its own, named in the error.
         let err = RedisConfig::from_urls("redis://r1:6379,http://:pw,x@r2:6379").unwrap_err();
@@ -647,9 +543,9 @@ mod tests {
     fn node_url_parses_host_port_credentials_and_db() {
         let node = NodeUrl::parse(" redis://app:s3cret@redis1:6380/2 ").unwrap();
         assert_eq!(node.name(), "redis1:6380");
-        assert_eq!(node.username(), Some("app"));
-        assert_eq!(node.password().map(Secret::expose), Some("s3cret"));
-        assert_eq!(node.db(), Some(2));
+        assert_eq!(node.username.as_deref(), Some("app"));
+        assert_eq!(node.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(node.db, Some(2));
         assert_eq!(node.to_string(), "redis://app:***@redis1:6380/2");
         assert_eq!(
             format!("{node:?}"),
@@ -661,8 +557,8 @@ mod tests {
     fn node_url_defaults_port_and_leaves_db_unset() {
         let node = NodeUrl::parse("redis://redis1").unwrap();
         assert_eq!(node.name(), "redis1:6379");
-        assert_eq!(node.db(), None);
-        assert_eq!(node.password(), None);
+        assert_eq!(node.db, None);
+        assert_eq!(node.password, None);
     }
 
     #[test]
@@ -714,60 +610,56 @@ mod tests {
     }
 
     #[test]
-    fn from_lookup_reads_every_variable() {
-        let env: HashMap<&str, &str> = [
-            ("REDIS_NODES", "redis://:urlpw@r1:6379,redis://r2:6379"),
-            ("REDIS_PASSWORD", "envpw"),
-            ("REDIS_DB", "4"),
-            ("REDIS_TIMEOUT", "0.5"),
-            ("REDIS_RETRY_ATTEMPTS", "2"),
-            ("REDIS_POOL_SIZE", "8"),
-            ("HEALTH_CHECK_INTERVAL_SECONDS", "2"),
-            ("VIRTUAL_NODES", "100"),
-            ("MARKS_RETENTION_HOURS", "0.5"),
-        ]
-        .into_iter()
-        .collect();
-        let config = RedisConfig::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
-        assert_eq!(config.nodes.len(), 2);
-        assert_eq!(config.password.as_ref().map(Secret::expose), Some("envpw"));
-        assert_eq!(config.db, Some(4));
-        assert_eq!(config.timeout, Duration::from_millis(500));
-        assert_eq!(config.retry_attempts, 2);
-        assert_eq!(config.pool_size, 8);
-        assert_eq!(config.health_check_interval, Duration::from_secs(2));
-        assert_eq!(config.vnodes, 100);
-        assert_eq!(config.marks_retention, Duration::from_secs(1800));
+    fn config_output_hides_url_and_override_passwords() {
+        let mut config =
+            RedisConfig::from_urls("redis://:urlpw@r1:6379,redis://app:userpw@r2:6379/1").unwrap();
+        config.password = Some(Secret::new("overridepw"));
+
         let shown = format!("{config} {config:?}");
+
+        for password in ["urlpw", "userpw", "overridepw"] {
+            assert!(!shown.contains(password), "{password} shown: {shown}");
+        }
         assert!(
-            !shown.contains("urlpw") && !shown.contains("envpw"),
+            shown.contains("redis://:***@r1:6379,redis://app:***@r2:6379/1"),
             "{shown}"
         );
     }
 
     #[test]
-    fn from_lookup_names_the_bad_variable() {
-        let env = |k: &str| match k {
-            "REDIS_NODES" => Some("redis://r1:6379".to_owned()),
-            "REDIS_TIMEOUT" => Some("soon".to_owned()),
-            _ => None,
+    fn validate_names_the_bad_setting() {
+        let valid = RedisConfig::from_urls("redis://r1:6379").unwrap();
+        let spoilt = |spoil: fn(&mut RedisConfig)| {
+            let mut config = valid.clone();
+            spoil(&mut config);
+            config
         };
-        let err = RedisConfig::from_lookup(env).unwrap_err();
-        assert!(err.to_string().contains("REDIS_TIMEOUT"), "{err}");
-        let err = RedisConfig::from_lookup(|_| None).unwrap_err();
-        assert!(err.to_string().contains("REDIS_NODES"), "{err}");
-        for hours in ["0", "-1", "soon", "NaN"] {
-            let env = |k: &str| match k {
-                "REDIS_NODES" => Some("redis://r1:6379".to_owned()),
-                "MARKS_RETENTION_HOURS" => Some(hours.to_owned()),
-                _ => None,
-            };
-            let err = RedisConfig::from_lookup(env).unwrap_err();
+        let cases = [
+            ("REDIS_NODES", spoilt(|c| c.nodes.clear())),
+            ("REDIS_TIMEOUT", spoilt(|c| c.timeout = Duration::ZERO)),
+            ("REDIS_RETRY_ATTEMPTS", spoilt(|c| c.retry_attempts = 0)),
+            ("REDIS_POOL_SIZE", spoilt(|c| c.pool_size = 0)),
+            (
+                "HEALTH_CHECK_INTERVAL_SECONDS",
+                spoilt(|c| c.health_check_interval = Duration::ZERO),
+            ),
+            ("VIRTUAL_NODES", spoilt(|c| c.vnodes = 0)),
+            ("REDIS_DB", spoilt(|c| c.db = Some(-1))),
+            (
+                "MARKS_RETENTION_HOURS",
+                spoilt(|c| c.marks_retention = Duration::ZERO),
+            ),
+        ];
+        for (setting, config) in cases {
+            let err = config.validate().unwrap_err();
+
             assert!(
-                err.to_string().contains("MARKS_RETENTION_HOURS"),
-                "{hours}: {err}"
+                matches!(err, Error::Config { field, .. } if field == setting),
+                "{setting}: {err}"
             );
+            assert!(err.to_string().contains(setting), "{err}");
         }
+        assert!(valid.validate().is_ok());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum Error {
     },
     /// The node list does not make a ring (e.g. the same `host:port` twice).
     #[error("invalid redis node list")]
-    Ring(#[from] tally_ring::RingError),
+    Ring(#[from] tally_ring::Error),
     /// Two entries of `REDIS_NODES` reach the same Redis database: both hold the same
     /// random id under [`crate::NODE_ID_KEY`]. Returned by [`crate::RedisStore::connect`]
     /// when both answer at start; an entry found to be an alias later is kept down with

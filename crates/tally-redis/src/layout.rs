@@ -36,8 +36,8 @@ pub fn mark_field(instance: InstanceId, shard: ShardId) -> String {
 }
 
 /// Largest total the store accepts: 2^53 - 1. Lua numbers and sorted-set scores are
-/// doubles, exact up to here; the script refuses a batch that would pass it rather than
-/// count inexactly.
+/// doubles, exact up to here; the script leaves a key whose total would pass it as it is,
+/// and reports it, rather than count inexactly.
 pub const MAX_TOTAL: u64 = (1 << 53) - 1;
 
 /// Where a store keeps its counts on each node.
@@ -145,8 +145,9 @@ return out
 /// inside it fails, so a batch whose 500th key held a string would leave 499 increments
 /// applied with no mark, and the counter's retry would apply them again. Instead the script
 /// reads every current value first (`MGET` / `ZMSCORE`), checks them all, computes the new
-/// totals, and only then writes them (`MSET` / `ZADD`): a batch is applied whole or not at
-/// all. Four commands per chunk instead of two per key also saves the fixed cost of each
+/// totals, and only then writes them (`MSET` / `ZADD`) with the mark: a failure cannot come
+/// half-way, and a key that cannot be counted is left out and reported before the first
+/// write. Four commands per chunk instead of two per key also saves the fixed cost of each
 /// `redis.call`. The script runs atomically, so read-then-write loses no concurrent
 /// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
 /// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).

@@ -14,7 +14,9 @@
 //! Passwords never appear in `Display` or `Debug` output of anything here ([`redact`]).
 //!
 //! Requires Redis 6.2 or later (the script uses `ZMSCORE`). Totals are exact up to
-//! [`MAX_TOTAL`] (2^53 - 1); a batch that would pass it is refused whole.
+//! [`MAX_TOTAL`] (2^53 - 1); a key whose total would pass it is left as it is and
+//! reported, as is a key holding something that is not a count, and the rest of its batch
+//! is applied.
 //!
 //! # High-water marks
 //!
@@ -99,6 +101,11 @@
 //! and `tally_redis_marks_removed_total{node}`.
 #![deny(missing_docs)]
 
+/// The README's example, run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 mod config;
 mod error;
 mod layout;
@@ -116,3 +123,12 @@ pub use layout::{
 };
 pub use node::{NODE_ID_KEY, RANKING_CONNECTIONS, RANKING_TIMEOUT_FLOOR};
 pub use store::RedisStore;
+
+/// Locks `mutex` even when a thread panicked while holding it. The crate's mutexes guard
+/// plain data that each write leaves whole (a node's state, the node ids), so a panic
+/// elsewhere cannot leave it half-updated, and refusing the lock would only spread the panic.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

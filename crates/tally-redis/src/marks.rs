@@ -80,10 +80,7 @@ pub(crate) async fn sweep_pass(
         .arg(cursor)
         .arg(SWEEP_BATCH)
         .arg(retention_ms);
-    let mut conn = node.checkout("sweep").await?;
-    let (next, removed): (String, u64) = node
-        .finish("sweep", invocation.invoke_async(&mut conn))
-        .await?;
+    let (next, removed): (String, u64) = node.run("sweep", &invocation).await?;
     if removed > 0 {
         metrics::counter!("tally_redis_marks_removed_total", "node" => node.name().to_owned())
             .increment(removed);

@@ -4,15 +4,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_redis::{Connection, Pool, PoolError};
+use redis::{FromRedisValue, RedisResult};
 use tally_counter::ShardHealth;
 
 use crate::config::{NodeUrl, RedisConfig};
 use crate::error::{Error, Result, is_auth_error};
 use crate::layout::{COUNTER_MARKS_KEY, URLS_MARKS_KEY};
+use crate::lock;
 
 /// The key holding a node's identity: a random id set once (`SET NX`) by the first tally
 /// store that reaches the node (in its database), and read back by every store after.
@@ -31,10 +33,14 @@ pub const RANKING_CONNECTIONS: usize = 2;
 /// so a check never waits for a connection behind busy commands.
 const PROBE_CONNECTIONS: usize = 2;
 
-/// Commands on the ranking pool. A slow answer to one of them (a deep ranking moves a lot
-/// of data) does not mark the node down: the health check, on its own connections, decides
-/// that. A failed connection still does.
+/// Commands on the ranking pool; every other op uses the main pool. A slow answer to one
+/// of them (a deep ranking moves a lot of data) does not mark the node down: the health
+/// check, on its own connections, decides that. A failed connection still does.
 const RANKING_OPS: [&str; 4] = ["top", "len", "count_at_least", "window"];
+
+fn is_ranking(op: &str) -> bool {
+    RANKING_OPS.contains(&op)
+}
 
 /// Commands on the ranking pool wait for their answer at least this long, or
 /// `REDIS_TIMEOUT` if longer: a deep ranking's answer is large (110,000 members of up to
@@ -49,7 +55,7 @@ pub(crate) struct Node {
     /// The entry as in `REDIS_NODES`, password replaced by `***`, for messages that must
     /// tell two entries of one node apart.
     url: String,
-    /// Batch writes, reads, resets, sweeps: `REDIS_POOL_SIZE` connections.
+    /// Batch writes, reads, resets, sweeps: [`RedisConfig::pool_size`] connections.
     pool: Pool,
     /// Sorted-set reads for rankings: [`RANKING_CONNECTIONS`].
     ranking_pool: Pool,
@@ -153,8 +159,7 @@ impl Node {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Plain data: a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -226,19 +231,20 @@ impl Node {
         );
     }
 
-    /// A connection of the main pool for `op`, failing fast while the node is marked down.
+    /// Sends `request` for `op` on a connection of the op's pool: the one-command case of
+    /// [`Node::checkout`] followed by [`Node::send`].
+    pub(crate) async fn run<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        request: &impl Request,
+    ) -> Result<T> {
+        let mut conn = self.checkout(op).await?;
+        self.send(&mut conn, op, request).await
+    }
+
+    /// A connection for `op`, failing fast while the node is marked down: from the ranking
+    /// pool for [`RANKING_OPS`], from the main pool otherwise.
     pub(crate) async fn checkout(&self, op: &'static str) -> Result<Connection> {
-        self.checkout_from(&self.pool, op).await
-    }
-
-    /// A connection of the ranking pool for `op` (one of [`RANKING_OPS`]), failing fast
-    /// while the node is marked down.
-    pub(crate) async fn checkout_ranking(&self, op: &'static str) -> Result<Connection> {
-        debug_assert!(RANKING_OPS.contains(&op), "{op} is not a ranking op");
-        self.checkout_from(&self.ranking_pool, op).await
-    }
-
-    async fn checkout_from(&self, pool: &Pool, op: &'static str) -> Result<Connection> {
         {
             let state = self.state();
             if !state.up {
@@ -251,24 +257,30 @@ impl Node {
                 return Err(err);
             }
         }
+        let pool = if is_ranking(op) {
+            &self.ranking_pool
+        } else {
+            &self.pool
+        };
         let result = self.connect(pool).await;
         self.observe(op, result)
     }
 
-    /// Runs `command` on a connection from [`Node::checkout`], bounded by the timeout
-    /// (for [`RANKING_OPS`], at least [`RANKING_TIMEOUT_FLOOR`]).
-    pub(crate) async fn finish<T>(
+    /// Sends `request` for `op` on `conn`, bounded by the timeout (for [`RANKING_OPS`], at
+    /// least [`RANKING_TIMEOUT_FLOOR`]), and records the outcome.
+    pub(crate) async fn send<T: FromRedisValue + Send>(
         &self,
+        conn: &mut Connection,
         op: &'static str,
-        command: impl Future<Output = redis::RedisResult<T>>,
+        request: &impl Request,
     ) -> Result<T> {
         let started = Instant::now();
-        let timeout = if RANKING_OPS.contains(&op) {
+        let timeout = if is_ranking(op) {
             self.timeout.max(RANKING_TIMEOUT_FLOOR)
         } else {
             self.timeout
         };
-        let result = match tokio::time::timeout(timeout, command).await {
+        let result = match tokio::time::timeout(timeout, request.send(conn)).await {
             Err(_) => Err(Error::Timeout {
                 node: self.name.clone(),
                 op,
@@ -296,7 +308,7 @@ impl Node {
         let result = match self.observe("ping", self.connect(&self.probe_pool).await) {
             Ok(mut conn) => {
                 match self
-                    .finish("ping", redis::cmd("PING").query_async::<String>(&mut *conn))
+                    .send::<String>(&mut conn, "ping", &redis::cmd("PING"))
                     .await
                 {
                     Ok(_) if identify => self.first_contact(&mut conn).await.map(Some),
@@ -337,9 +349,7 @@ impl Node {
             .ignore()
             .cmd("GET")
             .arg(NODE_ID_KEY);
-        let (id,): (Option<String>,) = self
-            .finish("identify", pipe.query_async(&mut **conn))
-            .await?;
+        let (id,): (Option<String>,) = self.send(conn, "identify", &pipe).await?;
         let id = id.ok_or_else(|| Error::Protocol {
             node: self.name.clone(),
             op: "identify",
@@ -444,7 +454,7 @@ impl Node {
     fn observe<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
             self.count_error(op, e);
-            let slow_ranking = RANKING_OPS.contains(&op) && matches!(e, Error::Timeout { .. });
+            let slow_ranking = is_ranking(op) && matches!(e, Error::Timeout { .. });
             if e.marks_node_down() && !slow_ranking {
                 self.mark_down(e);
             }
@@ -467,6 +477,42 @@ impl Node {
 /// the `allkeys-*` policies.
 pub(crate) fn evicts_any_key(policy: &str) -> bool {
     policy.trim().to_ascii_lowercase().starts_with("allkeys-")
+}
+
+/// What [`Node::send`] sends: a command, a pipeline (`MULTI` or not) or a script
+/// invocation, each with its own client call.
+pub(crate) trait Request: Sync {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut Connection,
+    ) -> impl Future<Output = RedisResult<T>> + Send;
+}
+
+impl Request for redis::Cmd {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut Connection,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Request for redis::Pipeline {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut Connection,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Request for redis::ScriptInvocation<'_> {
+    fn send<T: FromRedisValue + Send>(
+        &self,
+        conn: &mut Connection,
+    ) -> impl Future<Output = RedisResult<T>> + Send {
+        self.invoke_async(conn)
+    }
 }
 
 #[cfg(test)]
@@ -493,14 +539,10 @@ mod tests {
             held.push(node.checkout("get").await.expect("a command connection"));
         }
         for _ in 0..RANKING_CONNECTIONS {
-            held.push(
-                node.checkout_ranking("top")
-                    .await
-                    .expect("a ranking connection"),
-            );
+            held.push(node.checkout("top").await.expect("a ranking connection"));
         }
-        // A further command waits for one of them, and gives up (this is what the pings
-        // did when they shared the command pool).
+        // A further command waits for one of them, and gives up; a ping would too if it
+        // had to wait for the same connections.
         assert!(
             matches!(node.checkout("get").await, Err(Error::Timeout { .. })),
             "the command pool is not exhausted"
@@ -518,14 +560,10 @@ mod tests {
         let node = node_with_pool(&redis.url(), 2);
         let mut held = Vec::new();
         for _ in 0..RANKING_CONNECTIONS {
-            held.push(
-                node.checkout_ranking("top")
-                    .await
-                    .expect("a ranking connection"),
-            );
+            held.push(node.checkout("top").await.expect("a ranking connection"));
         }
 
-        let waited = node.checkout_ranking("top").await;
+        let waited = node.checkout("top").await;
 
         assert!(
             matches!(waited, Err(Error::Timeout { .. })),

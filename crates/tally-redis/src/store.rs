@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tally_counter::{
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::layout::{
     BATCH_SCRIPT, Layout, ScriptReply, TOP_SCRIPT, URLS_KEY, fill_invocation, parse_count_text,
 };
+use crate::lock;
 use crate::marks::{SWEEP_SCRIPT, Sweeper, sweep_node};
 use crate::node::{Node, Probe};
 
@@ -150,11 +151,6 @@ impl RedisStore {
         }
     }
 
-    /// This store's key layout.
-    pub fn layout(&self) -> Layout {
-        self.layout
-    }
-
     /// The ring; `ring().nodes()[shard]` is the shard's `host:port`.
     pub fn ring(&self) -> &Ring<String> {
         &self.shared.ring
@@ -199,8 +195,8 @@ impl RedisStore {
     ///
     /// The second read is one snapshot, exact on its own whenever it holds at least
     /// `limit` members; when writes in between left it short (members removed), it is
-    /// tried again, and after [`TOP_ATTEMPTS`] the ranking script, exact in one step,
-    /// answers instead.
+    /// tried again, and after three tries (`TOP_ATTEMPTS`) the ranking script, exact in one
+    /// step, answers instead.
     ///
     /// # Errors
     ///
@@ -212,7 +208,10 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = node.checkout_ranking("top").await?;
+        // One checkout for all the steps below, not `Node::run` per command: each checkout
+        // costs a round trip (the pool pings a connection before lending it) and may wait
+        // for one of the few ranking connections between two steps of one read.
+        let mut conn = node.checkout("top").await?;
         let mut entries = None;
         for _ in 0..TOP_ATTEMPTS {
             let mut cut = redis::cmd("ZREVRANGE");
@@ -220,13 +219,13 @@ impl RedisStore {
                 .arg(limit - 1)
                 .arg(limit - 1)
                 .arg("WITHSCORES");
-            let cut: Vec<Pair> = node.finish("top", cut.query_async(&mut conn)).await?;
+            let cut: Vec<Pair> = node.send(&mut conn, "top", &cut).await?;
             let found = match cut.first() {
                 // Fewer than `limit` members: all of them, unless the set grew since.
                 None => {
                     let mut all = redis::cmd("ZREVRANGE");
                     all.arg(URLS_KEY).arg(0).arg(limit - 1).arg("WITHSCORES");
-                    let all: Vec<Pair> = node.finish("top", all.query_async(&mut conn)).await?;
+                    let all: Vec<Pair> = node.send(&mut conn, "top", &all).await?;
                     (all.len() < limit).then_some(all)
                 }
                 Some((_, boundary)) => {
@@ -246,7 +245,7 @@ impl RedisStore {
                         .arg(0)
                         .arg(limit);
                     let (mut above, tied): (Vec<Pair>, Vec<Pair>) =
-                        node.finish("top", pipe.query_async(&mut conn)).await?;
+                        node.send(&mut conn, "top", &pipe).await?;
                     (above.len() + tied.len() >= limit).then(|| {
                         let wanted = limit.saturating_sub(above.len());
                         above.extend(tied.into_iter().take(wanted));
@@ -283,7 +282,7 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = node.checkout_ranking("top").await?;
+        let mut conn = node.checkout("top").await?;
         let pairs = self.top_by_script(node, &mut conn, limit).await?;
         ranked(node, pairs, limit)
     }
@@ -296,7 +295,7 @@ impl RedisStore {
     ) -> Result<Vec<Pair>> {
         let mut invocation = self.shared.top_script.key(URLS_KEY);
         invocation.arg(limit);
-        node.finish("top", invocation.invoke_async(conn)).await
+        node.send(conn, "top", &invocation).await
     }
 
     /// For each of `thresholds`, how many members of `shard`'s sorted set count at least
@@ -316,9 +315,7 @@ impl RedisStore {
         for threshold in thresholds {
             pipe.cmd("ZCOUNT").arg(URLS_KEY).arg(threshold).arg("+inf");
         }
-        let mut conn = node.checkout_ranking("count_at_least").await?;
-        node.finish("count_at_least", pipe.query_async(&mut conn))
-            .await
+        node.run("count_at_least", &pipe).await
     }
 
     /// The members of `shard` around one page of the ranking, in one `MULTI` (see
@@ -370,9 +367,8 @@ impl RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(if low < high { low_run } else { 0 });
-        let mut conn = node.checkout_ranking("window").await?;
         let (above, below, at_high, between, at_low): (u64, u64, Vec<Pair>, Vec<Pair>, Vec<Pair>) =
-            node.finish("window", pipe.query_async(&mut conn)).await?;
+            node.run("window", &pipe).await?;
         let counts = |pairs: Vec<Pair>| ranked(node, pairs, usize::MAX);
         Ok(WindowRead {
             above,
@@ -391,10 +387,9 @@ impl RedisStore {
     pub async fn len(&self, shard: ShardId) -> Result<u64> {
         self.require_sorted_set("len")?;
         let node = self.node(shard)?;
-        let mut conn = node.checkout_ranking("len").await?;
         let mut cmd = redis::cmd("ZCARD");
         cmd.arg(URLS_KEY);
-        node.finish("len", cmd.query_async(&mut conn)).await
+        node.run("len", &cmd).await
     }
 
     /// [`Store::apply`] with this crate's error type.
@@ -403,11 +398,13 @@ impl RedisStore {
     ///
     /// [`Error::InvalidBatch`] when a key appears twice; [`Error::NodeUnavailable`],
     /// [`Error::Timeout`], [`Error::Connection`] and the other node errors; [`Error::Redis`]
-    /// when the script refuses the batch (a key holding
-    /// something that is not a count, or a total past [`crate::MAX_TOTAL`]), in which case
-    /// nothing of it was applied.
-    pub async fn apply_batch(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>> {
-        let applied = self.apply_batch_checked(shard, batch).await?;
+    /// for an error reply, e.g. when the request statistics' sorted set holds another type
+    /// (then nothing of the batch is applied); [`Error::CorruptValue`] naming a key that
+    /// holds something that is not a count, or whose total would pass [`crate::MAX_TOTAL`]:
+    /// such keys are left as they are and every other key is applied (see
+    /// [`RedisStore::apply_checked`]).
+    pub async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>> {
+        let applied = self.apply_checked(shard, batch).await?;
         match applied.rejected.first() {
             None => Ok(applied.totals),
             Some(rejected) => Err(Error::CorruptValue {
@@ -423,8 +420,8 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`RedisStore::apply_batch`], except for bad stored values.
-    pub async fn apply_batch_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied> {
+    /// As [`RedisStore::apply`], except for bad stored values.
+    pub async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied> {
         let node = self.node(shard)?;
         let span = tracing::debug_span!(
             "redis_apply",
@@ -452,10 +449,7 @@ impl RedisStore {
                 batch.deltas.iter().map(|(key, _)| &**key),
                 batch.deltas.iter().map(|(_, delta)| *delta),
             );
-            let mut conn = node.checkout("apply").await?;
-            let reply = node
-                .finish("apply", invocation.invoke_async(&mut conn))
-                .await?;
+            let reply = node.run("apply", &invocation).await?;
             let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "apply", d))?;
             if reply.values.len() != batch.deltas.len() {
                 return Err(protocol(
@@ -505,8 +499,8 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`RedisStore::apply_batch`].
-    pub async fn read(
+    /// As [`RedisStore::apply`].
+    pub async fn get(
         &self,
         shard: ShardId,
         instance: InstanceId,
@@ -524,10 +518,7 @@ impl RedisStore {
             keys.iter().copied(),
             std::iter::empty(),
         );
-        let mut conn = node.checkout("get").await?;
-        let reply = node
-            .finish("get", invocation.invoke_async(&mut conn))
-            .await?;
+        let reply = node.run("get", &invocation).await?;
         let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "get", d))?;
         if let Some((index, found)) = reply.rejected.into_iter().next() {
             return Err(Error::CorruptValue {
@@ -556,15 +547,11 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`RedisStore::apply_batch`].
-    pub async fn reset_key(&self, shard: ShardId, key: &str) -> Result<()> {
-        let node = self.node(shard)?;
-        let mut conn = node.checkout("reset").await?;
-        node.finish(
-            "reset",
-            self.layout.reset_cmd(key).query_async::<()>(&mut conn),
-        )
-        .await
+    /// As [`RedisStore::apply`].
+    pub async fn reset(&self, shard: ShardId, key: &str) -> Result<()> {
+        self.node(shard)?
+            .run("reset", &self.layout.reset_cmd(key))
+            .await
     }
 
     fn node(&self, shard: ShardId) -> Result<&Node> {
@@ -601,11 +588,11 @@ impl Store for RedisStore {
     }
 
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
-        Ok(self.apply_batch(shard, batch).await?)
+        Ok(RedisStore::apply(self, shard, batch).await?)
     }
 
     async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
-        Ok(self.apply_batch_checked(shard, batch).await?)
+        Ok(RedisStore::apply_checked(self, shard, batch).await?)
     }
 
     async fn get(
@@ -614,11 +601,11 @@ impl Store for RedisStore {
         instance: InstanceId,
         keys: &[&str],
     ) -> Result<StoredValues, StoreError> {
-        Ok(self.read(shard, instance, keys).await?)
+        Ok(RedisStore::get(self, shard, instance, keys).await?)
     }
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
-        Ok(self.reset_key(shard, key).await?)
+        Ok(RedisStore::reset(self, shard, key).await?)
     }
 
     fn health(&self) -> Vec<ShardHealth> {
@@ -654,10 +641,7 @@ impl RankedStore for RedisStore {
 
 impl Shared {
     fn identities(&self) -> MutexGuard<'_, Vec<Option<String>>> {
-        // Plain data: a panic elsewhere cannot leave it inconsistent.
-        self.identities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.identities)
     }
 
     /// Probes the nodes `due` selects, identifying each that answers for the first time,
@@ -737,12 +721,6 @@ fn protocol(node: &Node, op: &'static str, detail: String) -> Error {
     }
 }
 
-/// Pings every node each `interval`, and the nodes marked down every
-/// `min(interval, DOWN_PROBE_INTERVAL)`, until the last store handle is dropped. After the
-/// pings of a round, sweeps a slice of the old high-water marks of each node due for it
-/// (see `marks::Sweeper`).
-///
-/// Holds the store only weakly, and only while a round runs.
 /// Runs the health task, and starts it again whenever it panics: logged with its message
 /// and counted (`tally_task_panics_total{task="health"}`), so node checks and mark
 /// sweeps never stop silently. Node state lives in the store, not the task.
@@ -763,6 +741,12 @@ async fn supervise_health(
     .await;
 }
 
+/// The health task: pings every node each `interval`, and the nodes marked down every
+/// `min(interval, DOWN_PROBE_INTERVAL)`, until the last store handle is dropped. After the
+/// pings of a round, sweeps a slice of the old high-water marks of each node due for it
+/// (see `marks::Sweeper`).
+///
+/// Holds the store only weakly, and only while a round runs.
 async fn run_health(
     shared: Weak<Shared>,
     mut stop: watch::Receiver<()>,

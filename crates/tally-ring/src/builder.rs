@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::error::{Result, RingError};
+use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::ring::Ring;
 
@@ -69,33 +69,33 @@ impl<N: Node> RingBuilder<N> {
     ///
     /// # Errors
     ///
-    /// [`RingError::Empty`] without nodes, [`RingError::ZeroVnodes`],
-    /// [`RingError::EmptyName`], [`RingError::DuplicateNode`], [`RingError::ZeroWeight`], and
-    /// [`RingError::TooManyPoints`] past 2^31 - 2 points.
+    /// [`Error::Empty`] without nodes, [`Error::ZeroVnodes`],
+    /// [`Error::EmptyName`], [`Error::DuplicateNode`], [`Error::ZeroWeight`], and
+    /// [`Error::TooManyPoints`] past 2^31 - 2 points.
     pub fn build(self) -> Result<Ring<N>> {
         if self.nodes.is_empty() {
-            return Err(RingError::Empty);
+            return Err(Error::Empty);
         }
         if self.vnodes == 0 {
-            return Err(RingError::ZeroVnodes);
+            return Err(Error::ZeroVnodes);
         }
         let mut seen = HashSet::with_capacity(self.nodes.len());
         let mut total: u64 = 0;
         for (position, (node, weight)) in self.nodes.iter().enumerate() {
             let name = node.name();
             if name.is_empty() {
-                return Err(RingError::EmptyName { position });
+                return Err(Error::EmptyName { position });
             }
             if !seen.insert(name) {
-                return Err(RingError::DuplicateNode { name: name.into() });
+                return Err(Error::DuplicateNode { name: name.into() });
             }
             if *weight == 0 {
-                return Err(RingError::ZeroWeight { name: name.into() });
+                return Err(Error::ZeroWeight { name: name.into() });
             }
             total = total.saturating_add(u64::from(self.vnodes) * u64::from(*weight));
         }
         if total > MAX_POINTS {
-            return Err(RingError::TooManyPoints {
+            return Err(Error::TooManyPoints {
                 points: total,
                 max: MAX_POINTS,
             });
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn build_rejects_an_empty_ring() {
         let err = RingBuilder::<&str>::new().build().unwrap_err();
-        assert!(matches!(err, RingError::Empty), "{err}");
+        assert!(matches!(err, Error::Empty), "{err}");
     }
 
     #[test]
@@ -181,7 +181,7 @@ mod tests {
             .node("a:1", 1)
             .build()
             .unwrap_err();
-        assert!(matches!(err, RingError::ZeroVnodes), "{err}");
+        assert!(matches!(err, Error::ZeroVnodes), "{err}");
     }
 
     #[test]
@@ -193,7 +193,7 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(
-            matches!(&err, RingError::DuplicateNode { name } if name == "a:1"),
+            matches!(&err, Error::DuplicateNode { name } if name == "a:1"),
             "{err}"
         );
     }
@@ -206,7 +206,7 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(
-            matches!(&err, RingError::ZeroWeight { name } if name == "b:1"),
+            matches!(&err, Error::ZeroWeight { name } if name == "b:1"),
             "{err}"
         );
     }
@@ -218,7 +218,7 @@ mod tests {
             .node("", 1)
             .build()
             .unwrap_err();
-        assert!(matches!(err, RingError::EmptyName { position: 1 }), "{err}");
+        assert!(matches!(err, Error::EmptyName { position: 1 }), "{err}");
     }
 
     #[test]
@@ -228,7 +228,7 @@ mod tests {
             .node("a:1", 2)
             .build()
             .unwrap_err();
-        assert!(matches!(err, RingError::TooManyPoints { .. }), "{err}");
+        assert!(matches!(err, Error::TooManyPoints { .. }), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 /// Lookups never fail: every check happens once, in [`crate::RingBuilder::build`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RingError {
+pub enum Error {
     /// The builder was given no nodes, so no key would have an owner.
     #[error("cannot build a ring with no nodes")]
     Empty,
@@ -41,8 +41,8 @@ pub enum RingError {
     },
 }
 
-/// Result with this crate's [`RingError`].
-pub type Result<T, E = RingError> = std::result::Result<T, E>;
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
@@ -50,16 +50,16 @@ mod tests {
 
     #[test]
     fn messages_are_lowercase_and_name_the_culprit() {
-        let e = RingError::DuplicateNode {
+        let e = Error::DuplicateNode {
             name: "redis1:6379".into(),
         };
         assert_eq!(e.to_string(), "duplicate ring node name 'redis1:6379'");
         for e in [
-            RingError::Empty,
-            RingError::ZeroVnodes,
-            RingError::EmptyName { position: 2 },
-            RingError::ZeroWeight { name: "a".into() },
-            RingError::TooManyPoints { points: 9, max: 8 },
+            Error::Empty,
+            Error::ZeroVnodes,
+            Error::EmptyName { position: 2 },
+            Error::ZeroWeight { name: "a".into() },
+            Error::TooManyPoints { points: 9, max: 8 },
         ] {
             let msg = e.to_string();
             assert!(msg.starts_with(|c: char| c.is_lowercase()), "{msg}");

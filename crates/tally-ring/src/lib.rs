@@ -33,7 +33,7 @@
 //!     .node("redis4:6379", 1)
 //!     .build()?;
 //! assert!(ring.moves_to(&grown).iter().all(|m| m.to == "redis4:6379"));
-//! # Ok::<(), tally_ring::RingError>(())
+//! # Ok::<(), tally_ring::Error>(())
 //! ```
 //!
 //! # The mapping is a data-layout contract
@@ -70,8 +70,13 @@
 //! - `builder`: [`RingBuilder`], validation and point placement.
 //! - `ring`: [`Ring`], its lookup table, lookups and [`Ring::shares`].
 //! - `moves`: [`Ring::moves_to`] and [`Move`], for resharding.
-//! - `error`: [`RingError`].
+//! - `error`: [`Error`].
 #![deny(missing_docs)]
+
+/// The README's example, run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
 
 mod builder;
 mod error;
@@ -80,7 +85,7 @@ mod node;
 mod ring;
 
 pub use builder::{DEFAULT_VNODES, RingBuilder};
-pub use error::{Result, RingError};
+pub use error::{Error, Result};
 pub use moves::Move;
 pub use node::Node;
 pub use ring::{Ring, key_hash};

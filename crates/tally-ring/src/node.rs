@@ -33,7 +33,7 @@ use std::sync::Arc;
 ///     .node(Shard { addr: "redis2:6379".into(), pool_size: 8 }, 1)
 ///     .build()?;
 /// assert!(ring.lookup(b"page1").name().starts_with("redis"));
-/// # Ok::<(), tally_ring::RingError>(())
+/// # Ok::<(), tally_ring::Error>(())
 /// ```
 pub trait Node {
     /// The node's name, e.g. `redis1:6379`.

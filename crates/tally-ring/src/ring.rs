@@ -224,7 +224,7 @@ impl<N> Ring<N> {
         self.nodes.len()
     }
 
-    /// Always `false`: building a ring without nodes fails with [`crate::RingError::Empty`].
+    /// Always `false`: building a ring without nodes fails with [`crate::Error::Empty`].
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

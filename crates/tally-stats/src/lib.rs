@@ -41,6 +41,11 @@
 //! - `error`: [`Error`].
 #![deny(missing_docs)]
 
+/// The README's example, run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 mod error;
 mod path;
 mod tracker;

@@ -35,11 +35,6 @@ impl UrlPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Whether this is the shared key of over-long paths.
-    pub fn is_overflow(&self) -> bool {
-        &*self.0 == OVERFLOW_KEY
-    }
 }
 
 #[cfg(test)]
@@ -77,7 +72,7 @@ mod tests {
         let over = format!("{at_limit}b");
         assert_eq!(UrlPath::parse(&at_limit).unwrap().as_str(), at_limit);
         let overflow = UrlPath::parse(&over).unwrap();
-        assert!(overflow.is_overflow());
+        assert_eq!(overflow.as_str(), OVERFLOW_KEY);
         assert!(!OVERFLOW_KEY.starts_with(PREFIX));
     }
 }

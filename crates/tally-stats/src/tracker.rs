@@ -239,7 +239,13 @@ impl<S: RankedStore> StatsTracker<S> {
     pub async fn ranking(&self, page: Page) -> Result<Vec<UrlCount>> {
         match self.join_or_queue(page).await {
             Ok(ranking) => Ok(Arc::unwrap_or_clone(ranking)),
-            Err(failure) => Err(failure.into_error()),
+            Err(failure) => {
+                if matches!(failure, Failure::Busy) {
+                    // Per call: every caller of a refused merge is refused.
+                    metrics::counter!("tally_stats_rankings_refused_total").increment(1);
+                }
+                Err(failure.into_error())
+            }
         }
     }
 
@@ -284,7 +290,6 @@ impl<S: RankedStore> StatsTracker<S> {
             }
         }
         let Ok(Ok(_slot)) = slot else {
-            metrics::counter!("tally_stats_rankings_refused_total").increment(1);
             return Err(Failure::Busy);
         };
         self.merge(page).await.map(Arc::new)

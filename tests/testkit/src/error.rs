@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Errors from starting and driving test processes and proxies.
+/// Errors from starting and driving Redis nodes, proxies and child processes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -70,26 +70,6 @@ pub enum Error {
         pid: u32,
         /// Exit status or error text of the `kill` command.
         detail: String,
-    },
-    /// A server process did not come up: it exited, or never logged `listening on`.
-    #[error("{program} did not start ({reason}); its output:\n{output}")]
-    ServerStart {
-        /// The binary.
-        program: String,
-        /// What went wrong.
-        reason: String,
-        /// Everything it printed.
-        output: String,
-    },
-    /// A server process was still running when it should have exited.
-    #[error("server (pid {pid}) still running after {waited:?}; its output:\n{output}")]
-    StillRunning {
-        /// Its process id.
-        pid: u32,
-        /// How long the kit waited.
-        waited: Duration,
-        /// Everything it printed.
-        output: String,
     },
 }
 

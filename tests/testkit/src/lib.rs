@@ -15,9 +15,10 @@
 //! HTTP through [`HttpConnection`], a bare keep-alive HTTP/1.1 client that also sends the
 //! raw requests no ordinary client will (control bytes, invalid UTF-8, unknown methods).
 //!
-//! [`ServerProcess`] runs a server binary as a child process (`PORT=0`, empty directory,
-//! cleared environment), finds its port from its `listening on` line, keeps its output,
-//! signals it and reads its resident memory.
+//! [`ring`](fn@ring) is the ring a tally server builds over its nodes, so a test reads a
+//! count on the node that owns it and picks keys that land on a given node
+//! ([`keys_on`], [`RedisCluster::owner`]). [`send_signal`] and [`resident_memory`] act on
+//! any child process, such as the server binary the end-to-end tests run.
 //!
 //! `redis-server` must be installed (`apt-get install redis-server`; `cargo xtask test`
 //! checks for it), or named by the `TALLY_REDIS_SERVER` environment variable.
@@ -52,9 +53,10 @@
 //! - `load`: [`run_load`] and its [`Scoreboard`].
 //! - `overlap`: [`second_while_first_runs`], a request made while another is proven to
 //!   be under way.
-//! - `server`: [`ServerProcess`], a server binary as a child process.
+//! - `ring`: [`ring`](fn@ring) and [`keys_on`]: which node owns a key.
 //! - `secrets`: [`AWKWARD_PASSWORDS`] and [`assert_password_hidden`], for redaction tests.
-//! - `signal`: signals through `kill`; `error`: [`Error`].
+//! - `process`: [`send_signal`] and [`resident_memory`], for child processes; `error`:
+//!   [`Error`].
 #![deny(missing_docs)]
 
 mod error;
@@ -62,16 +64,17 @@ mod http;
 mod load;
 mod node;
 mod overlap;
+mod process;
 mod proxy;
+mod ring;
 mod secrets;
-mod server;
-mod signal;
 
 pub use error::{Error, Result};
 pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
 pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};
 pub use node::{NodeBuilder, REDIS_SERVER_ENV, RedisCluster, RedisNode, free_port};
 pub use overlap::{Overlap, second_while_first_runs};
+pub use process::{resident_memory, send_signal};
 pub use proxy::{FaultProxy, Mode};
+pub use ring::{keys_on, ring};
 pub use secrets::{AWKWARD_PASSWORDS, assert_password_hidden};
-pub use server::{ServerProcess, TEST_LOG_ENV, resident_memory};

@@ -9,9 +9,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::IntoConnectionInfo as _;
+use tally_ring::Ring;
 
 use crate::error::{Error, Result};
-use crate::signal::send_signal;
+use crate::process::send_signal;
+use crate::ring::ring;
 
 /// Environment variable naming the `redis-server` binary (default: `redis-server` on `PATH`).
 pub const REDIS_SERVER_ENV: &str = "TALLY_REDIS_SERVER";
@@ -535,6 +537,18 @@ impl RedisCluster {
             .map(RedisNode::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The ring a tally server given [`RedisCluster::urls`] builds ([`ring`](fn@crate::ring)
+    /// over the nodes' `127.0.0.1:port` names): which node owns a key.
+    pub fn ring(&self) -> Ring<String> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.addr().to_string()).collect();
+        ring(&names)
+    }
+
+    /// Index of the node that owns `key` on [`RedisCluster::ring`].
+    pub fn owner(&self, key: &str) -> usize {
+        self.ring().lookup_index(key.as_bytes())
     }
 }
 

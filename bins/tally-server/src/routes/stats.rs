@@ -35,7 +35,8 @@ struct Ranked {
 }
 
 /// `GET /stats/`: this instance's pending counts are written, then every node's top
-/// entries are merged: `[{"count", "url"}]`, count descending then url ascending.
+/// entries are merged: `[{"count", "url"}]`, count descending then url ascending. 503
+/// `store_unavailable` when a node, or the whole ranking, does not answer in time.
 pub(crate) async fn stats(
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
@@ -45,14 +46,10 @@ pub(crate) async fn stats(
         query.get("offset").map(String::as_str),
     )
     .map_err(ApiError::InvalidQuery)?;
-    // Bounded, shared with identical concurrent queries, run on the app runtime where the
-    // store's connections live, and cancelled when every client waiting on it has gone
-    // (see `StatsTracker::ranking`).
-    let ranking = state
-        .stats
-        .ranking(page)
-        .await
-        .map_err(|e| state.stats_error(e))?;
+    // Shared with identical concurrent queries, run on the app runtime where the store's
+    // connections live, cancelled when every client waiting on it has gone, and bounded
+    // by the ranking deadline (see `AppState::ranking`).
+    let ranking = state.ranking(page).await?;
     let body: Vec<Ranked> = ranking
         .into_iter()
         .map(|entry| Ranked {
@@ -60,8 +57,23 @@ pub(crate) async fn stats(
             url: entry.url,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(body))
+    if body.len() <= INLINE_ENTRIES {
+        return Ok(HttpResponse::Ok().json(body));
+    }
+    // A long page (up to 10,000 URLs of up to 2 KB: tens of MB of JSON) is written on a
+    // blocking thread, so this worker keeps answering its other connections (health
+    // checks, visits) meanwhile.
+    let json = web::block(move || serde_json::to_vec(&body))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(json))
 }
+
+/// Pages of at most this many entries are written to JSON on the worker itself.
+const INLINE_ENTRIES: usize = 1_000;
 
 #[derive(Serialize)]
 struct TestRun {

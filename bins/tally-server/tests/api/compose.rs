@@ -1,7 +1,8 @@
 //! The deployment files and the server's configuration must not drift apart: every variable
 //! `docker/docker-compose.yml` and `docker/.env.example` set is one the server reads, with a
-//! value it accepts, the container's stop grace period outlasts the shutdown flush, and
-//! every Redis node persists as the README's guarantees require.
+//! value it accepts, every other setting shows in `.env.example` at the default the server
+//! declares ([`Config::SETTINGS`]), the container's stop grace period outlasts the shutdown
+//! flush, and every Redis node persists as the README's guarantees require.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +27,20 @@ fn env_file(text: &str) -> BTreeMap<String, String> {
                 .unwrap_or_else(|| panic!("not KEY=VALUE: {line}"));
             (key.trim().to_owned(), value.trim().to_owned())
         })
+        .collect()
+}
+
+/// `# NAME=value` lines of an env file: settings shown at their default, not set.
+fn commented_out(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix('#')?.trim().split_once('='))
+        .filter(|(name, _)| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(|(name, value)| (name.to_owned(), value.trim().to_owned()))
         .collect()
 }
 
@@ -89,6 +104,38 @@ fn every_variable_of_the_compose_deployment_is_read_and_valid() {
     let config = Config::from_vars(merged)
         .unwrap_or_else(|e| panic!("the deployment's config is refused: {e}"));
     assert_eq!(config.redis_nodes.len(), 3);
+}
+
+#[test]
+fn every_other_setting_shows_in_the_env_example_at_its_declared_default() {
+    let text = docker_file(".env.example");
+    let (set, shown) = (env_file(&text), commented_out(&text));
+    let (compose_env, _) = app_service(&docker_file("docker-compose.yml"));
+
+    for setting in Config::SETTINGS {
+        let name = setting.name;
+        let places = [&set, &shown, &compose_env]
+            .into_iter()
+            .filter(|vars| vars.contains_key(name))
+            .count();
+        assert_eq!(
+            places, 1,
+            "{name}: set it in .env.example or docker-compose.yml, or show it commented out in .env.example at its default; once"
+        );
+        if let Some(value) = shown.get(name) {
+            assert_eq!(
+                *value,
+                setting.default_value().unwrap_or_default(),
+                "`# {name}=` in .env.example is not the server's default"
+            );
+        }
+    }
+    for name in shown.keys() {
+        assert!(
+            KNOWN_VARIABLES.contains(&name.as_str()),
+            "`# {name}=` in .env.example is not a setting the server reads"
+        );
+    }
 }
 
 #[test]

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tally_testkit::RedisCluster;
 
-use crate::helpers::{assert_recent_utc, owner, redis_config, spawn_app_with, stored};
+use crate::helpers::{assert_recent_utc, redis_config, spawn_app_with, stored};
 
 #[tokio::test]
 async fn basic_flow_records_reads_and_resets_a_page() {
     let cluster = RedisCluster::start(3).unwrap();
     let app = spawn_app_with(redis_config(&cluster, &[])).await;
-    let node = cluster.node(owner(&cluster, "page1"));
+    let node = cluster.node(cluster.owner("page1"));
     let node_name = format!("127.0.0.1:{}", node.port());
 
     let response = app.visit("page1").await;
@@ -57,7 +57,7 @@ async fn reads_are_served_from_memory_until_the_cache_ttl_passes() {
     const TTL: Duration = Duration::from_secs(1);
     let cluster = RedisCluster::start(3).unwrap();
     let app = spawn_app_with(redis_config(&cluster, &[("CACHE_TTL_SECONDS", "1")])).await;
-    let port = cluster.node(owner(&cluster, "page1")).port();
+    let port = cluster.node(cluster.owner("page1")).port();
     let from_redis = format!("redis_{port}");
     assert_eq!(app.visit("page1").await.status, 200);
 
@@ -101,7 +101,7 @@ async fn ten_concurrent_visits_count_ten() {
 
     app.shutdown().await;
     assert_eq!(
-        stored(cluster.node(owner(&cluster, "page1")), "page1"),
+        stored(cluster.node(cluster.owner("page1")), "page1"),
         Some(10)
     );
 }
@@ -116,7 +116,7 @@ async fn pages_are_counted_on_their_ring_owner_only() {
         assert_eq!(app.visit(page).await.status, 200);
     }
     for page in &pages {
-        let owner = cluster.node(owner(&cluster, page));
+        let owner = cluster.node(cluster.owner(page));
         let (visits, served_via, node) = app.count(page).await;
         assert_eq!(visits, 1, "{page}");
         assert_eq!(served_via, format!("redis_{}", owner.port()), "{page}");
@@ -125,7 +125,7 @@ async fn pages_are_counted_on_their_ring_owner_only() {
     app.shutdown().await;
 
     for page in &pages {
-        let owner_index = owner(&cluster, page);
+        let owner_index = cluster.owner(page);
         for (i, node) in cluster.nodes().iter().enumerate() {
             let expected = (i == owner_index).then_some(1);
             assert_eq!(stored(node, page), expected, "{page} on node {i}");

@@ -1,7 +1,7 @@
-//! Test harness: the real app on port 0 (in-process, [`spawn_app`]) or the real binary
-//! ([`ServerProcess`]), typed request helpers, and Redis inspection.
+//! Test harness: the real app on port 0, in process ([`spawn_app`], [`TestApp`]), typed
+//! request helpers, and Redis inspection. Tests of the binary as a process are the
+//! end-to-end suite's (`tests/e2e`).
 
-use std::process::ExitStatus;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -291,46 +291,6 @@ pub fn assert_recent_utc(timestamp: &str) {
     assert!(age.num_seconds().abs() < 60, "{timestamp} is not recent");
 }
 
-/// The ring the server builds (default 160 virtual nodes), to find a page's owner.
-pub fn ring(cluster: &RedisCluster) -> tally_ring::Ring<String> {
-    tally_ring::Ring::builder()
-        .vnodes(160)
-        .nodes(
-            cluster
-                .nodes()
-                .iter()
-                .map(|n| (format!("127.0.0.1:{}", n.port()), 1)),
-        )
-        .build()
-        .expect("a ring")
-}
-
-/// A page id owned by node `index` of a ring over the node names `names`.
-pub fn page_owned_by_name(names: &[String], index: usize, prefix: &str) -> String {
-    let ring = tally_ring::Ring::builder()
-        .vnodes(160)
-        .nodes(names.iter().map(|name| (name.clone(), 1)))
-        .build()
-        .expect("a ring");
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|page| ring.lookup_index(page.as_bytes()) == index)
-        .expect("some page")
-}
-
-/// Index in `cluster` of the node owning `page`.
-pub fn owner(cluster: &RedisCluster, page: &str) -> usize {
-    ring(cluster).lookup_index(page.as_bytes())
-}
-
-/// A page id owned by node `index` of `cluster`.
-pub fn page_owned_by(cluster: &RedisCluster, index: usize, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|page| owner(cluster, page) == index)
-        .expect("some page")
-}
-
 /// The stored count of `page` on `node` (`None` when the key does not exist).
 pub fn stored(node: &RedisNode, page: &str) -> Option<u64> {
     node.get_u64(&format!("tally:v:{page}"))
@@ -363,55 +323,6 @@ pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> b
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The real `tally-server` binary as a child process (the test kit's
-/// [`tally_testkit::ServerProcess`]): an empty temporary directory (so no `.env` is read),
-/// a cleared environment plus the given variables, `PORT=0`.
-pub struct ServerProcess {
-    inner: tally_testkit::ServerProcess,
-    /// The port from its `listening on` line.
-    pub port: u16,
-}
-
-const BINARY: &str = env!("CARGO_BIN_EXE_tally-server");
-
-impl ServerProcess {
-    /// Starts the binary and waits for its `listening on` line.
-    pub fn start(env: &[(&str, &str)]) -> Self {
-        let inner =
-            tally_testkit::ServerProcess::start(BINARY, env).unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            port: inner.port(),
-            inner,
-        }
-    }
-
-    /// `http://127.0.0.1:{port}`.
-    pub fn address(&self) -> String {
-        self.inner.base_url()
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        self.inner.terminate().expect("SIGTERM delivered");
-    }
-
-    /// Waits up to `timeout` for the process to exit.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        self.inner.wait(timeout).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Everything it printed so far, stdout and stderr, one line each.
-    pub fn output(&self) -> String {
-        self.inner.output()
-    }
-}
-
-/// Runs the binary to completion (it must exit within 20 s): `(status, stdout, stderr)`.
-pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    tally_testkit::ServerProcess::run_to_exit(BINARY, env, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{env:?}: {e}"))
 }
 
 /// POSTs `visits` visits, round robin over the pages `{page_prefix}0..{pages}` under

@@ -3,7 +3,7 @@
 use tally_testkit::RedisCluster;
 
 use crate::helpers::{
-    owner, post_visits_concurrently, redis_config, spawn_app_with, stored, stored_total,
+    post_visits_concurrently, redis_config, spawn_app_with, stored, stored_total,
 };
 
 const VISITS: usize = 50_000;
@@ -27,7 +27,7 @@ async fn fifty_thousand_concurrent_visits_are_counted_exactly() {
 
     for page in 0..PAGES {
         let page = format!("load{page}");
-        let node = cluster.node(owner(&cluster, &page));
+        let node = cluster.node(cluster.owner(&page));
         assert_eq!(stored(node, &page), Some((VISITS / PAGES) as u64), "{page}");
     }
     assert_eq!(stored_total(&cluster), VISITS as u64);

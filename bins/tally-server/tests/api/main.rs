@@ -1,5 +1,6 @@
-//! Integration tests of tally-server: the real app on port 0 against real `redis-server`
-//! processes (tally-testkit), and the real binary for signals and configuration.
+//! Integration tests of tally-server: the real app, in process, on port 0, against the
+//! embedded store or real `redis-server` processes (tally-testkit). Tests of the binary as
+//! a process (signals, exit codes, what it prints) are in the end-to-end suite, `tests/e2e`.
 //!
 //! Set `TEST_LOG=1` to see the app's logs.
 
@@ -10,6 +11,5 @@ mod embedded;
 mod helpers;
 mod load;
 mod metrics;
-mod process;
 mod stats;
 mod status;

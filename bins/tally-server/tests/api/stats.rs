@@ -200,11 +200,33 @@ async fn a_test_run_of_fifty_adds_exactly_fifty_requests_of_the_right_shape() {
 #[tokio::test]
 async fn test_run_counts_outside_the_range_are_400() {
     let app = spawn_app().await;
-    for n in ["abc", "0", "100001", "-5", "1.5"] {
+    for n in [
+        "abc",
+        "0",
+        "100001",
+        "-5",
+        "-1",
+        "1.5",
+        "18446744073709551616",
+    ] {
         let response = app.request(Method::POST, &format!("/test/{n}/")).await;
-        response.assert_error(400, "invalid_request_count");
+        let message = response.assert_error(400, "invalid_request_count");
+        assert_eq!(
+            message,
+            format!("invalid request count \"{n}\": expected a whole number from 1 to 100000")
+        );
     }
     assert_eq!(ranking(&app, "").await, vec![], "nothing was sent");
+
+    // `TEST_MAX_REQUESTS` moves the bound.
+    let mut config = test_config();
+    config.test_max_requests = 2000;
+    let app = spawn_app_with(config).await;
+    let message = app
+        .request(Method::POST, "/test/2001/")
+        .await
+        .assert_error(400, "invalid_request_count");
+    assert!(message.ends_with("from 1 to 2000"), "{message}");
 }
 
 #[tokio::test]

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tally_testkit::{RedisCluster, free_port};
+use tally_testkit::{RedisCluster, free_port, keys_on};
 
 use crate::helpers::{
-    assert_recent_utc, config_with_nodes, eventually, owner, page_owned_by, redis_config,
-    spawn_app, spawn_app_with, stored,
+    assert_recent_utc, config_with_nodes, eventually, redis_config, spawn_app, spawn_app_with,
+    stored,
 };
 
 fn node_map(cluster: &RedisCluster, up: &[bool]) -> serde_json::Value {
@@ -92,7 +92,7 @@ async fn counter_metrics_report_cache_buffer_nodes_and_last_write() {
     let written = async || !app.counter_metrics().await.json()["last_batch_write"].is_null();
     assert!(eventually(Duration::from_secs(5), written).await);
     assert_eq!(
-        stored(cluster.node(owner(&cluster, "page1")), "page1"),
+        stored(cluster.node(cluster.owner("page1")), "page1"),
         Some(1)
     );
     app.count("page1").await; // hit: the written batch refreshed the cache
@@ -114,7 +114,7 @@ async fn counter_metrics_report_cache_buffer_nodes_and_last_write() {
 async fn a_down_node_degrades_status_and_its_uncached_pages_answer_503() {
     let mut cluster = RedisCluster::start(3).unwrap();
     let app = spawn_app_with(redis_config(&cluster, &[])).await;
-    let page = page_owned_by(&cluster, 1, "down");
+    let page = keys_on(&cluster.ring(), 1, "down").next().expect("a page");
     let down = format!("127.0.0.1:{}", cluster.node(1).port());
     cluster.node_mut(1).kill().unwrap();
 
@@ -167,7 +167,9 @@ async fn a_down_node_degrades_status_and_its_uncached_pages_answer_503() {
 async fn a_reset_on_a_paused_node_answers_503_in_bounded_time() {
     let cluster = RedisCluster::start(3).unwrap();
     let app = spawn_app_with(redis_config(&cluster, &[])).await;
-    let page = page_owned_by(&cluster, 0, "paused");
+    let page = keys_on(&cluster.ring(), 0, "paused")
+        .next()
+        .expect("a page");
     cluster.node(0).pause().unwrap();
 
     // The server gives up after its store deadline (twice REDIS_TIMEOUT, 1 s here); a

@@ -1,10 +1,8 @@
 //! Counts are exact under concurrency, and reads include this instance's own deltas.
 
-use std::sync::Arc;
 use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
-use tokio::sync::Semaphore;
 
-use crate::support::{ScriptedStore, fast_config, manual_config, spawn_flush};
+use crate::support::{fast_config, gated_applies, manual_config, spawn_flush};
 
 const TASKS: u64 = 8;
 const PER_TASK: u64 = 125_000;
@@ -84,14 +82,11 @@ async fn reads_own_writes_before_any_flush() {
 
 #[tokio::test]
 async fn reads_stay_exact_while_a_batch_is_in_flight() {
-    let gate = Arc::new(Semaphore::new(0));
-    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
-    let entered = Arc::clone(&store.entered);
-    let counter = Counter::new(store, manual_config()).unwrap();
+    let (counter, gate) = gated_applies(manual_config());
     counter.increment("k", 4).unwrap();
 
     let flusher = spawn_flush(&counter);
-    entered.notified().await;
+    counter.store().entered.notified().await;
     counter.increment("k", 1).unwrap();
     // The batch of 4 is in flight and not applied; 1 is pending; the store holds 0.
     assert_eq!(counter.get("k").await.unwrap().value, 5);

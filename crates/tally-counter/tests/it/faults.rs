@@ -1,13 +1,13 @@
 //! Store faults: lost replies, failures, a hung shard, resets racing batches.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tally_counter::{Counter, CounterConfig, Store};
-use tokio::sync::Semaphore;
 
-use crate::support::{Fault, ScriptedStore, fast_config, manual_config, spawn_flush, wait_until};
+use crate::support::{
+    Fault, ScriptedStore, fast_config, gated_applies, manual_config, spawn_flush, wait_until,
+};
 
 #[tokio::test]
 async fn lost_reply_is_retried_and_counted_once() {
@@ -85,13 +85,10 @@ async fn store_failing_three_times_then_recovering_loses_nothing_and_keeps_reset
 
 #[tokio::test(start_paused = true)]
 async fn reset_wins_over_inflight_batch() {
-    let gate = Arc::new(Semaphore::new(0));
-    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
-    let entered = Arc::clone(&store.entered);
-    let counter = Counter::new(store, manual_config()).unwrap();
+    let (counter, gate) = gated_applies(manual_config());
     counter.increment("page", 10).unwrap();
     let flusher = spawn_flush(&counter);
-    entered.notified().await;
+    counter.store().entered.notified().await;
 
     // The reset must wait for the held batch; release it only once the reset is waiting.
     // On the paused clock the sleep ends only when every task is idle: the reset has gone
@@ -329,13 +326,10 @@ async fn a_batch_failed_on_a_shard_that_is_up_waits_its_whole_backoff() {
 
 #[tokio::test]
 async fn a_key_in_a_stuck_batch_still_takes_increments_when_the_share_is_full() {
-    let gate = Arc::new(Semaphore::new(0));
-    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
-    let config = CounterConfig {
+    let (counter, gate) = gated_applies(CounterConfig {
         max_pending_keys: 3,
         ..manual_config()
-    };
-    let counter = Counter::new(store, config).unwrap();
+    });
     for key in ["a", "b"] {
         counter.increment(key, 1).unwrap();
     }

@@ -203,8 +203,7 @@ async fn the_flusher_drains_a_backlog_without_waiting_an_interval_per_batch() {
         batch_size_limit: 10,
         ..manual_config()
     };
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let counter = Counter::new(ScriptedStore::new(1).gated(gate.clone()), config).unwrap();
+    let (counter, gate) = crate::support::gated_applies(config);
     let keys = keys_of(60, 4);
     for key in &keys[..10] {
         counter.increment(key, 1).unwrap();

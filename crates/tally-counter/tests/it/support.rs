@@ -205,6 +205,14 @@ pub fn manual_config() -> CounterConfig {
     }
 }
 
+/// A counter with `config` over one shard whose applies each wait for a permit of the
+/// returned gate (none yet): a batch sent stays on the wire until the test lets it go.
+pub fn gated_applies(config: CounterConfig) -> (Counter<ScriptedStore>, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = ScriptedStore::new(1).gated(Arc::clone(&gate));
+    (Counter::new(store, config).unwrap(), gate)
+}
+
 /// `counter.flush()` on a task of its own, for tests that act while it runs.
 pub fn spawn_flush<S: Store>(counter: &Counter<S>) -> tokio::task::JoinHandle<()> {
     let counter = counter.clone();

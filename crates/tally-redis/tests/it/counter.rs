@@ -7,7 +7,7 @@ use std::time::Duration;
 use tally_counter::{Counter, Store as _};
 use tally_testkit::{FaultProxy, Mode, RedisCluster, RedisNode};
 
-use crate::helpers::{TestResult, connect, counters_on, fast_counter};
+use crate::support::{TestResult, connect, counters_on, fast_counter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn increments_land_exactly_on_their_owner_nodes_in_ring_proportion() -> TestResult {

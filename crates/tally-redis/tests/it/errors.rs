@@ -1,10 +1,10 @@
 //! Bad credentials, unreachable nodes and bad URLs: clear errors, no password anywhere.
 
-use tally_counter::{InstanceId, Store as _};
+use tally_counter::{InstanceId, Store};
 use tally_redis::{Error, RedisConfig, RedisStore, Secret};
 use tally_testkit::{RedisNode, free_port};
 
-use crate::helpers::{TestResult, batch, connect, everything_shown, fast_config, redis_error};
+use crate::support::{TestResult, batch, connect, everything_shown, fast_config, redis_error};
 
 const NODE_PASSWORD: &str = "correct-horse-battery-staple";
 const WRONG_PASSWORD: &str = "wrong-password-4711";
@@ -15,7 +15,9 @@ async fn wrong_password_is_reported_as_such_without_the_password() -> TestResult
     let url = format!("redis://:{WRONG_PASSWORD}@127.0.0.1:{}", node.port());
 
     let store = connect(&url).await;
-    let err = store.apply(0, &batch(1, 1, &[("k", 1)])).await.unwrap_err();
+    let err = Store::apply(&store, 0, &batch(1, 1, &[("k", 1)]))
+        .await
+        .unwrap_err();
 
     assert!(
         !store.health()[0].up,
@@ -39,8 +41,7 @@ async fn the_first_command_on_a_wrong_password_is_an_auth_error() -> TestResult 
     let store = connect(&url).await;
 
     // The start-up check already found out; a fresh check reports the cause itself.
-    let err = store
-        .get(0, InstanceId::from_u64(1), &["k"])
+    let err = Store::get(&store, 0, InstanceId::from_u64(1), &["k"])
         .await
         .unwrap_err();
 
@@ -85,9 +86,10 @@ async fn unreachable_node_at_start_is_reported_and_its_commands_fail_clearly() -
 
     let store = connect(&urls).await;
     let health = store.health();
-    let err = store.apply(1, &batch(1, 1, &[("k", 1)])).await.unwrap_err();
-    let read_err = store
-        .get(1, InstanceId::from_u64(1), &["k"])
+    let err = Store::apply(&store, 1, &batch(1, 1, &[("k", 1)]))
+        .await
+        .unwrap_err();
+    let read_err = Store::get(&store, 1, InstanceId::from_u64(1), &["k"])
         .await
         .unwrap_err();
 
@@ -114,10 +116,9 @@ async fn unreachable_node_fails_with_a_connect_error_when_checked() -> TestResul
     let dead_port = free_port()?;
     let store = connect(&format!("redis://127.0.0.1:{dead_port}")).await;
 
-    // Force the node "up" path off: the store's own check reports the connect failure.
+    // A health check records the connect failure as the reason the node is down.
     store.check_health().await;
-    let err = store
-        .get(0, InstanceId::from_u64(1), &["k"])
+    let err = Store::get(&store, 0, InstanceId::from_u64(1), &["k"])
         .await
         .unwrap_err();
 
@@ -130,12 +131,9 @@ async fn unreachable_node_fails_with_a_connect_error_when_checked() -> TestResul
 
 #[test]
 fn garbage_url_is_rejected_naming_it_without_the_password() {
-    let env = |name: &str| match name {
-        "REDIS_NODES" => Some("redis://127.0.0.1:6379, redis://:hunter2-secret@bad host:x".into()),
-        _ => None,
-    };
+    let nodes = "redis://127.0.0.1:6379, redis://:hunter2-secret@bad host:x";
 
-    let err = RedisConfig::from_lookup(env).unwrap_err();
+    let err = RedisConfig::from_urls(nodes).unwrap_err();
 
     assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
     let shown = everything_shown(&err);

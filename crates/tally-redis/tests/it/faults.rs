@@ -5,7 +5,7 @@ use std::time::Duration;
 use tally_counter::{Counter, Store as _};
 use tally_testkit::{RedisCluster, RedisNode};
 
-use crate::helpers::{TestResult, connect, eventually, fast_counter, key_on};
+use crate::support::{TestResult, connect, eventually, fast_counter, key_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_node_holds_its_keys_while_the_others_flush() -> TestResult {
@@ -26,14 +26,7 @@ async fn paused_node_holds_its_keys_while_the_others_flush() -> TestResult {
     }
     // The live nodes' values land while node 0 is stopped.
     let others_landed = eventually(Duration::from_secs(5), || async {
-        (1..3).all(|i| {
-            cluster
-                .node(i)
-                .get_u64(&format!("tally:v:{}", keys[i]))
-                .ok()
-                .flatten()
-                == Some(6)
-        })
+        (1..3).all(|i| holds(&cluster, i, &keys[i], 6))
     })
     .await;
     assert!(others_landed, "live nodes did not get their batches");
@@ -74,14 +67,7 @@ async fn killed_node_restarted_with_aof_loses_nothing() -> TestResult {
         counter.increment(key, 3)?;
     }
     let others_landed = eventually(Duration::from_secs(5), || async {
-        [0, 2].iter().all(|&i| {
-            cluster
-                .node(i)
-                .get_u64(&format!("tally:v:{}", keys[i]))
-                .ok()
-                .flatten()
-                == Some(5)
-        })
+        [0, 2].iter().all(|&i| holds(&cluster, i, &keys[i], 5))
     })
     .await;
     assert!(others_landed, "live nodes did not get their batches");
@@ -101,4 +87,15 @@ async fn killed_node_restarted_with_aof_loses_nothing() -> TestResult {
     assert_eq!(counter.get(&keys[1]).await?.value, 5);
     assert_eq!(store.shard_of(&keys[1]), 1);
     Ok(())
+}
+
+/// Whether node `shard` of `cluster` holds `value` for the counter `key`; a node that does
+/// not answer does not.
+fn holds(cluster: &RedisCluster, shard: usize, key: &str, value: u64) -> bool {
+    cluster
+        .node(shard)
+        .get_u64(&format!("tally:v:{key}"))
+        .ok()
+        .flatten()
+        == Some(value)
 }

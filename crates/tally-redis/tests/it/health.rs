@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use tally_counter::{InstanceId, Store as _};
+use tally_counter::{InstanceId, Store};
 use tally_redis::{Error, RedisStore};
 use tally_testkit::RedisNode;
 
-use crate::helpers::{TestResult, eventually, fast_config, redis_error};
+use crate::support::{TestResult, eventually, fast_config, redis_error};
 
 /// How long the tests below give a condition to come true: far more than it needs on a
 /// loaded machine.
@@ -34,13 +34,11 @@ async fn a_timed_out_command_marks_the_node_down_until_it_answers_a_ping() -> Te
     store.get(0, InstanceId::from_u64(1), &["k"]).await?;
 
     node.pause()?;
-    let timed_out = store
-        .get(0, InstanceId::from_u64(1), &["k"])
+    let timed_out = Store::get(&store, 0, InstanceId::from_u64(1), &["k"])
         .await
         .unwrap_err();
     let started = std::time::Instant::now();
-    let fast_fail = store
-        .get(0, InstanceId::from_u64(1), &["k"])
+    let fast_fail = Store::get(&store, 0, InstanceId::from_u64(1), &["k"])
         .await
         .unwrap_err();
     let fast_fail_took = started.elapsed();

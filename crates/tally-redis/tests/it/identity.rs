@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use tally_counter::{InstanceId, Store as _};
+use tally_counter::{InstanceId, Store};
 use tally_redis::{COUNTER_MARKS_KEY, Error, NODE_ID_KEY, RedisStore, mark_field};
 use tally_testkit::{FaultProxy, Mode, RedisCluster, RedisNode};
 
-use crate::helpers::{
+use crate::support::{
     Logs, TestResult, batch, connect, eventually, everything_shown, fast_config, redis_error,
 };
 
@@ -114,7 +114,9 @@ async fn an_alias_that_answers_only_later_is_kept_down_with_an_error_logged() ->
 
     assert!(found, "no error logged; logs:\n{}", logs.text());
     assert!(!store.shard_up(1), "an alias was marked up");
-    let err = store.apply(1, &batch(1, 1, &[("k", 1)])).await.unwrap_err();
+    let err = Store::apply(&store, 1, &batch(1, 1, &[("k", 1)]))
+        .await
+        .unwrap_err();
     let Error::NodeUnavailable { reason, .. } = redis_error(&err) else {
         panic!("expected NodeUnavailable, got {err:?}");
     };

@@ -7,7 +7,7 @@ use tally_counter::{InstanceId, Store as _};
 use tally_redis::{COUNTER_MARKS_KEY, Layout, RedisStore, URLS_MARKS_KEY, mark_field};
 use tally_testkit::RedisNode;
 
-use crate::helpers::{Logs, TestResult, batch, connect, eventually, fast_config};
+use crate::support::{Logs, TestResult, batch, connect, eventually, fast_config};
 
 /// Companion hash of [`COUNTER_MARKS_KEY`]: when the sweep first saw a mark without a time.
 const LEGACY_SEEN: &str = "tally:applied:legacy-seen";

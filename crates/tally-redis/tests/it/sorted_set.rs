@@ -7,7 +7,7 @@ use tally_counter::{Counter, Store as _};
 use tally_redis::{Error, Layout, URLS_KEY};
 use tally_testkit::{RedisCluster, RedisNode};
 
-use crate::helpers::{TestResult, batch, connect, fast_counter};
+use crate::support::{TestResult, batch, connect, fast_counter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zincrby_totals_are_exact_and_top_k_is_readable_per_node() -> TestResult {

@@ -1,10 +1,10 @@
 //! Store-level behaviour: exactly-once batches, atomic reads, resets, refused batches.
 
-use tally_counter::{InstanceId, Store as _};
+use tally_counter::{InstanceId, Store};
 use tally_redis::{COUNTER_MARKS_KEY, Error, Layout, mark_field};
 use tally_testkit::{FaultProxy, Mode, RedisNode};
 
-use crate::helpers::{TestResult, batch, connect, everything_shown, redis_error};
+use crate::support::{TestResult, batch, connect, everything_shown, redis_error};
 
 #[tokio::test]
 async fn apply_returns_new_totals_in_batch_order() -> TestResult {
@@ -157,16 +157,14 @@ async fn keys_holding_non_counts_are_reported_and_the_rest_of_the_batch_applied(
     assert_eq!(replay.totals, [1, 0, 0, 0, 0, 0, 1]);
     assert_eq!(replay.rejected.len(), 5);
     // The all-or-nothing `apply` says which key, and a read of it fails naming it.
-    let refused = store
-        .apply(0, &batch(1, 2, &[("good", 1), ("text", 1)]))
+    let refused = Store::apply(&store, 0, &batch(1, 2, &[("good", 1), ("text", 1)]))
         .await
         .unwrap_err();
     assert!(
         matches!(redis_error(&refused), Error::CorruptValue { .. }),
         "{refused:?}"
     );
-    let read = store
-        .get(0, InstanceId::from_u64(1), &["good", "hash"])
+    let read = Store::get(&store, 0, InstanceId::from_u64(1), &["good", "hash"])
         .await
         .unwrap_err();
     assert!(
@@ -218,7 +216,7 @@ async fn lost_reply_then_retry_counts_once() -> TestResult {
     let once = batch(5, 1, &[("k", 4)]);
     proxy.set_mode(Mode::DropRepliesMatching(1, b"EVALSHA".to_vec()));
 
-    let lost = store.apply(0, &once).await.unwrap_err();
+    let lost = Store::apply(&store, 0, &once).await.unwrap_err();
 
     assert!(
         matches!(redis_error(&lost), Error::Connection { .. }),
@@ -320,8 +318,7 @@ async fn a_batch_naming_a_key_twice_is_refused_before_sending() -> TestResult {
     let node = RedisNode::start()?;
     let store = connect(&node.url()).await;
 
-    let err = store
-        .apply(0, &batch(1, 1, &[("k", 1), ("j", 5), ("k", 2)]))
+    let err = Store::apply(&store, 0, &batch(1, 1, &[("k", 1), ("j", 5), ("k", 2)]))
         .await
         .unwrap_err();
 

@@ -1,23 +1,20 @@
-//! What every scenario needs: the real server binary over real Redis nodes, the ring that
-//! says which node owns a page, the counts as Redis holds them, and the figures printed at
-//! the end of each test.
+//! What every scenario needs: the real server binary over real Redis nodes ([`Server`],
+//! in `server`), the ring that says which node owns a page, the counts as Redis holds
+//! them, and the figures printed at the end of each test.
+
+mod server;
 
 use std::collections::HashMap;
-use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tally_ring::Ring;
 use tally_testkit::{
-    FaultProxy, HttpConnection, HttpResponse, NodeBuilder, RedisCluster, RedisNode, Score,
-    Scoreboard, ServerProcess, miscounted,
+    FaultProxy, HttpResponse, NodeBuilder, RedisCluster, RedisNode, Score, Scoreboard, miscounted,
+    ring,
 };
 
-/// The server under test: `tally_server::cli::main`, the code of the shipped binary.
-pub const SERVER: &str = env!("CARGO_BIN_EXE_tally-e2e-server");
-
-/// Virtual nodes per node of the server's ring (its `VIRTUAL_NODES` default).
-const VNODES: u32 = 160;
+pub use server::Server;
 
 /// Scenarios run one at a time: each drives the two cores of a CI machine flat out, and a
 /// neighbour's load would only slow it down (no scenario depends on a machine's speed, but
@@ -41,209 +38,10 @@ pub struct Outcome {
     pub bodies: Vec<String>,
 }
 
-/// Settings every scenario starts from: loopback, quick failure detection, frequent
-/// batches so batches are written while load runs. A scenario's own `extra` wins.
-const BASE_ENV: &[(&str, &str)] = &[
-    ("REDIS_TIMEOUT", "0.5"),
-    ("HEALTH_CHECK_INTERVAL_SECONDS", "0.2"),
-    ("BATCH_INTERVAL_SECONDS", "0.2"),
-    ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
-    ("LOG_LEVEL", "info"),
-];
-
-/// The real server over `nodes` (a `REDIS_NODES` value), killed when dropped.
-pub struct Server {
-    process: ServerProcess,
-}
-
-impl Server {
-    /// Starts the binary with [`BASE_ENV`], `REDIS_NODES=nodes` and `extra` (which wins).
-    pub fn start(nodes: &str, extra: &[(&str, &str)]) -> Self {
-        let mut env: Vec<(&str, &str)> = BASE_ENV
-            .iter()
-            .filter(|(name, _)| !extra.iter().any(|(n, _)| n == name))
-            .copied()
-            .collect();
-        env.push(("REDIS_NODES", nodes));
-        env.extend_from_slice(extra);
-        let process = ServerProcess::start(SERVER, &env).unwrap_or_else(|e| panic!("{e}"));
-        Self { process }
-    }
-
-    /// `http://127.0.0.1:{port}`.
-    pub fn base_url(&self) -> String {
-        self.process.base_url()
-    }
-
-    /// `127.0.0.1:{port}`.
-    pub fn addr(&self) -> String {
-        self.process.addr()
-    }
-
-    /// The process, for signals and memory.
-    pub fn process(&self) -> &ServerProcess {
-        &self.process
-    }
-
-    /// Everything the server printed so far.
-    pub fn output(&self) -> String {
-        self.process.output()
-    }
-
-    /// One request on a fresh connection, panicking on a transport error.
-    pub async fn request(&self, method: &str, target: &str) -> HttpResponse {
-        let mut conn = HttpConnection::connect(&self.addr())
-            .await
-            .unwrap_or_else(|e| panic!("{method} {target}: {e}"));
-        tokio::time::timeout(Duration::from_secs(30), conn.send(method, target))
-            .await
-            .unwrap_or_else(|_| panic!("{method} {target}: no answer within 30 s"))
-            .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
-    }
-
-    /// `GET {target}`, asserting 200 and a JSON body.
-    pub async fn get_json(&self, target: &str) -> Value {
-        let response = self.request("GET", target).await;
-        assert_eq!(response.status, 200, "GET {target}: {}", response.text());
-        json(&response)
-    }
-
-    /// `GET /api/v1/counter/visits/{page}` → `(visits, served_via)`, asserting 200.
-    pub async fn count(&self, page: &str) -> (u64, String) {
-        let body = self
-            .get_json(&format!("/api/v1/counter/visits/{page}"))
-            .await;
-        (
-            body["visits"].as_u64().expect("visits"),
-            body["served_via"].as_str().expect("served_via").to_owned(),
-        )
-    }
-
-    /// Waits until the server has no visit left to write (`write_buffer_size` 0 in
-    /// `/api/v1/counter/metrics`), panicking after `timeout`.
-    pub async fn wait_flushed(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // The route is under /api/ itself: while the request statistics have no room
-            // for its URL (its node was just down) it answers 503; ask again.
-            let response = self.request("GET", "/api/v1/counter/metrics").await;
-            let metrics = match response.status {
-                200 => json(&response),
-                503 => Value::Null,
-                status => panic!("counter metrics: {status} {}", response.text()),
-            };
-            if metrics["metrics"]["write_buffer_size"] == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "visits still unwritten after {timeout:?}: {metrics}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The value of one Prometheus sample: the sum over every series of `name` whose
-    /// labels contain all of `labels` (`key="value"` strings).
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let response = self.request("GET", "/metrics").await;
-        assert_eq!(response.status, 200);
-        prometheus_sum(&response.text(), name, labels)
-    }
-
-    /// Waits until [`Server::metric`] of `name` and `labels` reaches `at_least`, panicking
-    /// with `what` after `timeout`; returns the value reached.
-    pub async fn wait_for_metric(
-        &self,
-        name: &str,
-        labels: &[&str],
-        at_least: f64,
-        timeout: Duration,
-        what: &str,
-    ) -> f64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let value = self.metric(name, labels).await;
-            if value >= at_least {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {name}{labels:?} is {value} after {timeout:?}, expected at least {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until `/status` reports the node at `url` (`redis://host:port`) up or down, as
-    /// `up` says: the server has seen the fault (or the recovery). Panics after 30 s.
-    pub async fn wait_for_node(&self, url: &str, up: bool) {
-        let what = format!("the server to see {url} {}", if up { "up" } else { "down" });
-        self.wait_for_status(&what, |status| {
-            status["redis_status"]["node_status"][url] == up
-        })
-        .await;
-    }
-
-    /// Polls `/status` every 20 ms until `done` says yes of it, and returns it; panics
-    /// after 30 s, naming `what` and showing the last answer.
-    pub async fn wait_for_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.get_json("/status").await;
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited 30 s for {what}: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then waits up to `deadline` for the exit; returns the status and the
-    /// time the shutdown took.
-    pub fn terminate(&mut self, deadline: Duration) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        self.process.terminate().expect("SIGTERM delivered");
-        let status = self
-            .process
-            .wait(deadline)
-            .unwrap_or_else(|e| panic!("{e}"));
-        (status, started.elapsed())
-    }
-
-    /// SIGTERM and a clean exit (0, with every pending visit written) within 15 s.
-    pub fn stop(mut self) -> String {
-        let (status, _) = self.terminate(Duration::from_secs(15));
-        let output = self.output();
-        assert_eq!(status.code(), Some(0), "output:\n{output}");
-        assert!(
-            output.contains("shutdown complete: every pending visit was written"),
-            "output:\n{output}"
-        );
-        output
-    }
-}
-
 /// The body of `response` as JSON (panics, showing it, when it is not).
 pub fn json(response: &HttpResponse) -> Value {
     serde_json::from_slice(&response.body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", response.text()))
-}
-
-/// Sums the samples of `name` whose label set contains every one of `labels`.
-fn prometheus_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.iter().all(|l| rest.contains(l)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// Redis nodes, the ring over them, and the password they want (if any): what a scenario
@@ -268,9 +66,8 @@ impl Rig {
     /// `n` nodes with `options`; `password` must be the one given to `options`, if any.
     pub fn start_with(n: usize, options: &NodeBuilder, password: Option<&str>) -> Self {
         let cluster = RedisCluster::start_with(n, options).unwrap_or_else(|e| panic!("{e}"));
-        let names: Vec<String> = cluster.nodes().iter().map(name_of).collect();
         Self {
-            ring: ring(&names),
+            ring: cluster.ring(),
             redis_nodes: cluster.urls(),
             cluster,
             password: password.map(str::to_owned),
@@ -292,7 +89,7 @@ impl Rig {
         let (mut names, mut urls): (Vec<String>, Vec<String>) = cluster
             .nodes()
             .iter()
-            .map(|node| (name_of(node), node.url()))
+            .map(|node| (node.addr().to_string(), node.url()))
             .unzip();
         names[proxied] = format!("127.0.0.1:{}", proxy.port());
         urls[proxied] = proxy.url();
@@ -328,29 +125,6 @@ impl Rig {
     pub fn visits_counted(&self, board: &Scoreboard) -> Counted {
         visits_counted(&self.nodes(), &self.ring, board)
     }
-}
-
-/// `host:port` of a node: its name on the server's ring.
-pub fn name_of(node: &RedisNode) -> String {
-    format!("127.0.0.1:{}", node.port())
-}
-
-/// The ring the server builds over node names (`127.0.0.1:port`, in `REDIS_NODES` order).
-pub fn ring(names: &[String]) -> Ring<String> {
-    Ring::builder()
-        .vnodes(VNODES)
-        .nodes(names.iter().map(|name| (name.clone(), 1)))
-        .build()
-        .expect("a ring")
-}
-
-/// `n` page ids `{prefix}{i}` owned by node `index` of `ring`.
-pub fn pages_on(ring: &Ring<String>, index: usize, prefix: &str, n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .filter(|page| ring.lookup_index(page.as_bytes()) == index)
-        .take(n)
-        .collect()
 }
 
 /// The stored visit count of every page in `pages`, read with one `MGET` per node from
@@ -612,20 +386,4 @@ pub fn report(scenario: &str, board: &Scoreboard, counted: &Counted, wall: Durat
         wall,
     );
     println!("[{scenario}] load: {}", board.summary());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_samples_are_summed_by_name_and_labels() {
-        let text = "# HELP x y\nx_total{node=\"a\",op=\"apply\"} 2\nx_total{node=\"b\",op=\"apply\"} 3\nx_total{node=\"b\",op=\"get\"} 5\nx_totally 7\n";
-        assert_eq!(prometheus_sum(text, "x_total", &[]), 10.0);
-        assert_eq!(prometheus_sum(text, "x_total", &["op=\"apply\""]), 5.0);
-        assert_eq!(
-            prometheus_sum(text, "x_total", &["node=\"b\"", "op=\"get\""]),
-            5.0
-        );
-    }
 }

@@ -70,7 +70,9 @@ where
     }
 }
 
-/// The crate error inside a boxed store error.
+/// The crate error inside a boxed store error. Tests that call the `Store` trait by path
+/// (`Store::apply(&store, ..)`, as the counter calls it; a method call would reach the
+/// inherent method of the same name) check with it that the trait hands on this error.
 pub fn redis_error(err: &StoreError) -> &tally_redis::Error {
     err.downcast_ref::<tally_redis::Error>()
         .unwrap_or_else(|| panic!("not a tally_redis::Error: {err:?}"))

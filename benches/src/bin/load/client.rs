@@ -320,7 +320,17 @@ impl Outcome {
         }
     }
 
-    fn record(&mut self, since_start: Duration, nanos: u64) {
+    /// Counts an answer: `success` (a 2xx) or not, its latency from `sent`, and the phase
+    /// (begun at `start`) as lasting at least until it came.
+    fn record(&mut self, start: Instant, sent: Instant, answered: Instant, success: bool) {
+        if success {
+            self.ok += 1;
+        } else {
+            self.non_2xx += 1;
+        }
+        let since_start = answered - start;
+        self.elapsed = since_start;
+        let nanos = u64::try_from((answered - sent).as_nanos()).unwrap_or(u64::MAX);
         self.latency.saturating_record(nanos);
         let bucket = (since_start.as_nanos() / TIMELINE_BUCKET.as_nanos()) as usize;
         if bucket >= self.timeline.len() {
@@ -464,14 +474,7 @@ async fn run_connection(
         match result {
             Ok(status) => {
                 last_answer = answered;
-                let nanos = u64::try_from((answered - sent_at).as_nanos()).unwrap_or(u64::MAX);
-                outcome.record(answered - start, nanos);
-                if (200..300).contains(&status) {
-                    outcome.ok += 1;
-                } else {
-                    outcome.non_2xx += 1;
-                }
-                outcome.elapsed = answered - start;
+                outcome.record(start, sent_at, answered, (200..300).contains(&status));
             }
             Err(_) => {
                 outcome.errors += 1;
@@ -553,16 +556,7 @@ pub async fn drive_reqwest(
                                 outcome.errors += 1;
                                 continue;
                             }
-                            let answered = Instant::now();
-                            let nanos =
-                                u64::try_from((answered - sent).as_nanos()).unwrap_or(u64::MAX);
-                            outcome.record(answered - start, nanos);
-                            if status.is_success() {
-                                outcome.ok += 1;
-                            } else {
-                                outcome.non_2xx += 1;
-                            }
-                            outcome.elapsed = answered - start;
+                            outcome.record(start, sent, Instant::now(), status.is_success());
                         }
                         Err(_) => outcome.errors += 1,
                     }

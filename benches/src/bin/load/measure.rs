@@ -1,12 +1,15 @@
-//! Side measurements around a phase: Redis commands (INFO commandstats, summed over the
-//! nodes) and CPU time by party (client threads, server threads, redis-server processes),
-//! read from `/proc` before and after.
+//! Side measurements around a phase: Redis commands (`INFO commandstats`, summed over the
+//! nodes or per node with its main thread's CPU time) and CPU time by party (client
+//! threads, server threads, redis-server processes), read from `/proc` before and after;
+//! and waiting for the machine to go quiet before measuring.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tally_testkit::RedisCluster;
+use anyhow::Context as _;
+use tally_testkit::{RedisCluster, RedisNode};
 
 /// Name prefix of the client runtime's threads (at most 15 bytes show in `/proc`).
 pub const CLIENT_THREAD: &str = "load-client";
@@ -20,15 +23,43 @@ pub type CommandCounts = BTreeMap<String, u64>;
 
 /// Sums `INFO commandstats` over the nodes, leaving out `info` (the harness's own reads).
 pub fn command_counts(cluster: &RedisCluster) -> anyhow::Result<CommandCounts> {
+    let per_node = cluster
+        .nodes()
+        .iter()
+        .map(node_commands)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(sum_commands(&per_node))
+}
+
+/// A node's `INFO commandstats`, leaving out `info` (the harness's own reads).
+fn node_commands(node: &RedisNode) -> anyhow::Result<CommandCounts> {
+    let mut commands = node.info_commandstats().context("INFO commandstats")?;
+    commands.remove("info");
+    Ok(commands)
+}
+
+/// Calls per command name, summed over `counts`.
+pub fn sum_commands<'a>(counts: impl IntoIterator<Item = &'a CommandCounts>) -> CommandCounts {
     let mut total = CommandCounts::new();
-    for node in cluster.nodes() {
-        for (name, calls) in node.info_commandstats()? {
-            if name != "info" {
-                *total.entry(name).or_default() += calls;
-            }
+    for counts in counts {
+        for (name, calls) in counts {
+            *total.entry(name.clone()).or_default() += calls;
         }
     }
-    Ok(total)
+    total
+}
+
+/// `commands` for a table cell: `per` of the total, then of the three most frequent
+/// commands by name (`12.00 (evalsha 4.00, get 4.00, ping 4.00)`).
+pub fn top_commands(commands: &CommandCounts, per: impl Fn(u64) -> String) -> String {
+    let mut by_calls: Vec<_> = commands.iter().collect();
+    by_calls.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let top: Vec<String> = by_calls
+        .iter()
+        .take(3)
+        .map(|&(name, &calls)| format!("{name} {}", per(calls)))
+        .collect();
+    format!("{} ({})", per(commands.values().sum()), top.join(", "))
 }
 
 /// Commands in `after` not in `before`, by name (names with none left out).
@@ -70,6 +101,17 @@ pub struct CpuUse {
     /// Everything else on the machine (other processes, hypervisor steal): a busy
     /// neighbour shows here and makes the figures of that phase suspect.
     pub other: f64,
+}
+
+/// The table cell: `client / server / redis / softirq / other`, whole percents.
+impl fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
+            self.client, self.server, self.redis, self.softirq, self.other
+        )
+    }
 }
 
 impl CpuSnapshot {
@@ -156,16 +198,103 @@ fn machine_busy() -> Option<(u64, u64)> {
 
 /// Waits, at most `limit`, for a second in which other processes used under 10% of a
 /// core; returns what they used in the last second measured.
-pub fn wait_for_quiet(redis_pids: &[u32], limit: std::time::Duration) -> f64 {
+pub fn wait_for_quiet(redis_pids: &[u32], limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
     loop {
         let before = CpuSnapshot::take(redis_pids);
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        std::thread::sleep(Duration::from_secs(1));
         let other = before.until(&CpuSnapshot::take(redis_pids)).other;
         if other < 10.0 || Instant::now() >= deadline {
             return other;
         }
     }
+}
+
+/// Before a scenario: [`wait_for_quiet`] (unless `limit` is zero), saying on stderr when
+/// other processes stayed busy.
+pub fn settle(redis_pids: &[u32], limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    let other = wait_for_quiet(redis_pids, limit);
+    if other >= 10.0 {
+        eprintln!(
+            "load: other processes still use {other:.0}% of a core after {limit:?}; measuring anyway"
+        );
+    }
+}
+
+/// What one Redis node did, or has done since start: CPU time of its main thread (where
+/// commands run; `INFO cpu`) and commands by name (`INFO commandstats`, which counts the
+/// commands run inside a script or a `MULTI` as well).
+#[derive(Clone, Debug, Default)]
+pub struct NodeWork {
+    /// Main-thread CPU time.
+    pub cpu: Duration,
+    /// Calls per command name, `info` left out.
+    pub commands: CommandCounts,
+}
+
+impl NodeWork {
+    /// What each node of `cluster` has done since it started.
+    pub fn read(cluster: &RedisCluster) -> anyhow::Result<Vec<NodeWork>> {
+        cluster
+            .nodes()
+            .iter()
+            .map(|node| {
+                let info: String = node
+                    .query(redis::cmd("INFO").arg("cpu"))
+                    .context("INFO cpu")?;
+                Ok(NodeWork {
+                    cpu: main_thread_cpu(&info),
+                    commands: node_commands(node)?,
+                })
+            })
+            .collect()
+    }
+
+    /// What each node of `cluster` did since `before` was read.
+    pub fn since(before: &[NodeWork], cluster: &RedisCluster) -> anyhow::Result<Vec<NodeWork>> {
+        Ok(before
+            .iter()
+            .zip(&NodeWork::read(cluster)?)
+            .map(|(before, after)| before.until(after))
+            .collect())
+    }
+
+    fn until(&self, later: &NodeWork) -> NodeWork {
+        NodeWork {
+            cpu: later.cpu.saturating_sub(self.cpu),
+            commands: command_delta(&self.commands, &later.commands),
+        }
+    }
+
+    /// CPU ms per `n` (`NaN` when `n` is 0).
+    pub fn cpu_ms_per(&self, n: u64) -> f64 {
+        if n == 0 {
+            f64::NAN
+        } else {
+            self.cpu.as_secs_f64() * 1e3 / n as f64
+        }
+    }
+}
+
+/// CPU time of a node's main thread from `INFO cpu` (`used_cpu_user_main_thread` plus
+/// `used_cpu_sys_main_thread`, in seconds; the whole process's before Redis 6.2).
+fn main_thread_cpu(info: &str) -> Duration {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    let seconds = match (
+        field("used_cpu_user_main_thread"),
+        field("used_cpu_sys_main_thread"),
+    ) {
+        (Some(user), Some(sys)) => user + sys,
+        _ => field("used_cpu_user").unwrap_or(0.0) + field("used_cpu_sys").unwrap_or(0.0),
+    };
+    Duration::from_secs_f64(seconds.max(0.0))
 }
 
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
@@ -207,5 +336,13 @@ mod tests {
             delta,
             CommandCounts::from([("evalsha".into(), 2), ("get".into(), 2)])
         );
+    }
+
+    #[test]
+    fn main_thread_cpu_is_read_from_info_cpu() {
+        let info = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.0\r\nused_cpu_sys_main_thread:0.25\r\nused_cpu_user_main_thread:1.00\r\n";
+        assert_eq!(main_thread_cpu(info), Duration::from_millis(1250));
+        let old = "used_cpu_sys:1.5\r\nused_cpu_user:2.0\r\n";
+        assert_eq!(main_thread_cpu(old), Duration::from_millis(3500));
     }
 }

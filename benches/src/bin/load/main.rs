@@ -1,0 +1,237 @@
+//! load: the HTTP load harness. Starts three redis-server nodes and each server under
+//! test on 127.0.0.1, drives it with a lean keep-alive client, and prints markdown tables:
+//! throughput, latency, Redis commands per 1,000 requests and CPU use per party, with the
+//! ratios against the `floor` and `naive` targets of the same run and the issue's targets.
+//!
+//! ```text
+//! cargo run -p tally-benches --release --bin load                 # the full run
+//! cargo run -p tally-benches --bin load -- --quick                # CI: a few s per target
+//! cargo run -p tally-benches --release --bin load -- --targets floor,tally-redis \
+//!     --duration 20 --connections 32 --markdown load.md
+//! cargo run -p tally-benches --release --bin load -- --only stats   # /stats/ at 1M URLs
+//! ```
+//!
+//! Targets: `floor` (bare actix-web JSON handler), `naive` (one `INCR` per visit through
+//! deadpool-redis), `naive-mux` (one `INCR` per visit on a shared multiplexed connection per
+//! node), `tally-embedded`, `tally-redis` (three nodes). Every server gets a fresh start
+//! per scenario. For each scenario: a warm-up, a closed-loop phase (every connection sends
+//! as soon as it has its answer: the maximum rate), then a paced phase at a fraction (50%)
+//! of that rate (open loop, latency timed from the schedule) for the p99 target.
+//!
+//! Then, when `tally-redis` is among the targets, the `/stats/` scale scenario
+//! ([`stats_scale`]): the three nodes flushed and filled with `--stats-urls`
+//! distinct URLs (default 1,000,000; 100,000 with `--quick`) through tally-redis's write
+//! path, then `GET /stats/` (top 100) and `GET /stats/?offset=100000&limit=100` timed from
+//! one client and from 8 at once, every answer checked against the ranking computed from
+//! the seed, `/health` and `/status` polled throughout. `--only stats` runs nothing else.
+//!
+//! Arrangement, the same for every target so ratios are fair: the servers run on their
+//! own threads (actix-web's workers, default count, plus a multi-threaded tokio runtime as
+//! tally-server's `main` builds), the client on another tokio runtime (`--client-threads`,
+//! default 1), all in this process; redis-server nodes are child processes. The client is
+//! the harness's own (see [`client`] for why not reqwest), and its CPU use is shown.
+//!
+//! Side measurements per phase: Redis commands from `INFO commandstats` before and after,
+//! summed over the nodes (commands run inside tally's Lua script count, as Redis counts
+//! them); CPU time of the client threads, the server threads, the redis-servers, softirq
+//! (loopback networking, charged to no process) and everything else on the machine. A
+//! busy neighbour skews every figure on a 2-core machine, so in a full run each scenario
+//! first waits (up to `--quiet-wait`) for other processes to go quiet, is run again (up
+//! to `--retries`) when they used over a quarter of a core during it, and the `other` CPU
+//! column shows how quiet the attempt reported stayed.
+//!
+//! Everything is bounded: phases by time, the whole run by a watchdog; Ctrl-C, SIGTERM and
+//! the watchdog kill the redis-server children before exiting. Exit code 1 when a phase got
+//! no 2xx answer at all or a `/stats/` answer did not match the seeded ranking (the CI
+//! check); targets missed are reported, not failed.
+//!
+//! # Layout
+//!
+//! - this file: `main` and [`run`], which builds the [`Setup`] and runs everything in order;
+//! - [`options`]: the command line;
+//! - [`scenario`]: what a load scenario sends, and running it (retries, rounds, phases);
+//! - [`report`]: the markdown tables of the load scenarios;
+//! - [`stats_scale`]: the `/stats/` scale scenario, with its own report section;
+//! - [`targets`]: the servers under test;
+//! - [`client`]: the load client;
+//! - [`measure`]: Redis commands and CPU time around a phase;
+//! - [`nodes`]: the redis-server children, and killing them on every way out.
+
+mod client;
+mod measure;
+mod nodes;
+mod options;
+mod report;
+mod scenario;
+mod stats_scale;
+mod targets;
+
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tally_testkit::RedisCluster;
+use tokio::runtime::Runtime;
+
+use crate::options::{Options, USAGE};
+
+/// What every scenario runs on, built once by [`run`].
+#[derive(Debug)]
+struct Setup<'a> {
+    /// Runtime of the servers under test.
+    server_rt: &'a Runtime,
+    /// Runtime of the load client (and of the `/stats/` seeding store).
+    client_rt: &'a Runtime,
+    /// The three nodes, when a scenario needs them.
+    cluster: Option<&'a RedisCluster>,
+    /// Their URLs, as tally-server gets them in `REDIS_NODES`.
+    redis_urls: &'a [String],
+    /// Their pids, for the CPU figures.
+    redis_pids: &'a [u32],
+    /// tally-server's `ENABLE_METRICS`.
+    metrics: bool,
+    /// Wait up to this long for other processes to go quiet before measuring.
+    quiet_wait: Duration,
+}
+
+fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(problem) => {
+            if problem.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("load: {problem}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("load: {e:#}");
+            nodes::kill_children();
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every scenario and prints the report; `Ok(false)` when a phase got no 2xx at all
+/// or a `/stats/` answer was wrong.
+fn run(options: &Options) -> anyhow::Result<bool> {
+    let plan = options.plan();
+    let stats_plan = options.stats_plan();
+    let started = Instant::now();
+    nodes::start_watchdog(options.budget(plan.len()) * 2);
+    let log_path = std::env::temp_dir().join(format!("tally-load-{}.log", std::process::id()));
+    if options.server_logs {
+        init_server_logs(&log_path)?;
+    }
+
+    // As tally-server's `main`: a multi-threaded runtime with the default worker count.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("server-rt")
+        .build()
+        .context("cannot build the server runtime")?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads)
+        .enable_all()
+        .thread_name(measure::CLIENT_THREAD)
+        .build()
+        .context("cannot build the client runtime")?;
+    server_rt.spawn(nodes::stop_on_signal());
+
+    let needs_redis = plan.iter().any(|(kind, _)| kind.uses_redis()) || stats_plan.is_some();
+    let cluster = if needs_redis {
+        Some(nodes::start()?)
+    } else {
+        None
+    };
+    let redis_urls: Vec<String> = cluster
+        .iter()
+        .flat_map(|c| c.nodes().iter().map(|n| n.url()))
+        .collect();
+    let redis_pids: Vec<u32> = cluster
+        .iter()
+        .flat_map(|c| c.nodes().iter().filter_map(|n| n.pid()))
+        .collect();
+    let setup = Setup {
+        server_rt: &server_rt,
+        client_rt: &client_rt,
+        cluster: cluster.as_ref(),
+        redis_urls: &redis_urls,
+        redis_pids: &redis_pids,
+        metrics: options.server_metrics,
+        quiet_wait: options.quiet_wait,
+    };
+
+    let load_before = measure::load_average();
+    eprintln!(
+        "load: {} scenarios, ~{} s{}; server logs in {}",
+        plan.len(),
+        (options.warmup + options.duration + options.paced)
+            .as_secs_f64()
+            .ceil() as u64
+            * plan.len() as u64
+            * options.rounds as u64,
+        stats_plan.map_or(String::new(), |p| format!(
+            ", then /stats/ at {} URLs",
+            p.urls
+        )),
+        log_path.display()
+    );
+    let rounds = scenario::run_rounds(options, &setup, &plan)?;
+    let all_answered = rounds.iter().flatten().all(|row| row.max.outcome.ok > 0);
+    let rows = scenario::median_rows(&rounds, plan.len());
+    let comparison = if options.compare_clients {
+        Some(scenario::compare_clients(options, &setup)?)
+    } else {
+        None
+    };
+    let stats = match (stats_plan, setup.cluster) {
+        (Some(plan), Some(cluster)) => {
+            Some(stats_scale::run(&plan, &setup, cluster).context("/stats/ at scale")?)
+        }
+        _ => None,
+    };
+    let mut report = if plan.is_empty() {
+        report::render_stats_only_header(&load_before, started.elapsed())
+    } else {
+        report::render(options, &rows, &load_before, started.elapsed())
+    };
+    report.extend(comparison.as_ref().map(report::render_client_cost));
+    report.extend(stats.as_ref().map(stats_scale::Report::render));
+    print!("{report}");
+    if let Some(path) = &options.markdown {
+        std::fs::write(path, &report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    server_rt.shutdown_timeout(Duration::from_secs(1));
+    drop(cluster);
+    if !all_answered {
+        eprintln!("load: a target answered no request with 2xx");
+    }
+    let stats_passed = stats.as_ref().is_none_or(stats_scale::Report::passed);
+    if let Some(problem) = stats.as_ref().and_then(stats_scale::Report::first_problem) {
+        eprintln!("load: /stats/ at scale: {problem}");
+    }
+    Ok(all_answered && stats_passed)
+}
+
+/// Server logs (tally-server's own subscriber, at its default `info`) go to a file: the
+/// server pays for its spans as in production, and the tables stay readable.
+fn init_server_logs(path: &std::path::Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    tally_server::telemetry::init_tracing(
+        tally_server::LogFormat::Text,
+        "info",
+        Mutex::new(file),
+        false,
+    );
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! The command line: [`USAGE`], and [`Options`] parsed from it with the defaults `--quick`
+//! changes, and what follows from them: the scenarios run, the `/stats/` plan, the time
+//! budget the watchdog allows.
+
+use std::time::Duration;
+
+use crate::scenario::{self, GRACE, Load};
+use crate::stats_scale;
+use crate::targets::Kind;
+
+/// `load --help`.
+pub const USAGE: &str = "\
+usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
+            [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
+            [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
+            [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
+            [--stats-urls N] [--only stats]
+
+  --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
+                     working; the figures are printed, not checked)
+  --duration SECS    length of each measured phase (default 10)
+  --warmup SECS      warm-up before each scenario's first phase (default 2)
+  --connections N    keep-alive connections (default 64)
+  --client-threads N tokio worker threads of the load client (default 1)
+  --targets LIST     comma-separated, of floor,naive,naive-mux,tally-embedded,tally-redis
+                     (default: all; ratios need floor and naive)
+  --markdown PATH    also write the tables to PATH
+  --compare-clients  also drive the floor with reqwest, to show what the harness's own
+                     client saves
+  --server-logs on|off     tally-server's log subscriber (default on, level info, to a
+                           file): off measures what its per-request span costs
+  --server-metrics on|off  tally-server's Prometheus recorder (ENABLE_METRICS, default on)
+  --quiet-wait SECS  before each scenario, wait up to SECS for other processes to use
+                     under 10% of a core (default 30; 0 with --quick; 0 = do not wait)
+  --retries N        run a scenario again, up to N times, when other processes used over
+                     25% of a core during it; the quietest attempt is reported
+                     (default 2; 0 with --quick)
+  --rounds N         run every scenario N times, targets interleaved, and report per
+                     scenario the round with the median closed-loop rate (default 1)
+  --paced-fraction F the paced phase's rate as a fraction of the closed-loop rate
+                     (default 0.5, the issue's p99 target)
+  --timeline         print on stderr, per phase, the 100 ms windows whose slowest answer
+                     took over 5 ms (where a latency tail comes from)
+  --stats-urls N     URLs seeded for the /stats/ scale scenario, which runs after the
+                     others when tally-redis is a target (default 1000000; 100000 with
+                     --quick; 1000 to 10000000)
+  --only stats       run only the /stats/ scale scenario (3 nodes, tally-redis)";
+
+/// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
+/// the maximum rate), unless `--paced-fraction` says otherwise.
+const PACED_FRACTION: f64 = 0.5;
+
+/// What the command line asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--quick`: short phases, fewer `/stats/` URLs, no waiting for quiet.
+    pub quick: bool,
+    /// Length of the closed-loop phase.
+    pub duration: Duration,
+    /// Warm-up before each scenario's first phase.
+    pub warmup: Duration,
+    /// Keep-alive connections of the load client.
+    pub connections: usize,
+    /// Worker threads of the client runtime.
+    pub client_threads: usize,
+    /// The targets, in run order.
+    pub targets: Vec<Kind>,
+    /// Where to write the report as well.
+    pub markdown: Option<std::path::PathBuf>,
+    /// `--compare-clients`: also drive the floor with reqwest.
+    pub compare_clients: bool,
+    /// tally-server's log subscriber.
+    pub server_logs: bool,
+    /// tally-server's `ENABLE_METRICS`.
+    pub server_metrics: bool,
+    /// `--timeline`: print each phase's slow windows on stderr.
+    pub timeline: bool,
+    /// Longest wait for other processes to go quiet before a scenario.
+    pub quiet_wait: Duration,
+    /// Length of the paced phase: `duration`, but 1 s with `--quick`.
+    pub paced: Duration,
+    /// Runs again of a scenario during which other processes were busy.
+    pub retries: u32,
+    /// The paced phase's rate as a fraction of the closed-loop rate.
+    pub paced_fraction: f64,
+    /// Times every scenario runs; the median round is reported.
+    pub rounds: usize,
+    /// URLs of the `/stats/` scale scenario.
+    pub stats_urls: usize,
+    /// `--only stats`: the `/stats/` scale scenario and nothing else.
+    pub only_stats: bool,
+}
+
+impl Options {
+    /// Parses the arguments after the program name; `Err` holds the problem, empty for
+    /// `--help`.
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let (mut quick, mut duration, mut warmup, mut quiet_wait, mut retries) =
+            (false, None, None, None, None);
+        let mut stats_urls = None;
+        let mut options = Options {
+            quick: false,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            connections: 64,
+            client_threads: 1,
+            targets: Kind::ALL.to_vec(),
+            markdown: None,
+            compare_clients: false,
+            server_logs: true,
+            server_metrics: true,
+            timeline: false,
+            quiet_wait: Duration::from_secs(30),
+            paced: Duration::ZERO,
+            retries: 2,
+            paced_fraction: PACED_FRACTION,
+            rounds: 1,
+            stats_urls: stats_scale::DEFAULT_URLS,
+            only_stats: false,
+        };
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--duration" => duration = Some(seconds("--duration", &value("--duration")?)?),
+                "--warmup" => warmup = Some(seconds("--warmup", &value("--warmup")?)?),
+                "--connections" => {
+                    options.connections = count("--connections", &value("--connections")?)?;
+                }
+                "--client-threads" => {
+                    options.client_threads =
+                        count("--client-threads", &value("--client-threads")?)?;
+                }
+                "--targets" => {
+                    let list = value("--targets")?;
+                    options.targets = list
+                        .split(',')
+                        .map(|name| {
+                            Kind::ALL
+                                .into_iter()
+                                .find(|kind| kind.name() == name.trim())
+                                .ok_or(format!("unknown target {name:?}"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    options.targets.sort();
+                    options.targets.dedup();
+                }
+                "--markdown" => options.markdown = Some(value("--markdown")?.into()),
+                "--compare-clients" => options.compare_clients = true,
+                "--timeline" => options.timeline = true,
+                "--rounds" => options.rounds = count("--rounds", &value("--rounds")?)?,
+                "--paced-fraction" => {
+                    let f = value("--paced-fraction")?;
+                    options.paced_fraction = f
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| *f > 0.0 && *f <= 1.0)
+                        .ok_or(format!(
+                            "--paced-fraction {f:?}: expected above 0, at most 1"
+                        ))?;
+                }
+                "--retries" => {
+                    let n = value("--retries")?;
+                    retries = Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|n| *n <= 10)
+                            .ok_or(format!("--retries {n:?}: expected 0 to 10"))?,
+                    );
+                }
+                "--quiet-wait" => {
+                    let secs = value("--quiet-wait")?;
+                    quiet_wait = Some(if secs == "0" {
+                        Duration::ZERO
+                    } else {
+                        seconds("--quiet-wait", &secs)?
+                    });
+                }
+                "--server-logs" => {
+                    options.server_logs = on_off("--server-logs", &value("--server-logs")?)?
+                }
+                "--server-metrics" => {
+                    options.server_metrics =
+                        on_off("--server-metrics", &value("--server-metrics")?)?;
+                }
+                "--stats-urls" => {
+                    let n = value("--stats-urls")?;
+                    stats_urls = Some(
+                        n.replace('_', "")
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1_000..=10_000_000).contains(n))
+                            .ok_or(format!(
+                                "--stats-urls {n:?}: expected a number from 1000 to 10000000"
+                            ))?,
+                    );
+                }
+                "--only" => match value("--only")?.as_str() {
+                    "stats" => options.only_stats = true,
+                    other => return Err(format!("--only {other:?}: expected stats")),
+                },
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        options.quick = quick;
+        if quick {
+            options.duration = Duration::from_secs(2);
+            options.warmup = Duration::from_secs(1);
+            options.quiet_wait = Duration::ZERO;
+            options.retries = 0;
+            options.stats_urls = stats_scale::QUICK_URLS;
+        }
+        options.stats_urls = stats_urls.unwrap_or(options.stats_urls);
+        options.retries = retries.unwrap_or(options.retries);
+        options.quiet_wait = quiet_wait.unwrap_or(options.quiet_wait);
+        options.paced = if quick && duration.is_none() {
+            Duration::from_secs(1)
+        } else {
+            options.duration
+        };
+        options.duration = duration.unwrap_or(options.duration);
+        options.warmup = warmup.unwrap_or(options.warmup);
+        Ok(options)
+    }
+
+    /// The `/stats/` scale scenario's plan, when it runs: with `--only stats`, or after the
+    /// others when tally-redis is a target.
+    pub fn stats_plan(&self) -> Option<stats_scale::Plan> {
+        (self.only_stats || self.targets.contains(&Kind::TallyRedis))
+            .then(|| stats_scale::Plan::new(self.stats_urls, self.quick))
+    }
+
+    /// The load scenarios run (none with `--only stats`).
+    pub fn plan(&self) -> Vec<(Kind, Load)> {
+        if self.only_stats {
+            Vec::new()
+        } else {
+            scenario::scenarios(&self.targets)
+        }
+    }
+
+    /// Longest the whole run can rightly take; the watchdog stops it past twice this.
+    pub fn budget(&self, scenarios: usize) -> Duration {
+        let per_scenario = self.warmup
+            + self.duration
+            + self.paced
+            + GRACE * 3
+            + self.quiet_wait
+            + Duration::from_secs(45);
+        per_scenario * scenarios as u32 * (self.retries + 1) * self.rounds as u32
+            + self
+                .stats_plan()
+                .map_or(Duration::ZERO, |p| p.budget() + self.quiet_wait)
+            + Duration::from_secs(30)
+    }
+}
+
+fn seconds(name: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && *s <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or(format!(
+            "{name} {value:?}: expected seconds above 0, at most 3600"
+        ))
+}
+
+fn on_off(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{name} {value:?}: expected on or off")),
+    }
+}
+
+fn count(name: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or(format!(
+            "{name} {value:?}: expected a number from 1 to 10000"
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn stats_scale_runs_after_the_others_only_with_tally_redis() {
+        let all = parse(&[]).unwrap();
+        assert!(!all.plan().is_empty());
+        assert_eq!(all.stats_plan().map(|p| p.urls), Some(1_000_000));
+        assert!(
+            parse(&["--targets", "floor"])
+                .unwrap()
+                .stats_plan()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn only_stats_runs_nothing_else_and_quick_seeds_fewer_urls() {
+        let only = parse(&["--only", "stats", "--quick"]).unwrap();
+        assert!(only.plan().is_empty());
+        assert_eq!(only.stats_plan().map(|p| p.urls), Some(100_000));
+        let chosen = parse(&["--quick", "--stats-urls", "250_000"]).unwrap();
+        assert_eq!(chosen.stats_urls, 250_000);
+        assert!(parse(&["--only", "floor"]).is_err());
+        assert!(parse(&["--stats-urls", "10"]).is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! The report of the load scenarios, in markdown: the header (when, where, how), then one
+//! table each: the maximum rate, the paced phase, the targets; and, with
+//! `--compare-clients`, the load client's cost. The `/stats/` scale scenario renders its
+//! own section ([`crate::stats_scale::Report::render`]).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::measure;
+use crate::options::Options;
+use crate::scenario::{ClientCost, Load, Measured, Row};
+use crate::targets::Kind;
+
+/// The report of the load scenarios: header, settings, then the three tables.
+pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration) -> String {
+    let mut out = render_header(load_before, elapsed, "");
+    render_settings(&mut out, options);
+    render_max_rate(&mut out, rows);
+    render_paced(&mut out, options, rows);
+    render_targets(&mut out, options, rows);
+    out
+}
+
+/// The header alone, with the setting of the only scenario run, for `--only stats`.
+pub fn render_stats_only_header(load_before: &str, elapsed: Duration) -> String {
+    render_header(
+        load_before,
+        elapsed,
+        &format!(
+            "; {} build; 3 local redis-server nodes (no persistence); server and client in this process, on their own tokio runtimes",
+            build_profile()
+        ),
+    )
+}
+
+/// The report's first lines: when, where, how long; `extra` ends the line.
+fn render_header(load_before: &str, elapsed: Duration, extra: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## tally load harness\n");
+    let _ = writeln!(
+        out,
+        "- {} UTC on {} CPUs ({}); load average {load_before} before, {} after; {:.0} s in all{extra}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+        cpu_count(),
+        measure::cpu_model(),
+        measure::load_average(),
+        elapsed.as_secs_f64()
+    );
+    out
+}
+
+/// `debug` or `release`: how the harness (and so the servers) was built.
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// CPUs this process may use (0 when unknown).
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// How the run was arranged: phases, client, servers, Redis, what the CPU columns mean.
+fn render_settings(out: &mut String, options: &Options) {
+    let _ = writeln!(
+        out,
+        "- {} build; per scenario a fresh server, {} s warm-up, {} s closed loop, {} s paced at {:.0}% of the closed-loop rate; {} keep-alive connections; client on {} tokio thread(s); servers on actix-web's default workers plus a {}-thread tokio runtime, in the same process",
+        build_profile(),
+        options.warmup.as_secs_f64(),
+        options.duration.as_secs_f64(),
+        options.paced.as_secs_f64(),
+        options.paced_fraction * 100.0,
+        options.connections,
+        options.client_threads,
+        cpu_count(),
+    );
+    if options.rounds > 1 {
+        let _ = writeln!(
+            out,
+            "- {} rounds, targets interleaved; each row is the round with the median closed-loop rate for that scenario",
+            options.rounds
+        );
+    }
+    let on_off = |on: bool| if on { "on" } else { "**off**" };
+    let _ = writeln!(
+        out,
+        "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s), its log subscriber at `info` writing to a file {}, Prometheus recorder {}",
+        on_off(options.server_logs),
+        on_off(options.server_metrics),
+    );
+    let _ = writeln!(
+        out,
+        "- Redis: 3 local redis-server nodes (no persistence); `naive` routes by xxh3(page id) % 3, tally by its ring; commands are INFO commandstats deltas over the phase, summed over nodes (INFO itself left out). CPU: % of one core used during the phase by the client threads / the server threads / the redis-servers / softirq (the kernel's loopback network work, charged to no process) / everything else on the machine (other processes: a busy neighbour makes that phase's figures suspect). Server CPU µs per request counts the server's threads only (not its share of softirq).\n"
+    );
+}
+
+/// The closed-loop rate of `kind` on `load`, when it ran.
+fn rate(rows: &[Row], kind: Kind, load: Load) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.kind == kind && r.load == load)
+        .map(|r| r.max.outcome.throughput())
+}
+
+/// Every closed-loop phase, with its rate against the floor's and the naive target's.
+fn render_max_rate(out: &mut String, rows: &[Row]) {
+    let floor_of = |load: Load| {
+        let floor_load = if load.is_visit() {
+            Load::VisitHot
+        } else {
+            Load::CountHot
+        };
+        rate(rows, Kind::Floor, floor_load)
+    };
+    let naive = rate(rows, Kind::Naive, Load::VisitHot);
+
+    let _ = writeln!(out, "### Maximum rate (closed loop)\n");
+    let _ = writeln!(
+        out,
+        "| target | scenario | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / errors | Redis cmds per 1k req | CPU % client / server / redis / softirq / other | server CPU µs per req | vs floor | vs naive |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|---|---|--:|--:|--:|");
+    for row in rows {
+        let m = &row.max;
+        let rate = m.outcome.throughput();
+        let vs_floor = floor_of(row.load)
+            .filter(|_| row.kind != Kind::Floor)
+            .map_or("".to_owned(), |f| ratio(rate, f));
+        let vs_naive = naive
+            .filter(|_| row.load.is_visit() && row.kind != Kind::Naive && row.kind != Kind::Floor)
+            .map_or("".to_owned(), |n| ratio(rate, n));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} | {:.1} | {} | {} |",
+            row.kind,
+            row.load.name(),
+            rate,
+            m.outcome.latency_ms(0.50),
+            m.outcome.latency_ms(0.99),
+            m.outcome.latency_ms(0.999),
+            m.outcome.non_2xx,
+            m.outcome.errors + m.outcome.unfinished,
+            commands(m),
+            m.cpu,
+            m.cpu.server / 100.0 * 1e6 / rate.max(1.0),
+            vs_floor,
+            vs_naive,
+        );
+    }
+}
+
+/// Every paced phase: the rate offered and achieved, and the latency at that rate.
+fn render_paced(out: &mut String, options: &Options, rows: &[Row]) {
+    let _ = writeln!(
+        out,
+        "\n### Paced at {:.0}% of the maximum (open loop)\n",
+        options.paced_fraction * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "| target | scenario | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / errors | Redis cmds per 1k req | CPU % client / server / redis / softirq / other |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|---|---|");
+    for row in rows {
+        let Some(m) = &row.paced else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {} |",
+            row.kind,
+            row.load.name(),
+            m.offered.unwrap_or(0.0),
+            m.outcome.throughput(),
+            m.outcome.latency_ms(0.50),
+            m.outcome.latency_ms(0.99),
+            m.outcome.latency_ms(0.999),
+            m.outcome.non_2xx,
+            m.outcome.errors + m.outcome.unfinished,
+            commands(m),
+            m.cpu,
+        );
+    }
+}
+
+/// A target: the figure's name, its value when measured, the target as printed (in
+/// parentheses for a figure given for reference) and the test it must pass.
+type Target<'a> = (&'a str, Option<f64>, &'a str, fn(f64) -> bool);
+
+/// The targets: the rate ratios and commands per visit, then the p99 of every
+/// paced phase of tally (and of the floor, for reference).
+fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
+    let _ = writeln!(out, "\n### Targets\n");
+    let _ = writeln!(out, "| figure | value | target | met |");
+    let _ = writeln!(out, "|---|--:|--:|:-:|");
+    let rate = |kind: Kind, load: Load| rate(rows, kind, load);
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let floor_visit = rate(Kind::Floor, Load::VisitHot);
+    let redis_hot = rate(Kind::TallyRedis, Load::VisitHot);
+    let redis_commands = rows
+        .iter()
+        .find(|r| r.kind == Kind::TallyRedis && r.load == Load::VisitHot)
+        .map(|r| r.max.commands_per_1k());
+    let targets: [Target<'_>; 8] = [
+        (
+            "tally-redis POST visit (hot) / floor",
+            div(redis_hot, floor_visit),
+            ">= 0.85",
+            |v| v >= 0.85,
+        ),
+        (
+            "tally-redis POST visit (cold 1M) / floor",
+            div(rate(Kind::TallyRedis, Load::VisitCold), floor_visit),
+            ">= 0.85",
+            |v| v >= 0.85,
+        ),
+        (
+            "tally-redis POST visit (hot) / naive",
+            div(redis_hot, rate(Kind::Naive, Load::VisitHot)),
+            ">= 5",
+            |v| v >= 5.0,
+        ),
+        (
+            "tally-redis POST visit (hot) / naive-mux (for reference)",
+            div(redis_hot, rate(Kind::NaiveMux, Load::VisitHot)),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-embedded POST visit / floor (for reference)",
+            div(rate(Kind::TallyEmbedded, Load::VisitHot), floor_visit),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-redis GET count (cache hits) / floor",
+            div(
+                rate(Kind::TallyRedis, Load::CountHot),
+                rate(Kind::Floor, Load::CountHot),
+            ),
+            ">= 0.90",
+            |v| v >= 0.90,
+        ),
+        (
+            "tally-redis GET /api/x/y/ / GET /health",
+            div(
+                rate(Kind::TallyRedis, Load::ApiPath),
+                rate(Kind::TallyRedis, Load::Health),
+            ),
+            ">= 0.90",
+            |v| v >= 0.90,
+        ),
+        (
+            "tally-redis Redis commands per 1,000 visits (hot)",
+            redis_commands,
+            "<= 2",
+            |v| v <= 2.0,
+        ),
+    ];
+    for target in targets {
+        render_target(out, target);
+    }
+    let percent = options.paced_fraction * 100.0;
+    for row in rows {
+        let (target, met): (&str, fn(f64) -> bool) = match row.kind {
+            Kind::TallyEmbedded | Kind::TallyRedis => ("<= 2", |v| v <= 2.0),
+            // The same figure for the floor: what the machine allows any handler.
+            Kind::Floor => ("(reference)", |_| true),
+            _ => continue,
+        };
+        let figure = format!(
+            "{} {}: p99 ms at {percent:.0}% of its max",
+            row.kind,
+            row.load.name()
+        );
+        let p99 = row.paced.as_ref().map(|m| m.outcome.latency_ms(0.99));
+        render_target(out, (&figure, p99, target, met));
+    }
+}
+
+/// One row of the targets table.
+fn render_target(out: &mut String, (figure, value, target, met): Target<'_>) {
+    // Figures given for reference have no target to meet.
+    let reference = target.starts_with('(');
+    let (value, verdict) = match value {
+        Some(v) if v.is_finite() => (
+            format!("{v:.2}"),
+            match (reference, met(v)) {
+                (true, _) => "",
+                (false, true) => "yes",
+                (false, false) => "**no**",
+            },
+        ),
+        _ => ("n/a".to_owned(), "n/a"),
+    };
+    let _ = writeln!(out, "| {figure} | {value} | {target} | {verdict} |");
+}
+
+/// The `--compare-clients` table: what each client cost to drive the floor.
+pub fn render_client_cost(cost: &ClientCost) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n### Load client cost (floor, POST visit, hot 100)\n");
+    let _ = writeln!(
+        out,
+        "| client | req/s | p99 ms | CPU % client / server / redis / softirq / other | client CPU µs per request |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|---|--:|");
+    for (name, m) in [
+        ("harness (raw HTTP/1.1)", &cost.ours),
+        ("reqwest 0.12", &cost.reqwest),
+    ] {
+        let rate = m.outcome.throughput();
+        let _ = writeln!(
+            out,
+            "| {name} | {rate:.0} | {:.3} | {} | {:.1} |",
+            m.outcome.latency_ms(0.99),
+            m.cpu,
+            m.cpu.client / 100.0 * 1e6 / rate.max(1.0),
+        );
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// Commands per 1,000 requests: the total, then the three most frequent by name.
+fn commands(m: &Measured) -> String {
+    if m.commands.is_empty() {
+        return "0".to_owned();
+    }
+    let per_1k = |calls: u64| calls as f64 * 1000.0 / m.outcome.answered().max(1) as f64;
+    measure::top_commands(&m.commands, |calls| short(per_1k(calls)))
+}
+
+/// A figure with about three significant digits.
+fn short(v: f64) -> String {
+    match v {
+        v if v >= 100.0 => format!("{v:.0}"),
+        v if v >= 1.0 => format!("{v:.2}"),
+        v => format!("{v:.3}"),
+    }
+}

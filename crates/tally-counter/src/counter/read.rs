@@ -1,0 +1,160 @@
+//! Reads: the read cache, store reads shared by concurrent misses of a key, and the read
+//! protocol that keeps a count exact while batches are in flight.
+//!
+//! # Invariants
+//!
+//! - A count is a stored value plus what of this instance's deltas that value does not
+//!   include: the pending delta always (no store value has it), the in-flight one only when
+//!   its batch's sequence is above the highest of ours the value includes. Every cache
+//!   entry records that sequence next to its value, and the store reports it with every
+//!   read. The in-flight state is read under the shard's `in_flight` read lock, held until
+//!   the pending delta is read too, so a delta moving between the sets meanwhile is seen
+//!   once.
+//! - A store answer that misses a batch of ours acknowledged while it was on the wire (the
+//!   shard's `acked_seq` is above the answer's `applied_seq`) is not used as it is: the
+//!   store is asked again, up to [`READ_ATTEMPTS`] times, then the read answers with the
+//!   fresher count that acknowledgement cached, and caches nothing.
+//! - A read during which a reset of its shard landed answers (it was concurrent with the
+//!   reset, so either side is right) but caches nothing: its value may be from before the
+//!   reset, and the reset's zero must stay.
+//! - At most one store read per key is in progress: the first miss reads and the others
+//!   wait for it, then answer from the cache it filled. A failed read fails its waiters
+//!   with its error; a cancelled one lets a waiter read instead.
+
+use crate::error::{Result, cause_text};
+use crate::store::{ShardId, Store};
+use crate::sync::lock;
+
+use super::Inner;
+
+/// A store read is retried this many times when a batch was acknowledged while it was on
+/// the wire (its value would miss that batch); past that the read is used as it is, which
+/// only happens when the store lost data it had acknowledged.
+const READ_ATTEMPTS: usize = 4;
+
+/// How a store read shared by concurrent misses of one key ended: `None` while it runs,
+/// then `Ok` (the cache holds the value) or the error's text.
+pub(super) type ReadOutcome = Option<std::result::Result<(), std::sync::Arc<str>>>;
+
+/// A cached stored value and the highest of our batch sequences it includes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CacheEntry {
+    pub(super) value: u64,
+    pub(super) seq: u64,
+}
+
+/// Takes a finished (or cancelled) shared read out of [`Inner::reads`].
+struct ReadLeader<'a, S> {
+    inner: &'a Inner<S>,
+    key: &'a str,
+}
+
+impl<S> Drop for ReadLeader<'_, S> {
+    fn drop(&mut self) {
+        lock(&self.inner.reads).remove(self.key);
+    }
+}
+
+impl<S: Store> Inner<S> {
+    /// The count from the cache, or `None` on a miss.
+    pub(super) fn cached_count(&self, shard: ShardId, key: &str) -> Option<u64> {
+        let in_flight = self.shards[shard].in_flight();
+        let entry = self.cache.get(key)?;
+        Some(entry.value + in_flight.delta(key, entry.seq) + self.pending_delta(shard, key))
+    }
+
+    /// The count of a key that missed the cache: read through, or, when a read of the key
+    /// is already in progress, wait for it and answer from the cache it fills, as a hit
+    /// would (its own pending and in-flight deltas included). A failed read fails its
+    /// waiters with the same error; a cancelled one lets the first waiter read instead.
+    pub(super) async fn read_shared(&self, shard: ShardId, key: &str) -> Result<u64> {
+        loop {
+            let joined = {
+                let mut reads = lock(&self.reads);
+                match reads.get(key) {
+                    Some(running) => Ok(running.clone()),
+                    None => {
+                        let (done, running) = tokio::sync::watch::channel(None);
+                        reads.insert(key.into(), running);
+                        Err(done)
+                    }
+                }
+            };
+            let mut running = match joined {
+                Ok(running) => running,
+                Err(done) => {
+                    let _leave = ReadLeader { inner: self, key };
+                    let result = self.read_through(shard, key).await;
+                    done.send_replace(Some(match &result {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(cause_text(e).into()),
+                    }));
+                    return result;
+                }
+            };
+            let outcome = match running.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                // The reading call was cancelled: read again, perhaps as the reader.
+                Err(_) => continue,
+            };
+            return match outcome {
+                Some(Err(message)) => Err(self.store_error(shard, message.to_string().into())),
+                // Evicted already (or never cached): read it ourselves.
+                _ => match self.cached_count(shard, key) {
+                    Some(value) => Ok(value),
+                    None => self.read_through(shard, key).await,
+                },
+            };
+        }
+    }
+
+    /// Reads the stored value, caches it and adds what the store does not include yet.
+    async fn read_through(&self, shard: ShardId, key: &str) -> Result<u64> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resets = self.shards[shard].in_flight().resets;
+            let read = self
+                .store
+                .get(shard, self.instance, &[key])
+                .await
+                .map_err(|source| self.store_error(shard, source))?;
+            let stored = read.values.first().copied().unwrap_or(0);
+            let in_flight = self.shards[shard].in_flight();
+            if in_flight.acked_seq > read.applied_seq {
+                if attempt < READ_ATTEMPTS {
+                    // A batch of ours was acknowledged after the store answered: that
+                    // answer misses it and it is no longer in flight. Ask again.
+                    continue;
+                }
+                // Batches keep landing under our reads: give up on a consistent read and
+                // answer without caching. A batch acknowledged since the read cached the
+                // totals of its keys; when it held this key, that count is the fresher.
+                let fresher = self
+                    .cache
+                    .get(key)
+                    .filter(|entry| entry.seq > read.applied_seq);
+                let (value, included_seq) =
+                    fresher.map_or((stored, read.applied_seq), |entry| (entry.value, entry.seq));
+                return Ok(value
+                    + in_flight.delta(key, included_seq)
+                    + self.pending_delta(shard, key));
+            }
+            // A reset during the read: answer (the read was concurrent with it, so either
+            // side is right), but do not cache what may be the value before the reset
+            // over the reset's zero.
+            if in_flight.resets == resets {
+                self.cache.insert(
+                    key.into(),
+                    CacheEntry {
+                        value: stored,
+                        seq: read.applied_seq,
+                    },
+                );
+            }
+            return Ok(stored
+                + in_flight.delta(key, read.applied_seq)
+                + self.pending_delta(shard, key));
+        }
+    }
+}
