@@ -127,7 +127,7 @@ settings! {
         pub redis_pool_size: usize = tally_redis::DEFAULT_POOL_SIZE,
             from "REDIS_POOL_SIZE" as Whole(1, 10_000);
         /// Ring points per node (the ring's default).
-        pub virtual_nodes: u32 = tally_redis::DEFAULT_VNODES,
+        pub vnodes: u32 = tally_redis::DEFAULT_VNODES,
             from "VIRTUAL_NODES" as Whole(1, 100_000);
         /// How long a read value is served from memory.
         pub cache_ttl: Duration = CounterConfig::default().cache_ttl,
@@ -350,7 +350,7 @@ impl Config {
         config.pool_size = self.redis_pool_size;
         config.health_check_interval = self.health_check_interval;
         config.marks_retention = self.marks_retention;
-        config.vnodes = self.virtual_nodes;
+        config.vnodes = self.vnodes;
         config.layout = Layout::Counters;
         Some(config)
     }
@@ -975,7 +975,7 @@ mod tests {
     fn no_variables_give_the_documented_defaults() {
         let config = parse(&[]).unwrap();
         assert!(config.redis_nodes.is_empty());
-        assert_eq!(config.virtual_nodes, 160);
+        assert_eq!(config.vnodes, 160);
         assert_eq!(config.cache_ttl, Duration::from_secs(5));
         assert_eq!(config.cache_capacity, 100_000);
         assert_eq!(config.batch_interval, Duration::from_secs(5));

@@ -4,7 +4,7 @@
 
 use reqwest::Method;
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 #[tokio::test]
 async fn invalid_page_ids_are_refused_with_400_naming_the_problem() {

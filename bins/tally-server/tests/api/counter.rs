@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tally_testkit::RedisCluster;
 
-use crate::helpers::{assert_recent_utc, redis_config, spawn_app_with, stored};
+use crate::support::{assert_recent_utc, redis_config, spawn_app_with, stored};
 
 #[tokio::test]
 async fn basic_flow_records_reads_and_resets_a_page() {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{assert_recent_utc, spawn_app, spawn_app_with, test_config};
+use crate::support::{assert_recent_utc, spawn_app, spawn_app_with, test_config};
 
 #[tokio::test]
 async fn basic_flow_works_without_redis() {
@@ -52,7 +52,7 @@ async fn visits_survive_a_flush_into_the_embedded_store() {
     }
     // Written once the metrics say a batch went out and nothing waits.
     assert!(
-        crate::helpers::eventually(std::time::Duration::from_secs(20), async || {
+        crate::support::eventually(std::time::Duration::from_secs(20), async || {
             let metrics = app.counter_metrics().await.json();
             metrics["last_batch_write"].is_string() && metrics["metrics"]["write_buffer_size"] == 0
         })

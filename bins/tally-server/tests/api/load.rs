@@ -2,7 +2,7 @@
 
 use tally_testkit::RedisCluster;
 
-use crate::helpers::{
+use crate::support::{
     post_visits_concurrently, redis_config, spawn_app_with, stored, stored_total,
 };
 

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use tally_testkit::RedisCluster;
 
-use crate::helpers::{redis_config, spawn_app, spawn_app_with, test_config};
+use crate::support::{redis_config, spawn_app, spawn_app_with, test_config};
 
 #[tokio::test]
 async fn metrics_label_requests_by_route_pattern_not_raw_path() {

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tally_testkit::{RedisCluster, second_while_first_runs};
 
-use crate::helpers::{
+use crate::support::{
     KeepAliveClient, TestApp, redis_config, spawn_app, spawn_app_with, test_config,
 };
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tally_testkit::{RedisCluster, free_port, keys_on};
 
-use crate::helpers::{
+use crate::support::{
     assert_recent_utc, config_with_nodes, eventually, redis_config, spawn_app, spawn_app_with,
     stored,
 };
