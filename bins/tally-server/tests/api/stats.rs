@@ -483,3 +483,47 @@ async fn a_flood_of_distinct_urls_past_the_pending_bound_ranks_exactly() {
     want.truncate(10);
     assert_eq!(top, want);
 }
+
+/// The sum of a Prometheus metric's samples whose labels contain `label`.
+async fn metric(app: &TestApp, name: &str, label: &str) -> f64 {
+    let response = app.request(Method::GET, "/metrics").await;
+    assert_eq!(response.status, 200);
+    response
+        .text
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A deep page over Redis is read around its counts: the server's store (which chooses
+/// between Redis and the embedded store) hands the ranking's window reads on to Redis
+/// rather than the trait's defaults, and the page is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_page_over_redis_is_read_around_its_counts_and_exact() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let app = spawn_app_with(redis_config(&cluster, &[])).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut client = KeepAliveClient::connect(&address).await;
+    let mut tally: HashMap<String, u64> = HashMap::new();
+    for i in 0..1_200u64 {
+        let path = format!("/api/deep/{i:04}/");
+        for _ in 0..1 + i % 3 {
+            assert_eq!(client.send("GET", &path).await.0, 200);
+        }
+        tally.insert(path, 1 + i % 3);
+    }
+    let windows = "tally_stats_merges_total";
+    let before = metric(&app, windows, "read=\"window\"").await;
+
+    let page = ranking(&app, "?offset=1000&limit=100").await;
+
+    let mut want: Vec<(String, u64)> = tally.into_iter().collect();
+    want.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    assert_eq!(page, want[1_000..1_100]);
+    let after = metric(&app, windows, "read=\"window\"").await;
+    assert!(
+        after > before,
+        "the deep page was not read around its counts (window merges {before} → {after})"
+    );
+}
