@@ -91,7 +91,13 @@ fn bench(extra: &[String]) -> Result {
 }
 
 /// The crates other services embed, in dependency order.
-const LIBRARIES: [&str; 4] = ["tally-ring", "tally-counter", "tally-redis", "tally-stats"];
+const LIBRARIES: [&str; 5] = [
+    "tally-ring",
+    "tally-counter",
+    "tally-redis",
+    "tally-stats",
+    "tally-embedded",
+];
 
 fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
