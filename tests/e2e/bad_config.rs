@@ -58,6 +58,8 @@ async fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
         ("API_PREFIX", "api v1", "expected a path such as /api/v1"),
         ("REDIS_DB", "-2", "expected a whole number from 0"),
         ("TEST_MAX_REQUESTS", "0", "expected a whole number from 1"),
+        ("STORE", "disk", "expected embedded or memory"),
+        ("EMBEDDED_CACHE_MB", "0", "expected a whole number from 1"),
     ];
     for (variable, value, expected) in cases {
         let (status, stdout, stderr) = Server::run_to_exit(&[(variable, value)]);

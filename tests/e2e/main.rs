@@ -3,7 +3,8 @@
 //! production brings. Most modules are one scenario of the README's "Guarantees and
 //! failure modes", whose tests print their figures (acknowledged, counted, 503s, unknown)
 //! at the end, visible with `--nocapture`; `bad_config` checks how the binary refuses a
-//! configuration it cannot run with. All of them start the server through
+//! configuration it cannot run with, and `embedded` runs it without Redis, on its
+//! persistent embedded store in a temporary `DATA_DIR`. All of them start the server through
 //! `support::Server`.
 //!
 //! Scenarios run one at a time (see `support::one_at_a_time`). Tests whose name starts
@@ -17,6 +18,7 @@ mod bad_input;
 mod cardinality;
 mod concurrent;
 mod deep_stats;
+mod embedded;
 mod kill;
 mod lost_replies;
 mod overload;

@@ -12,7 +12,8 @@ use crate::{Config, ConfigError, run, shutdown_signal, telemetry};
 ///
 /// Exit codes: 0 after a graceful shutdown; 2 for an invalid configuration (one line on
 /// stderr naming the variable), also when it shows only at start-up (e.g. two entries of
-/// `REDIS_NODES` that reach the same Redis database); 1 when the server cannot start or
+/// `REDIS_NODES` that reach the same Redis database, or a `DATA_DIR` the embedded store
+/// cannot use); 1 when the server cannot start or
 /// fails (the error once, with its cause chain, on stderr).
 ///
 /// Builds its own multi-threaded tokio runtime, so call it from a plain `fn main`, not from

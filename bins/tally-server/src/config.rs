@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tally_counter::{CounterConfig, PendingBytes};
@@ -111,8 +111,15 @@ settings! {
     /// password: node URLs print redacted and [`Secret`] prints `***`.
     #[derive(Clone, Debug)]
     pub struct Config {
-        /// The Redis nodes, in order; none means the embedded in-process store.
+        /// The Redis nodes, in order; none means the store `STORE` names.
         pub redis_nodes: Vec<NodeUrl> = Vec::new(), from "REDIS_NODES" as NodeList;
+        /// The store without `REDIS_NODES`: the persistent embedded store, or memory.
+        pub store: StoreKind = StoreKind::Embedded, from "STORE" as STORE_KIND;
+        /// Directory of the embedded store's file, relative to the working directory.
+        pub data_dir: PathBuf = PathBuf::from("./tally-data"), from "DATA_DIR" as Dir;
+        /// MiB of the embedded store's page cache (tally-embedded's default).
+        pub embedded_cache_mb: usize = tally_embedded::DEFAULT_CACHE_BYTES >> 20,
+            from "EMBEDDED_CACHE_MB" as Whole(1, 1 << 20);
         /// Password for every node, overriding the URLs' own.
         pub redis_password: Option<Secret> = None, from "REDIS_PASSWORD" as Password;
         /// Database index for every node, overriding the URLs' own.
@@ -201,6 +208,17 @@ impl Setting {
     pub fn default_value(&self) -> Option<String> {
         (self.default)()
     }
+}
+
+/// Where the server counts when `REDIS_NODES` is unset (`STORE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `STORE=embedded`, the default: the persistent store in `DATA_DIR`
+    /// (`tally_embedded::EmbeddedStore`); counts survive restarts and crashes.
+    #[default]
+    Embedded,
+    /// `STORE=memory`: `tally_counter::MemoryStore`, counts lost when the process exits.
+    Memory,
 }
 
 /// Format of the log lines.
@@ -312,7 +330,24 @@ impl Config {
     ///
     /// [`ConfigError`] for the first bad field, named by its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check_fields()
+        self.check_fields()?;
+        // `REDIS_NODES` chooses Redis whatever `STORE` says; asking for memory as well is
+        // a contradiction, refused rather than silently counting in Redis.
+        if self.store == StoreKind::Memory && !self.redis_nodes.is_empty() {
+            return Err(ConfigError::new(
+                "STORE",
+                Some("memory"),
+                "REDIS_NODES is set, which counts in Redis; unset STORE (or REDIS_NODES)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The embedded store's settings: `EMBEDDED_CACHE_MB` in bytes.
+    pub fn embedded_config(&self) -> tally_embedded::EmbeddedConfig {
+        tally_embedded::EmbeddedConfig {
+            cache_bytes: self.embedded_cache_mb.saturating_mul(1 << 20),
+        }
     }
 
     /// Smallest `SHUTDOWN_TIMEOUT_SECONDS`: requests in flight get at least 1 s (actix-web
@@ -687,6 +722,31 @@ const FLAG: Words<bool> = Words(
     "expected true or false (also accepted: 1/0, yes/no, on/off)",
 );
 
+/// `STORE`: `embedded` or `memory`.
+const STORE_KIND: Words<StoreKind> = Words(
+    &[
+        ("embedded", StoreKind::Embedded),
+        ("memory", StoreKind::Memory),
+    ],
+    "expected embedded or memory",
+);
+
+/// A directory path, kept as written (relative paths are relative to the working
+/// directory).
+struct Dir;
+
+impl Parser for Dir {
+    type Value = PathBuf;
+
+    fn parse(&self, _variable: &str, text: &str) -> Result<PathBuf, ConfigError> {
+        Ok(PathBuf::from(text.trim()))
+    }
+
+    fn show(&self, value: &PathBuf) -> Option<String> {
+        Some(value.display().to_string())
+    }
+}
+
 /// `LOG_FORMAT`: `text` or `json`.
 const FORMAT: Words<LogFormat> = Words(
     &[("text", LogFormat::Text), ("json", LogFormat::Json)],
@@ -1046,6 +1106,42 @@ mod tests {
         assert_eq!(redis.db, Some(0));
         assert!(config.debug);
         assert_eq!(config.project_name, "Visit Counter Service");
+    }
+
+    #[test]
+    fn the_embedded_store_is_the_default_without_redis_nodes() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.store, StoreKind::Embedded);
+        assert_eq!(config.data_dir, PathBuf::from("./tally-data"));
+        assert_eq!(
+            config.embedded_config().cache_bytes,
+            tally_embedded::DEFAULT_CACHE_BYTES
+        );
+        let config = parse(&[
+            ("STORE", "Memory"),
+            ("DATA_DIR", "/var/lib/tally"),
+            ("EMBEDDED_CACHE_MB", "8"),
+        ])
+        .unwrap();
+        assert_eq!(config.store, StoreKind::Memory);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/tally"));
+        assert_eq!(config.embedded_config().cache_bytes, 8 << 20);
+        assert_eq!(
+            error(&[("STORE", "disk")]),
+            "STORE=\"disk\": expected embedded or memory"
+        );
+        assert!(error(&[("EMBEDDED_CACHE_MB", "0")]).starts_with("EMBEDDED_CACHE_MB=\"0\""));
+    }
+
+    #[test]
+    fn redis_nodes_win_over_the_default_store_but_contradict_store_memory() {
+        let nodes = ("REDIS_NODES", "redis://r1:6379");
+        let config = parse(&[nodes, ("STORE", "embedded")]).unwrap();
+        assert!(config.redis_config().is_some());
+        assert_eq!(
+            error(&[nodes, ("STORE", "memory")]),
+            "STORE=\"memory\": REDIS_NODES is set, which counts in Redis; unset STORE (or REDIS_NODES)"
+        );
     }
 
     #[test]

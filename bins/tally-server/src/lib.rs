@@ -2,7 +2,9 @@
 //!
 //! An actix-web application over a [`tally_counter::Counter`]: a visit is counted in memory
 //! and answered at once, batches go to Redis (several nodes on a consistent-hash ring, see
-//! `tally-redis`) or, without `REDIS_NODES`, to an embedded in-process store. Reads add
+//! `tally-redis`) or, without `REDIS_NODES`, to the embedded store, one redb file in
+//! `DATA_DIR` that keeps the counts across restarts (`tally-embedded`; `STORE=memory`
+//! counts in memory instead). Reads add
 //! this instance's unwritten visits to the stored count, so a client reads its own writes.
 //! The repository's README is the HTTP API's reference (every endpoint, answer and error
 //! code) and lists every configuration variable.
@@ -47,8 +49,15 @@
 //!   with `Retry-After: 1`. Like every store call a ranking has a deadline (a merge slot,
 //!   the flush, and three ranking reads of at least `tally_redis::RANKING_TIMEOUT_FLOOR`:
 //!   41 s with the defaults), past which it answers 503 `store_unavailable`.
-//! - On the embedded store `served_via` is always `in_memory`, `"node"` is `embedded`,
-//!   `/health` answers 200 with `"redis":"embedded"` and `/status` reports no nodes.
+//! - On the embedded store (and with `STORE=memory`) `served_via` is always `in_memory`,
+//!   `"node"` is `embedded`, `/health` answers 200 with `"redis":"embedded"` and `/status`
+//!   reports no nodes; its `store` says which (`{"kind":"embedded","path":...}`).
+//! - `STORE=memory` with `REDIS_NODES` set is a configuration error (exit 2): the two ask
+//!   for different stores, and `REDIS_NODES` alone decides (`STORE=embedded`, the default,
+//!   is ignored with it).
+//! - A `DATA_DIR` the embedded store cannot use (not writable, in use by another process,
+//!   not a tally database) exits 2 with one line naming it; other failures to open it are
+//!   ordinary start-up failures (exit 1).
 //! - `/health` reads node health as of the last check (every
 //!   `HEALTH_CHECK_INTERVAL_SECONDS`, and after every failed command); it answers 200 while
 //!   any node is up (`status` then says `healthy` or `degraded`) and 503 when none is.
@@ -57,7 +66,8 @@
 //!
 //! # Layout
 //!
-//! - `config`: [`Config`] and its [`Setting`] declarations, [`ConfigError`], [`LogFormat`].
+//! - `config`: [`Config`] and its [`Setting`] declarations, [`ConfigError`], [`LogFormat`],
+//!   [`StoreKind`].
 //! - `page_id`: [`PageId`], the validated page id, and [`PageIdError`].
 //! - `error`: [`ApiError`], every error answer as JSON.
 //! - `startup`: [`run`], [`App`], [`shutdown_signal`].
@@ -65,8 +75,8 @@
 //!   other binaries (the end-to-end tests') run the same code.
 //! - `routes`: the handlers and the route table; `middleware`: the span, metrics and
 //!   `X-Process-Time` of every request, and the counting of `/api/` requests; `state`: what
-//!   handlers share, and the deadline on every store call; `store`: the embedded-or-Redis
-//!   store; `telemetry`: logs and the Prometheus recorder.
+//!   handlers share, and the deadline on every store call; `store`: the embedded, memory
+//!   or Redis store; `telemetry`: logs and the Prometheus recorder.
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -80,7 +90,7 @@ mod state;
 mod store;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat, Setting};
+pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat, Setting, StoreKind};
 pub use error::ApiError;
 pub use page_id::{PageId, PageIdError};
 pub use startup::{App, run, shutdown_signal};

@@ -15,11 +15,12 @@ use actix_web::{HttpServer, middleware, web};
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_counter::{Counter, MemoryStore, ShutdownReport};
+use tally_embedded::EmbeddedStore;
 use tally_redis::{Layout, RedisStore};
 use tally_stats::{SingleRun, StatsTracker};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::state::{AppState, Deadline, TestEndpoint};
 use crate::store::AppStore;
 
@@ -49,8 +50,8 @@ impl std::fmt::Debug for App {
 /// serve. Must be called inside a tokio runtime (the counter's flushers and the Redis
 /// health check run on it).
 ///
-/// Without `REDIS_NODES` it counts in the embedded in-process store and logs one warning
-/// saying so. With `REDIS_NODES` it does not fail when nodes are down: they are reported by
+/// Without `REDIS_NODES` it counts in the embedded store in `DATA_DIR` (or, with
+/// `STORE=memory`, in memory, with a warning that counts are lost at exit). With `REDIS_NODES` it does not fail when nodes are down: they are reported by
 /// `/status` and `/health`, and their pages answer 503 until they are back.
 ///
 /// # Errors
@@ -58,7 +59,9 @@ impl std::fmt::Debug for App {
 /// An invalid config (built in code; [`Config::from_env`] already checks), a Redis node
 /// list that cannot form a ring, a metrics recorder installed by someone else, or a socket
 /// that cannot be bound. Configuration problems, including two `REDIS_NODES` entries that
-/// reach the same Redis database (found only by asking the nodes), are a [`ConfigError`]
+/// reach the same Redis database (found only by asking the nodes) and a `DATA_DIR` the
+/// embedded store cannot use (not writable, not a tally database, in use by another
+/// process), are a [`ConfigError`]
 /// inside the `anyhow::Error`, which the binary turns into exit code 2.
 pub async fn run(config: Config) -> anyhow::Result<App> {
     config.validate()?;
@@ -85,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
     tracing::info!(
         project = %config.project_name,
         version = env!("CARGO_PKG_VERSION"),
-        store = if counter.store().is_embedded() { "embedded" } else { "redis" },
+        store = counter.store().kind(),
         "listening on {address}"
     );
     Ok(App {
@@ -99,18 +102,24 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
     })
 }
 
-/// The stores of the visit counter and of the request statistics. Without `REDIS_NODES`,
-/// two embedded stores (and a warning); with it, one set of connections to the nodes that
-/// both share, the statistics on the sorted-set layout and the visits on plain counters.
+/// The stores of the visit counter and of the request statistics. With `REDIS_NODES`, one
+/// set of connections to the nodes that both share, the statistics on the sorted-set
+/// layout and the visits on plain counters. Without it, as `STORE` says: the embedded
+/// store in `DATA_DIR` ([`open_embedded`]), or two memory stores (and a warning).
 async fn build_stores(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
     let Some(redis) = config.redis_config() else {
-        tracing::warn!(
-            "REDIS_NODES is not set: counting in the embedded in-process store; counts live in this process only and are lost when it exits"
-        );
-        return Ok((
-            AppStore::Memory(MemoryStore::new()),
-            AppStore::Memory(MemoryStore::ranked(1)),
-        ));
+        return match config.store {
+            StoreKind::Embedded => open_embedded(config).await,
+            StoreKind::Memory => {
+                tracing::warn!(
+                    "STORE=memory: counting in the memory store; counts live in this process only and are lost when it exits"
+                );
+                Ok((
+                    AppStore::Memory(MemoryStore::new()),
+                    AppStore::Memory(MemoryStore::ranked(1)),
+                ))
+            }
+        };
     };
     let ports: Vec<u16> = redis.nodes.iter().map(|node| node.port()).collect();
     let store = match RedisStore::connect(redis).await {
@@ -140,6 +149,60 @@ async fn build_stores(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
             store: stats_store,
             ports,
         },
+    ))
+}
+
+/// The embedded store in `DATA_DIR` (made absolute, so logs and errors name the real
+/// place), opened on the blocking pool since opening reads the file (and repairs it after a
+/// crash): the visits on the store, the statistics on its `ranked()` view. A directory or
+/// file the operator must fix first ([`tally_embedded::Error::is_config`]) is a
+/// [`ConfigError`] naming `DATA_DIR`.
+async fn open_embedded(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
+    let dir = std::path::absolute(&config.data_dir).map_err(|e| ConfigError {
+        variable: "DATA_DIR".to_owned(),
+        value: Some(config.data_dir.display().to_string()),
+        problem: format!("cannot make the path absolute: {e}"),
+    })?;
+    let embedded = config.embedded_config();
+    let opened = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, embedded))
+            .await
+            .context("the task opening the embedded store failed")?
+    };
+    let store = match opened {
+        Ok(store) => store,
+        Err(e) if e.is_config() => {
+            return Err(ConfigError {
+                variable: "DATA_DIR".to_owned(),
+                value: Some(config.data_dir.display().to_string()),
+                // The message and its causes on one line (`a: b`).
+                problem: format!("{:#}", anyhow::Error::new(e)),
+            }
+            .into());
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the embedded store in {}",
+                dir.display()
+            )));
+        }
+    };
+    tracing::info!(
+        path = %store.path().display(),
+        "embedded store at {}: counts persist across restarts (delete DATA_DIR to start over)",
+        store.path().display()
+    );
+    if store.was_repaired() {
+        tracing::warn!(
+            path = %store.path().display(),
+            "the embedded store was not closed cleanly (the process was killed or the machine lost power) and was repaired at start: it holds every batch committed before"
+        );
+    }
+    let stats = store.ranked();
+    Ok((
+        AppStore::Embedded { store },
+        AppStore::Embedded { store: stats },
     ))
 }
 
@@ -306,7 +369,12 @@ impl App {
             handle.stop(true).await;
             let _ = server.await;
         }
+        // Its counter handle is one of the store's: the embedded store's file closes
+        // cleanly only once every handle is gone (else it is repaired at the next start).
+        // The shutdowns below consume the counters, and the HTTP workers' state went with
+        // the server.
         summary.abort();
+        let _ = summary.await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         tracing::info!(?remaining, "flushing pending visits");
         let (report, stats_report) =

@@ -5,15 +5,21 @@ use tally_counter::{
     Applied, Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId, Store,
     StoreError, StoredValues, Window, WindowRead,
 };
+use tally_embedded::EmbeddedStore;
 use tally_redis::RedisStore;
 
 /// Name of the embedded store's one shard in responses (`"node"`) and logs.
 pub(crate) const EMBEDDED: &str = "embedded";
 
-/// The embedded in-process store or Redis, behind one type.
+/// The embedded store, the memory store or Redis, behind one type.
 #[derive(Debug)]
 pub(crate) enum AppStore {
-    /// No `REDIS_NODES`: counts live in this process only.
+    /// No `REDIS_NODES`, `STORE=embedded` (the default): one redb file in `DATA_DIR`.
+    Embedded {
+        /// The store (the visits' view or the statistics' `ranked()` view of the file).
+        store: EmbeddedStore,
+    },
+    /// No `REDIS_NODES`, `STORE=memory`: counts live in this process only.
     Memory(MemoryStore),
     /// `REDIS_NODES`: one shard per node, in the order listed.
     Redis {
@@ -25,13 +31,32 @@ pub(crate) enum AppStore {
 }
 
 impl AppStore {
-    /// Whether this is the embedded store.
+    /// Whether the counts are kept in this process (the embedded or the memory store), so
+    /// there are no Redis nodes to report.
     pub(crate) fn is_embedded(&self) -> bool {
-        matches!(self, Self::Memory(_))
+        !matches!(self, Self::Redis { .. })
+    }
+
+    /// What `/status` names the store: `embedded`, `memory` or `redis`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded { .. } => "embedded",
+            Self::Memory(_) => "memory",
+            Self::Redis { .. } => "redis",
+        }
+    }
+
+    /// The embedded store's database file, for `/status`.
+    pub(crate) fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Embedded { store } => Some(store.path()),
+            _ => None,
+        }
     }
 
     /// The `served_via` value of a read: `in_memory` for a cache hit (and always on the
-    /// embedded store), `redis_{port}` of the node that answered a miss.
+    /// embedded and memory stores, as the README documents), `redis_{port}` of the node
+    /// that answered a miss.
     pub(crate) fn served_via(&self, served: ServedVia) -> String {
         match (self, served) {
             (Self::Redis { ports, .. }, ServedVia::Store(shard)) => match ports.get(shard) {
@@ -51,6 +76,7 @@ impl AppStore {
 impl Store for AppStore {
     fn shard_count(&self) -> usize {
         match self {
+            Self::Embedded { store } => Store::shard_count(store),
             Self::Memory(store) => store.shard_count(),
             Self::Redis { store, .. } => store.shard_count(),
         }
@@ -58,6 +84,7 @@ impl Store for AppStore {
 
     fn shard_of(&self, key: &str) -> ShardId {
         match self {
+            Self::Embedded { store } => Store::shard_of(store, key),
             Self::Memory(store) => store.shard_of(key),
             Self::Redis { store, .. } => store.shard_of(key),
         }
@@ -65,6 +92,7 @@ impl Store for AppStore {
 
     fn shard_name(&self, shard: ShardId) -> &str {
         match self {
+            Self::Embedded { .. } => EMBEDDED,
             Self::Memory(_) => EMBEDDED,
             Self::Redis { store, .. } => store.shard_name(shard),
         }
@@ -72,6 +100,7 @@ impl Store for AppStore {
 
     async fn apply(&self, shard: ShardId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         match self {
+            Self::Embedded { store } => Store::apply(store, shard, batch).await,
             Self::Memory(store) => store.apply(shard, batch).await,
             Self::Redis { store, .. } => Store::apply(store, shard, batch).await,
         }
@@ -79,6 +108,7 @@ impl Store for AppStore {
 
     async fn apply_checked(&self, shard: ShardId, batch: &Batch) -> Result<Applied, StoreError> {
         match self {
+            Self::Embedded { store } => Store::apply_checked(store, shard, batch).await,
             Self::Memory(store) => store.apply_checked(shard, batch).await,
             Self::Redis { store, .. } => Store::apply_checked(store, shard, batch).await,
         }
@@ -91,6 +121,7 @@ impl Store for AppStore {
         keys: &[&str],
     ) -> Result<StoredValues, StoreError> {
         match self {
+            Self::Embedded { store } => Store::get(store, shard, instance, keys).await,
             Self::Memory(store) => store.get(shard, instance, keys).await,
             Self::Redis { store, .. } => Store::get(store, shard, instance, keys).await,
         }
@@ -98,6 +129,7 @@ impl Store for AppStore {
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
         match self {
+            Self::Embedded { store } => Store::reset(store, shard, key).await,
             Self::Memory(store) => store.reset(shard, key).await,
             Self::Redis { store, .. } => Store::reset(store, shard, key).await,
         }
@@ -105,6 +137,7 @@ impl Store for AppStore {
 
     fn health(&self) -> Vec<ShardHealth> {
         match self {
+            Self::Embedded { store } => Store::health(store),
             Self::Memory(store) => store.health(),
             Self::Redis { store, .. } => store.health(),
         }
@@ -112,6 +145,7 @@ impl Store for AppStore {
 
     fn shard_up(&self, shard: ShardId) -> bool {
         match self {
+            Self::Embedded { store } => Store::shard_up(store, shard),
             Self::Memory(store) => store.shard_up(shard),
             Self::Redis { store, .. } => store.shard_up(shard),
         }
@@ -121,6 +155,7 @@ impl Store for AppStore {
 impl RankedStore for AppStore {
     async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
+            Self::Embedded { store } => RankedStore::top(store, shard, limit).await,
             Self::Memory(store) => store.top(shard, limit).await,
             Self::Redis { store, .. } => RankedStore::top(store, shard, limit).await,
         }
@@ -128,6 +163,7 @@ impl RankedStore for AppStore {
 
     fn serves_windows(&self) -> bool {
         match self {
+            Self::Embedded { store } => RankedStore::serves_windows(store),
             Self::Memory(store) => store.serves_windows(),
             Self::Redis { store, .. } => store.serves_windows(),
         }
@@ -139,6 +175,7 @@ impl RankedStore for AppStore {
         thresholds: &[u64],
     ) -> Result<Vec<u64>, StoreError> {
         match self {
+            Self::Embedded { store } => RankedStore::count_at_least(store, shard, thresholds).await,
             Self::Memory(store) => store.count_at_least(shard, thresholds).await,
             Self::Redis { store, .. } => {
                 RankedStore::count_at_least(store, shard, thresholds).await
@@ -148,6 +185,7 @@ impl RankedStore for AppStore {
 
     async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead, StoreError> {
         match self {
+            Self::Embedded { store } => RankedStore::window(store, shard, window).await,
             Self::Memory(store) => store.window(shard, window).await,
             Self::Redis { store, .. } => RankedStore::window(store, shard, window).await,
         }

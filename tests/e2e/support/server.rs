@@ -36,7 +36,8 @@ const BASE_ENV: &[(&str, &str)] = &[
 /// Longest wait for the `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The real server over Redis nodes, killed (SIGKILL) when dropped.
+/// The real server (over Redis nodes, or on its embedded store), killed (SIGKILL) when
+/// dropped.
 pub struct Server {
     child: Child,
     port: u16,
@@ -49,12 +50,25 @@ impl Server {
     /// and waits (up to 30 s) for its `listening on` line. Panics, showing its output, when
     /// it exits or says nothing about listening in time.
     pub fn start(nodes: &str, extra: &[(&str, &str)]) -> Self {
+        Self::spawn(Some(nodes), extra)
+    }
+
+    /// Starts the binary without `REDIS_NODES`, so on the store `STORE` names (the
+    /// embedded store by default, in the server's own temporary `DATA_DIR` unless `extra`
+    /// sets one), with [`BASE_ENV`] and `extra`, as [`Server::start`] does.
+    pub fn start_without_redis(extra: &[(&str, &str)]) -> Self {
+        Self::spawn(None, extra)
+    }
+
+    fn spawn(nodes: Option<&str>, extra: &[(&str, &str)]) -> Self {
         let mut env: Vec<(&str, &str)> = BASE_ENV
             .iter()
             .filter(|(name, _)| !extra.iter().any(|(n, _)| n == name))
             .copied()
             .collect();
-        env.push(("REDIS_NODES", nodes));
+        if let Some(nodes) = nodes {
+            env.push(("REDIS_NODES", nodes));
+        }
         env.extend_from_slice(extra);
         let dir = tempfile::Builder::new()
             .prefix("tally-server-")
@@ -121,7 +135,7 @@ impl Server {
     }
 
     /// Runs the binary with exactly `env` (no [`BASE_ENV`]: a start-up test names every
-    /// setting it gives) to completion, which must come within 20 s: `(status, stdout,
+    /// setting it gives; only `DATA_DIR` defaults to a temporary directory) to completion, which must come within 20 s: `(status, stdout,
     /// stderr)`. Panics when it is still running then (it is killed).
     pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String, String) {
         const TIMEOUT: Duration = Duration::from_secs(20);
@@ -308,6 +322,15 @@ impl Server {
         output
     }
 
+    /// SIGKILL, as a crash would leave it: nothing more is written, no file is closed.
+    /// Returns everything it printed.
+    pub fn kill(mut self) -> String {
+        self.child.kill().expect("SIGKILL delivered");
+        let status = self.wait(Duration::from_secs(10));
+        assert_eq!(status.code(), None, "killed by a signal: {status}");
+        self.output()
+    }
+
     /// Waits up to `timeout` for the process to exit and returns its status; panics,
     /// showing its output, when it is still running then.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
@@ -352,8 +375,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The binary with `env` on top of a cleared environment, `HOST=127.0.0.1` and `PORT=0`,
-/// in `dir`, its output piped.
+/// The binary with `env` on top of a cleared environment, `HOST=127.0.0.1`, `PORT=0` and
+/// `DATA_DIR={dir}/data`, in `dir`, its output piped: every server has a data directory
+/// of its own, gone with `dir`, and none writes into the repository.
 fn command(env: &[(&str, &str)], dir: &Path) -> Command {
     let mut command = Command::new(BINARY);
     command
@@ -361,6 +385,7 @@ fn command(env: &[(&str, &str)], dir: &Path) -> Command {
         .current_dir(dir)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
+        .env("DATA_DIR", dir.join("data"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -77,6 +77,9 @@ pub struct Running {
     /// Where it listens (127.0.0.1, a free port).
     pub address: SocketAddr,
     stop: Stop,
+    /// tally-server's `DATA_DIR` (its embedded store's file), removed after the server
+    /// stops.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl fmt::Debug for Running {
@@ -166,10 +169,14 @@ impl Running {
 
 async fn start_tally(redis_nodes: Option<String>, metrics: bool) -> anyhow::Result<Running> {
     // Defaults for everything else, as `cargo run -p tally-server` with only these set.
+    // The embedded store's file goes to a fresh temporary directory, never the working
+    // directory's `./tally-data`.
+    let data = tempfile::tempdir().context("a temporary DATA_DIR")?;
     let mut vars = vec![
         ("HOST", "127.0.0.1".to_owned()),
         ("PORT", "0".to_owned()),
         ("ENABLE_METRICS", metrics.to_string()),
+        ("DATA_DIR", data.path().display().to_string()),
     ];
     if let Some(nodes) = redis_nodes {
         vars.push(("REDIS_NODES", nodes));
@@ -186,6 +193,7 @@ async fn start_tally(redis_nodes: Option<String>, metrics: bool) -> anyhow::Resu
     Ok(Running {
         address,
         stop: Stop::Tally { signal, task },
+        _data: Some(data),
     })
 }
 
@@ -286,5 +294,6 @@ fn start_actix(naive: Option<Naive>) -> anyhow::Result<Running> {
     Ok(Running {
         address,
         stop: Stop::Actix { handle, task },
+        _data: None,
     })
 }

@@ -14,11 +14,22 @@ struct Status {
     status: &'static str,
     uptime: String,
     total_requests: u64,
+    store: StoreStatus,
     redis_status: RedisStatus,
     counter_status: CounterStatus,
     stats_status: StatsStatus,
     version: &'static str,
     debug_mode: bool,
+}
+
+/// Which store the server counts in, and where the embedded store's file is.
+#[derive(Serialize)]
+struct StoreStatus {
+    /// `embedded`, `memory` or `redis`.
+    kind: &'static str,
+    /// The embedded store's database file; absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -55,7 +66,8 @@ struct StatsStatus {
     requests_written: u64,
 }
 
-/// `GET /status`: uptime, requests served, node health, buffer sizes, version. Always 200;
+/// `GET /status`: uptime, requests served, the store (and the embedded store's file), node
+/// health, buffer sizes, version. Always 200;
 /// `status` says `healthy`, `degraded` or `unhealthy`.
 pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
     let NodeStatus {
@@ -69,6 +81,14 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
         status,
         uptime: format_uptime(state.started.elapsed()),
         total_requests: state.total_requests(),
+        store: StoreStatus {
+            kind: state.counter.store().kind(),
+            path: state
+                .counter
+                .store()
+                .path()
+                .map(|path| path.display().to_string()),
+        },
         redis_status: RedisStatus {
             nodes: nodes.len(),
             healthy_nodes: healthy,
@@ -103,7 +123,7 @@ struct Health {
 
 /// `GET /health`: 200 while at least one node answers (`redis: connected`; `status` is
 /// `degraded` when some do not), 503 when none does (`redis: disconnected`). The embedded
-/// store is always 200 with `redis: embedded`.
+/// and memory stores are always 200 with `redis: embedded` (`/status` tells them apart).
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let store = state.counter.store();
     let NodeStatus {

@@ -1,8 +1,71 @@
-//! The embedded store: the same API with no Redis.
+//! The embedded store, the default without `REDIS_NODES`: the same API with no Redis,
+//! counts kept in a file in `DATA_DIR` across restarts.
 
 use serde_json::json;
+use tally_embedded::{EmbeddedConfig, EmbeddedStore};
 
-use crate::support::{assert_recent_utc, spawn_app, spawn_app_with, test_config};
+use crate::support::{assert_recent_utc, memory_config, spawn_app, spawn_app_with, test_config};
+
+#[tokio::test]
+async fn counts_and_statistics_survive_a_restart_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.data_dir = dir.path().join("data");
+
+    let app = spawn_app_with(config.clone()).await;
+    for _ in 0..3 {
+        assert_eq!(app.visit("page1").await.status, 200);
+    }
+    assert_eq!(app.shutdown().await.keys_unwritten, 0);
+
+    let app = spawn_app_with(config).await;
+    // Before any other /api/ request: the ranking as the first server left it.
+    let stats = app.request(reqwest::Method::GET, "/stats/").await.json();
+    assert_eq!(
+        stats,
+        json!([{"count": 3, "url": "/api/v1/counter/visit/page1"}])
+    );
+    assert_eq!(app.count("page1").await.0, 3);
+    let status = app.status().await.json();
+    let file = dir.path().join("data").join(tally_embedded::FILE_NAME);
+    assert_eq!(
+        status["store"],
+        json!({"kind": "embedded", "path": file.display().to_string()})
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_file_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.data_dir = dir.path().to_owned();
+    let app = spawn_app_with(config).await;
+    assert_eq!(app.visit("page1").await.status, 200);
+    app.shutdown().await;
+
+    // Every handle is gone: the file is not locked, and needs no repair.
+    let store = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || EmbeddedStore::open(&dir, EmbeddedConfig::default())
+    })
+    .await
+    .unwrap()
+    .expect("the server's file opens once the server has stopped");
+    assert!(!store.was_repaired(), "the server left the file open");
+}
+
+#[tokio::test]
+async fn the_memory_store_is_named_in_status() {
+    let app = spawn_app_with(memory_config()).await;
+    assert_eq!(app.visit("page1").await.status, 200);
+    let status = app.status().await.json();
+    assert_eq!(status["store"], json!({"kind": "memory"}));
+    assert_eq!(
+        app.health().await.json(),
+        json!({"status": "healthy", "redis": "embedded"})
+    );
+}
 
 #[tokio::test]
 async fn basic_flow_works_without_redis() {

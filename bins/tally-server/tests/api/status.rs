@@ -53,6 +53,7 @@ async fn status_reports_nodes_counter_requests_and_version() {
             "status": "healthy",
             "uptime": null,
             "total_requests": 3,
+            "store": {"kind": "redis"},
             "redis_status": {"nodes": 3, "healthy_nodes": 3, "node_status": node_map(&cluster, &[true, true, true])},
             // Each waiting key costs its length plus 64 bytes (PendingBytes::KEY_OVERHEAD).
             "counter_status": {"cache_size": 1, "write_buffer_size": 1, "write_buffer_bytes": "page1".len() + 64, "quarantined_keys": 0, "failing_nodes": {}},

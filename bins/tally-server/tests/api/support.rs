@@ -24,9 +24,17 @@ fn init_test_logs() {
     });
 }
 
-/// A config for in-process tests: loopback, a free port, the embedded store.
+/// A config for in-process tests: loopback, a free port, the embedded store (in a
+/// temporary `DATA_DIR` of its own, given by [`spawn_app_with`]).
 pub fn test_config() -> Config {
     Config::from_vars([("HOST", "127.0.0.1"), ("PORT", "0")]).expect("test config")
+}
+
+/// As [`test_config`] on the memory store (`STORE=memory`): for tests of the HTTP layer,
+/// where what keeps the counts does not matter, so they open no file.
+pub fn memory_config() -> Config {
+    Config::from_vars([("HOST", "127.0.0.1"), ("PORT", "0"), ("STORE", "memory")])
+        .expect("test config")
 }
 
 /// A config for in-process tests against `cluster`, parsed like the binary parses its
@@ -58,6 +66,8 @@ pub struct TestApp {
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<ShutdownReport>>>,
+    /// The temporary `DATA_DIR`, when the config left it at its default.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 /// The app on the embedded store.
@@ -65,9 +75,18 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_config()).await
 }
 
-/// The app with `config` (use port 0).
-pub async fn spawn_app_with(config: Config) -> TestApp {
+/// The app with `config` (use port 0). A `DATA_DIR` left at its default becomes a
+/// temporary directory of this app's, so no test writes into the working directory.
+pub async fn spawn_app_with(mut config: Config) -> TestApp {
     init_test_logs();
+    let data_dir = (config.data_dir == Config::default().data_dir).then(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("tally-data-")
+            .tempdir()
+            .expect("a temporary DATA_DIR");
+        config.data_dir = dir.path().to_owned();
+        dir
+    });
     let prefix = config.api_prefix.clone();
     let app = run(config).await.expect("the app starts");
     let port = app.port();
@@ -81,6 +100,7 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
         client: reqwest::Client::new(),
         stop: Some(stop),
         task: Some(task),
+        _data_dir: data_dir,
     }
 }
 
