@@ -199,6 +199,17 @@ async fn open_embedded(config: &Config) -> anyhow::Result<(AppStore, AppStore)> 
             "the embedded store was not closed cleanly (the process was killed or the machine lost power) and was repaired at start: it holds every batch committed before"
         );
     }
+    // One process at a time holds the file, and a new process counts under new instance
+    // ids: every high-water mark in it is an earlier process's, whose batches can never
+    // be retried. Removing them here keeps the file from gaining marks at every start.
+    match store.sweep_marks(Duration::ZERO).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::debug!(removed, "removed the marks of earlier processes"),
+        Err(e) => tracing::warn!(
+            error.message = %e,
+            "cannot remove the marks of earlier processes; they stay in the file, unused"
+        ),
+    }
     let stats = store.ranked();
     Ok((
         AppStore::Embedded { store },

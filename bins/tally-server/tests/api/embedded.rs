@@ -56,6 +56,34 @@ async fn shutdown_closes_the_file_cleanly() {
 }
 
 #[tokio::test]
+async fn a_start_removes_the_marks_of_earlier_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let mut config = test_config();
+        config.data_dir = dir.path().to_owned();
+        let app = spawn_app_with(config).await;
+        // A visit, and its path in the statistics: each counter writes its mark.
+        assert_eq!(app.visit("page1").await.status, 200);
+        app.shutdown().await;
+    }
+
+    let store = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || EmbeddedStore::open(&dir, EmbeddedConfig::default())
+    })
+    .await
+    .unwrap()
+    .expect("the file opens");
+    // Only the last server's two counters (visits, statistics) left a mark: the earlier
+    // servers' were removed when the next one started.
+    let marks = store
+        .sweep_marks(std::time::Duration::ZERO)
+        .await
+        .expect("sweep");
+    assert_eq!(marks, 2, "marks of earlier processes were kept");
+}
+
+#[tokio::test]
 async fn the_memory_store_is_named_in_status() {
     let app = spawn_app_with(memory_config()).await;
     assert_eq!(app.visit("page1").await.status, 200);
