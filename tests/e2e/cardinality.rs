@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_testkit::{HttpConnection, LoadSpec, resident_memory, run_load};
+use tally_testkit::{LoadSpec, run_load};
 
-use crate::support::{Rig, check_urls, one_at_a_time, urls_counted};
+use crate::support::{Rig, Samples, check_urls, one_at_a_time, sample, urls_counted};
 
 /// Distinct URLs in the flood.
 const DISTINCT: usize = 100_000;
@@ -191,47 +191,6 @@ fn flood_keys() -> Vec<String> {
         }
     }
     keys
-}
-
-/// What [`sample`] saw, one entry per sample.
-struct Samples {
-    /// The server's resident memory, in bytes.
-    rss: Vec<u64>,
-    /// `/status` `stats_status.pending_urls`.
-    pending: Vec<u64>,
-    /// `/status` `stats_status.pending_bytes`.
-    pending_bytes: Vec<u64>,
-}
-
-/// Samples the server's resident memory and its pending URLs every 50 ms until `done`.
-fn sample(
-    server: &crate::support::Server,
-    done: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Samples> {
-    let done = Arc::clone(done);
-    let pid = server.pid();
-    let addr = server.addr();
-    tokio::spawn(async move {
-        let mut samples = Samples {
-            rss: Vec::new(),
-            pending: Vec::new(),
-            pending_bytes: Vec::new(),
-        };
-        while !done.load(Ordering::Relaxed) {
-            samples.rss.push(resident_memory(pid).expect("VmRSS"));
-            let mut conn = HttpConnection::connect(&addr).await.expect("connect");
-            let status = conn.send("GET", "/status").await.expect("/status");
-            let stats = &crate::support::json(&status)["stats_status"];
-            samples
-                .pending
-                .push(stats["pending_urls"].as_u64().expect("pending_urls"));
-            samples
-                .pending_bytes
-                .push(stats["pending_bytes"].as_u64().expect("pending_bytes"));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        samples
-    })
 }
 
 /// `MAX_PENDING_BYTES` and `BATCH_MAX_BYTES` of the long-path flood.

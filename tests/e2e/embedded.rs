@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tally_testkit::{LoadSpec, resident_memory, run_load};
+use tally_testkit::{LoadSpec, run_load};
 
-use crate::support::{Server, one_at_a_time};
+use crate::support::{Samples, Server, one_at_a_time, sample};
 
 /// Pages and the visits each gets (ties included, so the ranking's order by URL counts).
 const PAGES: &[(&str, u64)] = &[("home", 5), ("about", 3), ("blog", 3), ("contact", 1)];
@@ -380,7 +380,7 @@ async fn slow_a_million_distinct_urls_keep_memory_bounded_on_the_embedded_store(
         .collect();
     let baseline = server.rss_bytes();
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = sample_memory(&server, &done);
+    let sampler = sample(&server, &done);
     let spec = LoadSpec {
         method: "GET",
         path: |key| format!("/api/{key}/"),
@@ -391,7 +391,11 @@ async fn slow_a_million_distinct_urls_keep_memory_bounded_on_the_embedded_store(
     let path = spec.path;
     let board = run_load(spec).await;
     done.store(true, Ordering::Relaxed);
-    let (samples, pending) = sampler.await.expect("sampler");
+    let Samples {
+        rss: samples,
+        pending,
+        ..
+    } = sampler.await.expect("sampler");
     let peak = samples.iter().copied().max().unwrap_or(baseline);
     let most_pending = pending.iter().copied().max().unwrap_or(0);
 
@@ -474,29 +478,4 @@ async fn slow_a_million_distinct_urls_keep_memory_bounded_on_the_embedded_store(
     };
     assert_eq!(top, page(0));
     assert_eq!(deep, page(DEEP_OFFSET));
-}
-
-/// Samples the server's resident memory and its pending URLs (`/status`
-/// `stats_status.pending_urls`) every 50 ms until `done`.
-fn sample_memory(
-    server: &Server,
-    done: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<u64>, Vec<u64>)> {
-    let done = Arc::clone(done);
-    let pid = server.pid();
-    let addr = server.addr();
-    tokio::spawn(async move {
-        let (mut rss, mut pending) = (Vec::new(), Vec::new());
-        while !done.load(Ordering::Relaxed) {
-            rss.push(resident_memory(pid).expect("VmRSS"));
-            let mut conn = tally_testkit::HttpConnection::connect(&addr)
-                .await
-                .expect("connect");
-            let status = conn.send("GET", "/status").await.expect("/status");
-            let stats = &crate::support::json(&status)["stats_status"];
-            pending.push(stats["pending_urls"].as_u64().expect("pending_urls"));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (rss, pending)
-    })
 }

@@ -2,6 +2,7 @@
 //! in `server`), the ring that says which node owns a page, the counts as Redis holds
 //! them, and the figures printed at the end of each test.
 
+mod memory;
 mod server;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use tally_testkit::{
     ring,
 };
 
+pub use memory::{Samples, sample};
 pub use server::Server;
 
 /// Scenarios run one at a time: each drives the two cores of a CI machine flat out, and a

@@ -6,6 +6,16 @@ use tally_embedded::{EmbeddedConfig, EmbeddedStore};
 
 use crate::support::{assert_recent_utc, memory_config, spawn_app, spawn_app_with, test_config};
 
+/// The store file in `dir`, opened as a server would, once the servers on it have stopped
+/// (it fails while one still holds it).
+async fn reopen(dir: &std::path::Path) -> EmbeddedStore {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, EmbeddedConfig::default()))
+        .await
+        .unwrap()
+        .expect("the server's file opens once the server has stopped")
+}
+
 #[tokio::test]
 async fn counts_and_statistics_survive_a_restart_on_the_same_data_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,13 +55,7 @@ async fn shutdown_closes_the_file_cleanly() {
     app.shutdown().await;
 
     // Every handle is gone: the file is not locked, and needs no repair.
-    let store = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || EmbeddedStore::open(&dir, EmbeddedConfig::default())
-    })
-    .await
-    .unwrap()
-    .expect("the server's file opens once the server has stopped");
+    let store = reopen(dir.path()).await;
     assert!(!store.was_repaired(), "the server left the file open");
 }
 
@@ -67,13 +71,7 @@ async fn a_start_removes_the_marks_of_earlier_processes() {
         app.shutdown().await;
     }
 
-    let store = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || EmbeddedStore::open(&dir, EmbeddedConfig::default())
-    })
-    .await
-    .unwrap()
-    .expect("the file opens");
+    let store = reopen(dir.path()).await;
     // Only the last server's two counters (visits, statistics) left a mark: the earlier
     // servers' were removed when the next one started.
     let marks = store
