@@ -19,6 +19,7 @@ mod cardinality;
 mod concurrent;
 mod deep_stats;
 mod embedded;
+mod full_disk;
 mod kill;
 mod lost_replies;
 mod overload;

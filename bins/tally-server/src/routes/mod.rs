@@ -121,7 +121,8 @@ pub(crate) fn format_uptime(uptime: Duration) -> String {
 
 /// Health of the store's nodes as the status endpoints report it.
 pub(crate) struct NodeStatus {
-    /// `healthy` (all up, or the embedded store), `degraded` (some down) or `unhealthy`.
+    /// `healthy` (all up), `degraded` (some down) or `unhealthy` (none up; for the
+    /// embedded store, its last write failed on the disk).
     pub(crate) status: &'static str,
     /// `redis://host:port` → up, credential-free; empty for the embedded store.
     pub(crate) nodes: BTreeMap<String, bool>,
@@ -132,15 +133,20 @@ pub(crate) struct NodeStatus {
 /// Reads the store's health as of its last check (every `HEALTH_CHECK_INTERVAL_SECONDS`,
 /// and after every failed command).
 pub(crate) fn node_status(store: &AppStore) -> NodeStatus {
+    let health = store.health();
+    let healthy = health.iter().filter(|node| node.up).count();
     if store.is_embedded() {
+        // One shard, in this process: up unless its last write failed on the disk.
         return NodeStatus {
-            status: "healthy",
+            status: if healthy == health.len() {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
             nodes: BTreeMap::new(),
             healthy: 0,
         };
     }
-    let health = store.health();
-    let healthy = health.iter().filter(|node| node.up).count();
     let status = match healthy {
         n if n == health.len() => "healthy",
         0 => "unhealthy",

@@ -123,14 +123,20 @@ struct Health {
 
 /// `GET /health`: 200 while at least one node answers (`redis: connected`; `status` is
 /// `degraded` when some do not), 503 when none does (`redis: disconnected`). The embedded
-/// and memory stores are always 200 with `redis: embedded` (`/status` tells them apart).
+/// and memory stores answer `redis: embedded` (`/status` tells them apart): 200, or 503
+/// with `status: unhealthy` once a write to the embedded store's file failed (a full or
+/// failing disk; the file takes writes again only after a restart).
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let store = state.counter.store();
     let NodeStatus {
         status, healthy, ..
     } = node_status(store);
     let (mut response, redis) = if store.is_embedded() {
-        (HttpResponse::Ok(), "embedded")
+        if status == "healthy" {
+            (HttpResponse::Ok(), "embedded")
+        } else {
+            (HttpResponse::ServiceUnavailable(), "embedded")
+        }
     } else if healthy > 0 {
         (HttpResponse::Ok(), "connected")
     } else {
