@@ -25,6 +25,8 @@ mod lost_replies;
 mod overload;
 mod pause;
 mod poison;
+mod reshard;
+mod ring_guard;
 mod secrets;
 mod sigterm;
 mod support;

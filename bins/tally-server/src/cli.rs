@@ -16,6 +16,10 @@ use crate::{Config, ConfigError, run, shutdown_signal, telemetry};
 /// cannot use); 1 when the server cannot start or
 /// fails (the error once, with its cause chain, on stderr).
 ///
+/// `tally-server reshard --to <nodes> [--virtual-nodes N] [--apply]` runs the reshard
+/// instead of the server: it moves the counts to their owners on a new node list (see
+/// `tally_redis::reshard`); `tally-server reshard --help` says how.
+///
 /// Builds its own multi-threaded tokio runtime, so call it from a plain `fn main`, not from
 /// inside a runtime:
 ///
@@ -25,6 +29,9 @@ use crate::{Config, ConfigError, run, shutdown_signal, telemetry};
 /// }
 /// ```
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::reshard::dispatch(std::env::args_os()) {
+        return code;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -73,6 +73,8 @@
 //! - `startup`: [`run`], [`App`], [`shutdown_signal`].
 //! - [`cli`]: [`cli::main`], the whole binary (config, logs, runtime, exit code), public so
 //!   other binaries (the end-to-end tests') run the same code.
+//! - `reshard`: the `tally-server reshard` subcommand, which moves the counts to a new node
+//!   list (`tally_redis::reshard`).
 //! - `routes`: the handlers and the route table; `middleware`: the span, metrics and
 //!   `X-Process-Time` of every request, and the counting of `/api/` requests; `state`: what
 //!   handlers share, and the deadline on every store call; `store`: the embedded, memory
@@ -84,6 +86,7 @@ mod config;
 mod error;
 mod middleware;
 mod page_id;
+mod reshard;
 mod routes;
 mod startup;
 mod state;

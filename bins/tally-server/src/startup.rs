@@ -388,10 +388,16 @@ impl App {
         let _ = summary.await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         tracing::info!(?remaining, "flushing pending visits");
+        // The Redis nodes' lease (which keeps a reshard from running) is released once
+        // this instance writes nothing more.
+        let redis = counter.store().redis().cloned();
         let (report, stats_report) =
             tokio::join!(counter.shutdown(remaining), stats.shutdown(remaining));
         log_flush(&stats_report, &STATS_FLUSH);
         log_flush(&report, &VISITS_FLUSH);
+        if let Some(redis) = redis {
+            redis.release_lease().await;
+        }
         match failure {
             Some(error) => Err(error),
             None => Ok(report),

@@ -46,6 +46,14 @@ impl AppStore {
         }
     }
 
+    /// The Redis store, when counting in Redis (for releasing its lease at shutdown).
+    pub(crate) fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            Self::Redis { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+
     /// The embedded store's database file, for `/status`.
     pub(crate) fn path(&self) -> Option<&std::path::Path> {
         match self {

@@ -48,6 +48,33 @@ pub enum Error {
         /// The id both hold.
         node_id: String,
     },
+    /// The nodes record another ring than this store's (nodes added or removed, other
+    /// `VIRTUAL_NODES`), or disagree among themselves: see [`crate::guard`]. The message
+    /// names the change and the command that moves the counts.
+    #[error("{detail}")]
+    RingMismatch {
+        /// What differs, and what to do.
+        detail: String,
+    },
+    /// A reshard was started on the nodes and has not finished; the message names the
+    /// command that resumes it.
+    #[error("redis node {node}: {detail}")]
+    ReshardInProgress {
+        /// The node holding the marker, `host:port`.
+        node: String,
+        /// The reshard, and the command that resumes it.
+        detail: String,
+    },
+    /// A reshard was refused: a store (a running server) holds a lease on a node.
+    #[error(
+        "a server is writing to redis node {node} ({holder}): stop it with SIGTERM, which writes everything pending, then run the reshard again; a server killed without SIGTERM stops holding its lease within 20 s"
+    )]
+    ServerRunning {
+        /// The node, `host:port`.
+        node: String,
+        /// The lease: the process and host holding it.
+        holder: String,
+    },
     /// No connection to the node could be made (refused, reset, DNS, handshake).
     #[error("cannot connect to redis node {node} ({attempts} attempt(s))")]
     Connect {
@@ -169,6 +196,50 @@ pub enum Error {
         /// The store's layout.
         actual: crate::Layout,
     },
+    /// A key changed on its node while a reshard ([`crate::reshard`]) moved it: something
+    /// still writes to the nodes. What the reshard read has moved to the new owner; what was
+    /// added since stays on the node and moves when the reshard runs again.
+    #[error(
+        "{stored_as} on redis node {node} changed while the reshard moved it (read {read}, then found {found}): a server is still writing to these nodes; stop every server using them, then run the same reshard again to finish it"
+    )]
+    WrittenDuringReshard {
+        /// The source node, `host:port`.
+        node: String,
+        /// The Redis key (and member, for the request statistics).
+        stored_as: String,
+        /// The count the reshard read and moved.
+        read: u64,
+        /// What the node held when the reshard came to remove it (`nothing` when gone).
+        found: String,
+    },
+    /// Keys that another node owns kept appearing on a node during a reshard
+    /// ([`crate::reshard`]): something still writes to the nodes. Everything found has
+    /// moved; what is written next moves when the reshard runs again.
+    #[error(
+        "keys that belong on other nodes kept appearing on redis node {node} while the reshard moved them ({found} found by scan {scans}): a server is still writing to these nodes; stop every server using them, then run the same reshard again to finish it"
+    )]
+    ReshardUnsettled {
+        /// The node, `host:port`.
+        node: String,
+        /// How many scans of the node found keys to move.
+        scans: u32,
+        /// How many the last scan found.
+        found: u64,
+    },
+    /// Two node names of a reshard (in the current list, the new one, or one in each) reach
+    /// the same Redis database: both hold the same id under [`crate::NODE_ID_KEY`]. Moving
+    /// keys between them would count them twice, so nothing is moved.
+    #[error(
+        "redis nodes {first} and {second} of the reshard reach the same Redis database (both hold node id {node_id}); a node that stays must keep its host:port in the new list, and each Redis database must be listed once"
+    )]
+    ReshardAlias {
+        /// The first node, `host:port`.
+        first: String,
+        /// The second node, `host:port`.
+        second: String,
+        /// The id both hold.
+        node_id: String,
+    },
 }
 
 /// Result with this crate's [`Error`].
@@ -203,6 +274,9 @@ impl Error {
                 | Self::Config { .. }
                 | Self::Ring(_)
                 | Self::DuplicateNode { .. }
+                | Self::RingMismatch { .. }
+                | Self::ReshardInProgress { .. }
+                | Self::ReshardAlias { .. }
         )
     }
 
@@ -212,7 +286,11 @@ impl Error {
             Self::InvalidUrl { .. }
             | Self::Config { .. }
             | Self::Ring(_)
-            | Self::DuplicateNode { .. } => "config",
+            | Self::DuplicateNode { .. }
+            | Self::RingMismatch { .. }
+            | Self::ReshardInProgress { .. }
+            | Self::ReshardAlias { .. } => "config",
+            Self::ServerRunning { .. } => "lease",
             Self::Connect { .. } => "connect",
             Self::Auth { .. } => "auth",
             Self::Timeout { .. } => "timeout",
@@ -222,6 +300,7 @@ impl Error {
             Self::Pool { .. } => "pool",
             Self::NodeUnavailable { .. } => "unavailable",
             Self::CorruptValue { .. } => "corrupt",
+            Self::WrittenDuringReshard { .. } | Self::ReshardUnsettled { .. } => "reshard",
             Self::InvalidBatch { .. } | Self::NoSuchShard { .. } | Self::WrongLayout { .. } => {
                 "usage"
             }

@@ -54,6 +54,14 @@
 //! make [`RedisStore::connect`] fail with [`Error::DuplicateNode`]; an entry that answers
 //! only later and turns out to be an alias is kept down, with that error logged.
 //!
+//! # The ring guard
+//!
+//! Each node records the ring it belongs to (its node names and `VIRTUAL_NODES`) under
+//! [`guard::RING_KEY`], and a store configured with another ring refuses to start
+//! ([`Error::RingMismatch`], naming the change and the `tally-server reshard` command
+//! that moves the counts). Each store holds a short lease on its nodes, so a reshard
+//! refuses to run while a server writes. See [`guard`].
+//!
 //! # Example
 //!
 //! ```no_run
@@ -92,6 +100,8 @@
 //! - `store`: [`RedisStore`], routing, the `Store` implementation, node identities and the
 //!   health task.
 //! - `error`: [`Error`].
+//! - [`reshard`]: moving every count whose owner changes to its new owner when the node
+//!   list changes ([`reshard::plan`], [`reshard::apply`]; `tally-server reshard`).
 //!
 //! # Metrics
 //!
@@ -108,9 +118,11 @@ struct ReadmeExample;
 
 mod config;
 mod error;
+pub mod guard;
 mod layout;
 mod marks;
 mod node;
+pub mod reshard;
 mod store;
 
 pub use config::{
@@ -118,6 +130,7 @@ pub use config::{
     DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT, DEFAULT_VNODES, NodeUrl, RedisConfig, Secret, redact,
 };
 pub use error::{Error, Result};
+pub use guard::{RingRecord, begin_reshard, finish_reshard};
 pub use layout::{
     COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, URLS_KEY, URLS_MARKS_KEY, mark_field,
 };

@@ -13,6 +13,7 @@ use tally_counter::ShardHealth;
 
 use crate::config::{NodeUrl, RedisConfig};
 use crate::error::{Error, Result, is_auth_error};
+use crate::guard::{RingCheck, Seen};
 use crate::layout::{COUNTER_MARKS_KEY, URLS_MARKS_KEY};
 use crate::lock;
 
@@ -84,9 +85,10 @@ pub(crate) enum Probe {
     Down,
     /// The node answered; it is marked up.
     Up,
-    /// The node answered for the first time and holds this id under [`NODE_ID_KEY`]. It is
-    /// not marked up yet: the store first checks that no other entry holds the same id.
-    FirstContact(String),
+    /// The node answered for the first time, holds this id under [`NODE_ID_KEY`], and its
+    /// ring record was checked (see [`crate::guard`]). It is not marked up yet: the store
+    /// first checks that no other entry holds the same id, and what the ring check saw.
+    FirstContact(String, Seen),
 }
 
 impl std::fmt::Debug for Node {
@@ -200,7 +202,8 @@ impl Node {
         was_up
     }
 
-    fn mark_down(&self, error: &Error) {
+    /// Marks the node down for `error`, logging it when it was up.
+    pub(crate) fn mark_down(&self, error: &Error) {
         let mut state = self.state();
         if self.set_down(&mut state, error) {
             drop(state);
@@ -298,10 +301,11 @@ impl Node {
 
     /// Pings the node whatever its state (unless it is disabled) and records the outcome.
     ///
-    /// With `identify`, a node that answers is also asked for its identity (and its eviction
-    /// policy is checked): the answer is then [`Probe::FirstContact`] and marking it up is
-    /// left to the caller.
-    pub(crate) async fn probe(&self, identify: bool) -> Probe {
+    /// With `identify`, a node that answers is also asked for its identity and checked
+    /// against the store's ring (claiming the ring on a node that records none when its
+    /// flag is set), and its eviction policy is checked: the answer is then
+    /// [`Probe::FirstContact`] and marking it up is left to the caller.
+    pub(crate) async fn probe(&self, identify: Option<(&RingCheck, bool)>) -> Probe {
         if self.state().disabled {
             return Probe::Down;
         }
@@ -311,15 +315,19 @@ impl Node {
                     .send::<String>(&mut conn, "ping", &redis::cmd("PING"))
                     .await
                 {
-                    Ok(_) if identify => self.first_contact(&mut conn).await.map(Some),
-                    Ok(_) => Ok(None),
+                    Ok(_) => match identify {
+                        Some((ring, claim)) => {
+                            self.first_contact(&mut conn, ring, claim).await.map(Some)
+                        }
+                        None => Ok(None),
+                    },
                     Err(e) => Err(e),
                 }
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(Some(id)) => Probe::FirstContact(id),
+            Ok(Some((id, seen))) => Probe::FirstContact(id, seen),
             Ok(None) => {
                 self.mark_up();
                 Probe::Up
@@ -337,8 +345,13 @@ impl Node {
     }
 
     /// The node's id under [`NODE_ID_KEY`], set to a fresh random value if it has none;
-    /// then the eviction-policy check.
-    async fn first_contact(&self, conn: &mut Connection) -> Result<String> {
+    /// then the ring check and the eviction-policy check.
+    async fn first_contact(
+        &self,
+        conn: &mut Connection,
+        ring: &RingCheck,
+        claim: bool,
+    ) -> Result<(String, Seen)> {
         let candidate = format!("{:032x}", rand::random::<u128>());
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -355,8 +368,47 @@ impl Node {
             op: "identify",
             detail: format!("{NODE_ID_KEY} is missing right after SET NX"),
         })?;
+        let seen = self.check_ring(conn, ring, claim).await?;
         self.check_eviction_policy(conn).await;
-        Ok(id)
+        Ok((id, seen))
+    }
+
+    /// Runs the ring check on `conn` (see [`crate::guard`]).
+    async fn check_ring(
+        &self,
+        conn: &mut Connection,
+        ring: &RingCheck,
+        claim: bool,
+    ) -> Result<Seen> {
+        let reply: Vec<String> = self.send(conn, "ring-check", &ring.check(claim)).await?;
+        Seen::from_reply(&reply).map_err(|detail| Error::Protocol {
+            node: self.name.clone(),
+            op: "ring-check",
+            detail,
+        })
+    }
+
+    /// Records the store's ring on the node if it has none, on a connection of the probe
+    /// pool; what the check saw.
+    pub(crate) async fn claim_ring(&self, ring: &RingCheck) -> Result<Seen> {
+        let mut conn = self.observe("ring-check", self.connect(&self.probe_pool).await)?;
+        self.check_ring(&mut conn, ring, true).await
+    }
+
+    /// Refreshes the store's lease on the node (probe pool). `Ok(Some(marker))` when a
+    /// reshard has begun on it: the lease is dropped instead.
+    pub(crate) async fn refresh_lease(&self, ring: &RingCheck) -> Result<Option<String>> {
+        let mut conn = self.observe("lease", self.connect(&self.probe_pool).await)?;
+        let marker: String = self.send(&mut conn, "lease", &ring.refresh()).await?;
+        Ok((!marker.is_empty()).then_some(marker))
+    }
+
+    /// Deletes the store's lease on the node (probe pool).
+    pub(crate) async fn release_lease(&self, ring: &RingCheck) -> Result<()> {
+        let mut conn = self.observe("lease", self.connect(&self.probe_pool).await)?;
+        self.send::<u64>(&mut conn, "lease", &ring.release())
+            .await?;
+        Ok(())
     }
 
     /// Warns when the node may evict any key under memory pressure, the high-water marks
@@ -549,7 +601,7 @@ mod tests {
         );
         node.mark_up();
 
-        assert_eq!(node.probe(false).await, Probe::Up);
+        assert_eq!(node.probe(None).await, Probe::Up);
         assert!(node.is_up());
         drop(held);
     }

@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
+use crate::guard::{self, LEASE_REFRESH, RingCheck, Seen};
 use crate::layout::{
     BATCH_SCRIPT, Layout, ScriptReply, TOP_SCRIPT, URLS_KEY, fill_invocation, parse_count_text,
 };
@@ -64,6 +65,8 @@ struct Shared {
     top_script: redis::Script,
     sweep_script: redis::Script,
     marks_retention: Duration,
+    /// The ring record, the lease and their scripts.
+    ring_check: RingCheck,
     /// Never sent: dropping it (with the last store handle) tells the health task to stop.
     _stop: watch::Sender<()>,
 }
@@ -120,13 +123,35 @@ impl RedisStore {
             top_script: redis::Script::new(TOP_SCRIPT),
             sweep_script: redis::Script::new(SWEEP_SCRIPT),
             marks_retention: config.marks_retention,
+            ring_check: RingCheck::new(&config),
             _stop: stop,
         });
         describe_metrics();
         // A first check before returning, so `health()` means something from the start,
-        // and every node that answers is known to be a database of its own.
-        if let Some((_, duplicate)) = shared.probe(|_| true).await.into_iter().next() {
-            return Err(duplicate);
+        // every node that answers is known to be a database of its own, and all of them
+        // record this ring (those that record none are given it only once all agree).
+        let contacts = shared.probe(|_| true, false).await;
+        let refusal = contacts
+            .duplicates
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
+            .or_else(|| {
+                let seen: Vec<(&str, &Seen)> = contacts
+                    .rings
+                    .iter()
+                    .map(|(shard, seen)| (shared.nodes[*shard].name(), seen))
+                    .collect();
+                guard::refusal(&shared.ring_check.record, &seen)
+            });
+        if let Some(refusal) = refusal {
+            shared.release_leases().await;
+            return Err(refusal);
+        }
+        for (shard, seen) in &contacts.rings {
+            if *seen == Seen::Absent {
+                shared.claim(*shard).await;
+            }
         }
         tokio::spawn(supervise_health(
             Arc::downgrade(&shared),
@@ -154,6 +179,13 @@ impl RedisStore {
     /// The ring; `ring().nodes()[shard]` is the shard's `host:port`.
     pub fn ring(&self) -> &Ring<String> {
         &self.shared.ring
+    }
+
+    /// Deletes this store's lease on every node that is up, so a reshard can start at once
+    /// (otherwise the lease expires [`guard::LEASE_TTL`] after the store is dropped).
+    /// Call once nothing more will be written, e.g. after the counter's final flush.
+    pub async fn release_lease(&self) {
+        self.shared.release_leases().await;
     }
 
     /// Pings every node now (as the health task does) and updates their health; a node
@@ -645,37 +677,101 @@ impl Shared {
     }
 
     /// Probes the nodes `due` selects, identifying each that answers for the first time,
-    /// and takes out of service every one found to be another entry's database.
+    /// and takes out of service every one found to be another entry's database or to
+    /// record another ring.
     async fn check(&self, due: impl Fn(&Node) -> bool) {
-        for (shard, duplicate) in self.probe(due).await {
+        let contacts = self.probe(due, true).await;
+        for (shard, duplicate) in contacts.duplicates {
             self.nodes[shard].disable(&duplicate);
+        }
+        for (shard, seen) in contacts.rings {
+            let node = &self.nodes[shard];
+            if let Some(refusal) = self.ring_check.refusal_of(node.name(), &seen) {
+                node.disable(&refusal);
+            }
         }
     }
 
     /// Probes the nodes `due` selects. A node answering for the first time is marked up
-    /// only once its id is recorded; one whose id another entry holds is returned with the
-    /// [`Error::DuplicateNode`] that says so, left for the caller to refuse or disable.
-    async fn probe(&self, due: impl Fn(&Node) -> bool) -> Vec<(ShardId, Error)> {
+    /// only once its id is recorded and its ring agrees (with `claim`, a node recording no
+    /// ring is given this one and agrees). One whose id another entry holds is returned in
+    /// the duplicates, with the [`Error::DuplicateNode`] that says so; what the ring check
+    /// of the others saw is returned in the rings. Refusing or disabling is the caller's.
+    async fn probe(&self, due: impl Fn(&Node) -> bool, claim: bool) -> FirstContacts {
         let known: Vec<bool> = self.identities().iter().map(Option::is_some).collect();
+        let ring = &self.ring_check;
         let probes = self
             .nodes
             .iter()
             .zip(known)
             .enumerate()
             .filter(|(_, (node, _))| due(node))
-            .map(|(shard, (node, known))| async move { (shard, node.probe(!known).await) });
+            .map(|(shard, (node, known))| async move {
+                (shard, node.probe((!known).then_some((ring, claim))).await)
+            });
         let outcomes = futures::future::join_all(probes).await;
         // In shard order: of two entries first answering together, the later is the alias.
-        let mut duplicates = Vec::new();
+        let mut contacts = FirstContacts::default();
         for (shard, outcome) in outcomes {
-            if let Probe::FirstContact(id) = outcome {
+            if let Probe::FirstContact(id, seen) = outcome {
                 match self.record_identity(shard, id) {
-                    Ok(()) => self.nodes[shard].mark_up(),
-                    Err(duplicate) => duplicates.push((shard, duplicate)),
+                    Ok(()) => {
+                        if seen == Seen::Agrees {
+                            self.nodes[shard].mark_up();
+                        }
+                        contacts.rings.push((shard, seen));
+                    }
+                    Err(duplicate) => contacts.duplicates.push((shard, duplicate)),
                 }
             }
         }
-        duplicates
+        contacts
+    }
+
+    /// Records this store's ring on `shard`'s node, which recorded none at start, and
+    /// marks it up; takes it out of service if it now records another ring.
+    async fn claim(&self, shard: ShardId) {
+        let node = &self.nodes[shard];
+        match node.claim_ring(&self.ring_check).await {
+            Ok(seen) => match self.ring_check.refusal_of(node.name(), &seen) {
+                None => node.mark_up(),
+                Some(refusal) => node.disable(&refusal),
+            },
+            // Down until its next first contact, which claims it.
+            Err(e) => {
+                self.identities()[shard] = None;
+                node.mark_down(&e);
+            }
+        }
+    }
+
+    /// Refreshes the lease on every node that is up. A node where a reshard has begun is
+    /// taken out of service: nothing is written to it until the server restarts.
+    async fn refresh_leases(&self) {
+        let refreshes = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_up())
+            .map(|node| async move {
+                if let Ok(Some(marker)) = node.refresh_lease(&self.ring_check).await {
+                    let seen = Seen::Resharding(marker);
+                    if let Some(refusal) = self.ring_check.refusal_of(node.name(), &seen) {
+                        node.disable(&refusal);
+                    }
+                }
+            });
+        futures::future::join_all(refreshes).await;
+    }
+
+    /// Deletes the lease on every node that is up (best effort: a lease left behind
+    /// expires).
+    async fn release_leases(&self) {
+        let releases = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_up())
+            .map(|node| node.release_lease(&self.ring_check));
+        futures::future::join_all(releases).await;
     }
 
     /// Records `id` as `shard`'s node id, unless another entry holds it already.
@@ -695,6 +791,15 @@ impl Shared {
         identities[shard].get_or_insert(id);
         Ok(())
     }
+}
+
+/// What the first contacts of one probe round found.
+#[derive(Default)]
+struct FirstContacts {
+    /// Nodes found to be another entry's database.
+    duplicates: Vec<(ShardId, Error)>,
+    /// The ring check of every other node contacted for the first time.
+    rings: Vec<(ShardId, Seen)>,
 }
 
 /// `member, score` pairs as counts in ranking order (count descending, then member
@@ -757,6 +862,7 @@ async fn run_health(
     let tick = interval.min(DOWN_PROBE_INTERVAL);
     let mut sweeper = Sweeper::new(nodes, marks_retention);
     let mut last_full = tokio::time::Instant::now();
+    let mut last_lease = tokio::time::Instant::now();
     loop {
         tokio::select! {
             // Nothing is ever sent: an error means the store (the sender) was dropped.
@@ -771,6 +877,10 @@ async fn run_health(
             last_full = tokio::time::Instant::now();
         }
         shared.check(|node| full || !node.is_up()).await;
+        if last_lease.elapsed() >= LEASE_REFRESH {
+            last_lease = tokio::time::Instant::now();
+            shared.refresh_leases().await;
+        }
         sweeper.run_due(&shared.nodes, &shared.sweep_script).await;
     }
 }

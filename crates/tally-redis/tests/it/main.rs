@@ -3,9 +3,11 @@
 mod counter;
 mod errors;
 mod faults;
+mod guard;
 mod health;
 mod identity;
 mod marks;
+mod reshard;
 mod sorted_set;
 mod store;
 mod support;

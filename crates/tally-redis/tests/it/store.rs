@@ -279,8 +279,8 @@ async fn large_batches_are_applied_in_one_call() -> TestResult {
     assert!(totals.iter().all(|&t| t == 2));
     assert_eq!(
         node.dbsize()?,
-        12_345 + 2,
-        "counters plus the marks hash and the node id"
+        12_345 + 4,
+        "counters plus the marks hash, the node id, the ring record and the lease"
     );
     assert_eq!(node.get_u64("tally:v:big12344")?, Some(2));
     assert_eq!(read.values, [2, 2]);
