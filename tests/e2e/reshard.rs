@@ -122,15 +122,7 @@ fn holdings(nodes: &[&RedisNode]) -> HashMap<Key, Vec<(usize, u64)>> {
                 all.entry(('v', page)).or_default().push((index, value));
             }
         }
-        let members: Vec<(String, u64)> = node
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg("tally:urls")
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            )
-            .expect("ZRANGE");
+        let members: Vec<(String, u64)> = node.zrange_counts("tally:urls").expect("ZRANGE");
         for (url, count) in members {
             all.entry(('u', url)).or_default().push((index, count));
         }

@@ -299,6 +299,22 @@ impl RedisNode {
         self.query(redis::cmd("ZSCORE").arg(key).arg(member))
     }
 
+    /// Every member of the sorted set `key` with its score as a whole count
+    /// (`ZRANGE key 0 -1 WITHSCORES`), lowest score first.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisNode::query`].
+    pub fn zrange_counts(&self, key: &str) -> Result<Vec<(String, u64)>> {
+        self.query(
+            redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+    }
+
     /// `HGET key field`.
     ///
     /// # Errors

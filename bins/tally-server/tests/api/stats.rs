@@ -421,16 +421,7 @@ async fn a_flood_of_distinct_urls_past_the_pending_bound_ranks_exactly() {
     let most_pending = watcher.await.expect("watcher");
     let mut stored: HashMap<String, u64> = HashMap::new();
     for i in 0..NODES as usize {
-        let members: Vec<(String, u64)> = cluster
-            .node(i)
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg("tally:urls")
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            )
-            .unwrap();
+        let members: Vec<(String, u64)> = cluster.node(i).zrange_counts("tally:urls").unwrap();
         for (url, count) in members {
             assert!(
                 stored.insert(url.clone(), count).is_none(),

@@ -321,16 +321,7 @@ pub(super) async fn receive(
 ) -> Result<u64> {
     let mut invocation = scripts.receive.prepare_invoke();
     invocation.key(MARKERS_KEY);
-    match layout {
-        Layout::SortedSet => {
-            invocation.key(URLS_KEY);
-        }
-        _ => {
-            for entry in entries {
-                invocation.key(counter_key(&entry.key));
-            }
-        }
-    }
+    stored_keys(&mut invocation, layout, entries);
     invocation.arg(code(layout)).arg(entries.len());
     for entry in entries {
         invocation.arg(marker_field(source, layout, &entry.key));
@@ -395,16 +386,7 @@ pub(super) async fn release(
     entries: &[Entry],
 ) -> Result<Vec<(usize, String)>> {
     let mut invocation = scripts.release.prepare_invoke();
-    match layout {
-        Layout::SortedSet => {
-            invocation.key(URLS_KEY);
-        }
-        _ => {
-            for entry in entries {
-                invocation.key(counter_key(&entry.key));
-            }
-        }
-    }
+    stored_keys(&mut invocation, layout, entries);
     invocation.arg(code(layout)).arg(entries.len());
     for entry in entries {
         invocation.arg(entry.count);
@@ -496,6 +478,21 @@ fn cut(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// The Redis keys of `entries` as a script's KEYS: `tally:urls` once for the request
+/// statistics, each counter's key otherwise.
+fn stored_keys(invocation: &mut redis::ScriptInvocation<'_>, layout: Layout, entries: &[Entry]) {
+    match layout {
+        Layout::SortedSet => {
+            invocation.key(URLS_KEY);
+        }
+        _ => {
+            for entry in entries {
+                invocation.key(counter_key(&entry.key));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

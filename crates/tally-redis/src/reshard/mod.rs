@@ -511,15 +511,7 @@ mod tests {
                     let value = node.get_u64(&key).unwrap().unwrap();
                     *all.entry(key).or_insert(0) += value;
                 }
-                let members: Vec<(String, u64)> = node
-                    .query(
-                        redis::cmd("ZRANGE")
-                            .arg("tally:urls")
-                            .arg(0)
-                            .arg(-1)
-                            .arg("WITHSCORES"),
-                    )
-                    .unwrap();
+                let members: Vec<(String, u64)> = node.zrange_counts("tally:urls").unwrap();
                 for (member, score) in members {
                     *all.entry(format!("url {member}")).or_insert(0) += score;
                 }
