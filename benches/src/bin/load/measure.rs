@@ -1,14 +1,17 @@
 //! Side measurements around a phase: Redis commands (`INFO commandstats`, summed over the
-//! nodes or per node with its main thread's CPU time) and CPU time by party (client
-//! threads, server threads, redis-server processes), read from `/proc` before and after;
-//! and waiting for the machine to go quiet before measuring.
+//! nodes or per node with its main thread's CPU time), CPU time by party (client
+//! threads, server threads, redis-server processes), read from `/proc` before and after,
+//! tally-server's own read-cache hits and misses, and what it has left to write at the
+//! end; and waiting for the machine to go quiet before measuring.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde::Deserialize;
 use tally_testkit::{RedisCluster, RedisNode};
 
 /// Name prefix of the client runtime's threads (at most 15 bytes show in `/proc`).
@@ -297,6 +300,106 @@ fn main_thread_cpu(info: &str) -> Duration {
     Duration::from_secs_f64(seconds.max(0.0))
 }
 
+/// tally-server's read-cache hits and misses (of visit counts), as its
+/// `GET /api/v1/counter/metrics` reports them since it started, or their change over a
+/// phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheReads {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that went to the store.
+    pub misses: u64,
+}
+
+impl CacheReads {
+    /// Asks the server at `address` (one request; under `/api/`, so it counts one URL in
+    /// the request statistics, which nothing here reads).
+    pub async fn read(address: SocketAddr) -> anyhow::Result<Self> {
+        #[derive(Deserialize)]
+        struct Answer {
+            metrics: Figures,
+        }
+        #[derive(Deserialize)]
+        struct Figures {
+            cache_hits: u64,
+            cache_misses: u64,
+        }
+        let answer: Answer = get_json(&format!("http://{address}/api/v1/counter/metrics")).await?;
+        Ok(Self {
+            hits: answer.metrics.cache_hits,
+            misses: answer.metrics.cache_misses,
+        })
+    }
+
+    /// What changed from `self` to `later`.
+    pub fn until(self, later: Self) -> Self {
+        Self {
+            hits: later.hits.saturating_sub(self.hits),
+            misses: later.misses.saturating_sub(self.misses),
+        }
+    }
+
+    /// Share of the reads that missed, in percent (`NaN` when none).
+    pub fn miss_percent(self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            f64::NAN
+        } else {
+            self.misses as f64 * 100.0 / reads as f64
+        }
+    }
+}
+
+/// What tally-server still had to write when the load ended, from its `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pages with visits pending or in flight (`counter_status.write_buffer_size`).
+    pub pages: usize,
+    /// URLs of the request statistics pending or in flight (`stats_status.pending_urls`).
+    pub urls: usize,
+}
+
+impl Backlog {
+    /// Asks the server at `address`.
+    pub async fn read(address: SocketAddr) -> anyhow::Result<Self> {
+        #[derive(Deserialize)]
+        struct Status {
+            counter_status: Counter,
+            stats_status: Stats,
+        }
+        #[derive(Deserialize)]
+        struct Counter {
+            write_buffer_size: usize,
+        }
+        #[derive(Deserialize)]
+        struct Stats {
+            pending_urls: usize,
+        }
+        let status: Status = get_json(&format!("http://{address}/status")).await?;
+        Ok(Self {
+            pages: status.counter_status.write_buffer_size,
+            urls: status.stats_status.pending_urls,
+        })
+    }
+}
+
+/// One `GET` of `url` (on loopback, within 5 s), its JSON answer read as `T`.
+async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> anyhow::Result<T> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build a reqwest client")?
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not the JSON expected"))
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
 pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -336,6 +439,27 @@ mod tests {
             delta,
             CommandCounts::from([("evalsha".into(), 2), ("get".into(), 2)])
         );
+    }
+
+    #[test]
+    fn cache_misses_are_a_share_of_the_reads_of_the_phase() {
+        let before = CacheReads {
+            hits: 10,
+            misses: 5,
+        };
+        let phase = before.until(CacheReads {
+            hits: 20,
+            misses: 95,
+        });
+        assert_eq!(
+            phase,
+            CacheReads {
+                hits: 10,
+                misses: 90
+            }
+        );
+        assert_eq!(phase.miss_percent(), 90.0);
+        assert!(CacheReads::default().miss_percent().is_nan());
     }
 
     #[test]

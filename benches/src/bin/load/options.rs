@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::scenario::{self, GRACE, Load};
-use crate::stats_scale;
+use crate::stats_scale::{self, StatsStore};
 use crate::targets::Kind;
 
 /// `load --help`.
@@ -14,7 +14,7 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
             [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
-            [--stats-urls N] [--only stats]
+            [--stats-urls N] [--stats-stores LIST] [--only stats]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
                      working; the figures are printed, not checked)
@@ -22,8 +22,9 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --warmup SECS      warm-up before each scenario's first phase (default 2)
   --connections N    keep-alive connections (default 64)
   --client-threads N tokio worker threads of the load client (default 1)
-  --targets LIST     comma-separated, of floor,naive,naive-mux,tally-embedded,tally-redis
-                     (default: all; ratios need floor and naive)
+  --targets LIST     comma-separated, of floor,naive,naive-mux,tally-memory,
+                     tally-embedded,tally-redis (default: all; ratios need floor and
+                     naive, and tally-memory for the embedded store's)
   --markdown PATH    also write the tables to PATH
   --compare-clients  also drive the floor with reqwest, to show what the harness's own
                      client saves
@@ -42,9 +43,13 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --timeline         print on stderr, per phase, the 100 ms windows whose slowest answer
                      took over 5 ms (where a latency tail comes from)
   --stats-urls N     URLs seeded for the /stats/ scale scenario, which runs after the
-                     others when tally-redis is a target (default 1000000; 100000 with
-                     --quick; 1000 to 10000000)
-  --only stats       run only the /stats/ scale scenario (3 nodes, tally-redis)";
+                     others on the stores of --stats-stores (default 1000000; 100000
+                     with --quick; 1000 to 10000000)
+  --stats-stores LIST  comma-separated, of redis,embedded, or none: the stores the
+                     /stats/ scale scenario seeds and asks tally-server on, in that
+                     order (default: those of the targets, redis for tally-redis and
+                     embedded for tally-embedded; both with --only stats)
+  --only stats       run only the /stats/ scale scenario";
 
 /// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
 /// the maximum rate), unless `--paced-fraction` says otherwise.
@@ -87,6 +92,8 @@ pub struct Options {
     pub rounds: usize,
     /// URLs of the `/stats/` scale scenario.
     pub stats_urls: usize,
+    /// `--stats-stores`: the stores of the `/stats/` scale scenario, when given.
+    pub stats_stores: Option<Vec<StatsStore>>,
     /// `--only stats`: the `/stats/` scale scenario and nothing else.
     pub only_stats: bool,
 }
@@ -116,6 +123,7 @@ impl Options {
             paced_fraction: PACED_FRACTION,
             rounds: 1,
             stats_urls: stats_scale::DEFAULT_URLS,
+            stats_stores: None,
             only_stats: false,
         };
         while let Some(arg) = args.next() {
@@ -195,6 +203,9 @@ impl Options {
                             ))?,
                     );
                 }
+                "--stats-stores" => {
+                    options.stats_stores = Some(stores(&value("--stats-stores")?)?);
+                }
                 "--only" => match value("--only")?.as_str() {
                     "stats" => options.only_stats = true,
                     other => return Err(format!("--only {other:?}: expected stats")),
@@ -224,11 +235,19 @@ impl Options {
         Ok(options)
     }
 
-    /// The `/stats/` scale scenario's plan, when it runs: with `--only stats`, or after the
-    /// others when tally-redis is a target.
+    /// The `/stats/` scale scenario's plan, when it runs on any store: those of
+    /// `--stats-stores`; otherwise both with `--only stats`, and after the others those
+    /// whose target is among them (tally-redis, tally-embedded).
     pub fn stats_plan(&self) -> Option<stats_scale::Plan> {
-        (self.only_stats || self.targets.contains(&Kind::TallyRedis))
-            .then(|| stats_scale::Plan::new(self.stats_urls, self.quick))
+        let stores = match &self.stats_stores {
+            Some(stores) => stores.clone(),
+            None if self.only_stats => StatsStore::ALL.to_vec(),
+            None => StatsStore::ALL
+                .into_iter()
+                .filter(|store| self.targets.contains(&store.target()))
+                .collect(),
+        };
+        (!stores.is_empty()).then(|| stats_scale::Plan::new(self.stats_urls, self.quick, stores))
     }
 
     /// The load scenarios run (none with `--only stats`).
@@ -249,9 +268,9 @@ impl Options {
             + self.quiet_wait
             + Duration::from_secs(45);
         per_scenario * scenarios as u32 * (self.retries + 1) * self.rounds as u32
-            + self
-                .stats_plan()
-                .map_or(Duration::ZERO, |p| p.budget() + self.quiet_wait)
+            + self.stats_plan().map_or(Duration::ZERO, |p| {
+                p.budget() + self.quiet_wait * p.stores.len() as u32
+            })
             + Duration::from_secs(30)
     }
 }
@@ -265,6 +284,23 @@ fn seconds(name: &str, value: &str) -> Result<Duration, String> {
         .ok_or(format!(
             "{name} {value:?}: expected seconds above 0, at most 3600"
         ))
+}
+
+/// `--stats-stores`: `none`, or stores by name, comma-separated.
+fn stores(list: &str) -> Result<Vec<StatsStore>, String> {
+    if list.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|name| {
+            StatsStore::ALL
+                .into_iter()
+                .find(|store| store.name() == name.trim())
+                .ok_or(format!(
+                    "--stats-stores: unknown store {name:?} (expected redis, embedded or none)"
+                ))
+        })
+        .collect()
 }
 
 fn on_off(name: &str, value: &str) -> Result<bool, String> {
@@ -293,17 +329,59 @@ mod tests {
         Options::parse(args.iter().map(|a| (*a).to_owned()))
     }
 
+    fn stats_stores(args: &[&str]) -> Option<Vec<StatsStore>> {
+        parse(args).unwrap().stats_plan().map(|p| p.stores)
+    }
+
     #[test]
-    fn stats_scale_runs_after_the_others_only_with_tally_redis() {
+    fn stats_scale_runs_after_the_others_on_the_stores_of_the_targets() {
         let all = parse(&[]).unwrap();
         assert!(!all.plan().is_empty());
         assert_eq!(all.stats_plan().map(|p| p.urls), Some(1_000_000));
-        assert!(
-            parse(&["--targets", "floor"])
-                .unwrap()
-                .stats_plan()
-                .is_none()
+        assert_eq!(stats_stores(&[]), Some(StatsStore::ALL.to_vec()));
+        assert_eq!(stats_stores(&["--targets", "floor"]), None);
+        assert_eq!(
+            stats_stores(&["--targets", "tally-memory,tally-embedded"]),
+            Some(vec![StatsStore::Embedded])
         );
+        assert_eq!(
+            stats_stores(&["--targets", "tally-redis"]),
+            Some(vec![StatsStore::Redis])
+        );
+    }
+
+    #[test]
+    fn stats_stores_are_chosen_by_name_or_none() {
+        assert_eq!(
+            stats_stores(&["--only", "stats"]),
+            Some(StatsStore::ALL.to_vec())
+        );
+        assert_eq!(
+            stats_stores(&["--only", "stats", "--stats-stores", "embedded"]),
+            Some(vec![StatsStore::Embedded])
+        );
+        assert_eq!(
+            stats_stores(&["--stats-stores", "embedded, redis"]),
+            Some(StatsStore::ALL.to_vec())
+        );
+        assert_eq!(stats_stores(&["--stats-stores", "none"]), None);
+        assert!(parse(&["--stats-stores", "memory"]).is_err());
+    }
+
+    #[test]
+    fn tally_memory_is_a_target_and_runs_before_the_embedded_store() {
+        let options = parse(&["--targets", "tally-embedded,tally-memory"]).unwrap();
+        assert_eq!(options.targets, [Kind::TallyMemory, Kind::TallyEmbedded]);
+        let plan = options.plan();
+        assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
+        for kind in options.targets {
+            let loads: Vec<Load> = plan
+                .iter()
+                .filter(|&&(k, _)| k == kind)
+                .map(|&(_, load)| load)
+                .collect();
+            assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountCold]);
+        }
     }
 
     #[test]

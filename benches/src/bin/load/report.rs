@@ -16,19 +16,27 @@ pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Durat
     let mut out = render_header(load_before, elapsed, "");
     render_settings(&mut out, options);
     render_max_rate(&mut out, rows);
+    render_cache_reads(&mut out, rows);
     render_paced(&mut out, options, rows);
+    render_stops(&mut out, rows);
     render_targets(&mut out, options, rows);
     out
 }
 
-/// The header alone, with the setting of the only scenario run, for `--only stats`.
-pub fn render_stats_only_header(load_before: &str, elapsed: Duration) -> String {
+/// The header alone, with the setting of the only scenario run, for `--only stats`;
+/// `redis` when the nodes ran.
+pub fn render_stats_only_header(load_before: &str, elapsed: Duration, redis: bool) -> String {
     render_header(
         load_before,
         elapsed,
         &format!(
-            "; {} build; 3 local redis-server nodes (no persistence); server and client in this process, on their own tokio runtimes",
-            build_profile()
+            "; {} build;{} server and client in this process, on their own tokio runtimes",
+            build_profile(),
+            if redis {
+                " 3 local redis-server nodes (no persistence);"
+            } else {
+                ""
+            }
         ),
     )
 }
@@ -87,9 +95,10 @@ fn render_settings(out: &mut String, options: &Options) {
     let on_off = |on: bool| if on { "on" } else { "**off**" };
     let _ = writeln!(
         out,
-        "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s), its log subscriber at `info` writing to a file {}, Prometheus recorder {}",
+        "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s, cache capacity 100,000), its log subscriber at `info` writing to a file {}, Prometheus recorder {}; `tally-embedded` counts in its default store (one redb file, every batch a durable commit, in a fresh temporary `DATA_DIR` under {}), `tally-memory` in `MemoryStore` (`STORE=memory`), `tally-redis` on the three nodes",
         on_off(options.server_logs),
         on_off(options.server_metrics),
+        std::env::temp_dir().display(),
     );
     let _ = writeln!(
         out,
@@ -151,6 +160,89 @@ fn render_max_rate(out: &mut String, rows: &[Row]) {
     }
 }
 
+/// For the count scenarios of tally: how many of its reads the server itself counted as
+/// cache hits and misses (a miss reads the store).
+fn render_cache_reads(out: &mut String, rows: &[Row]) {
+    let phases: Vec<String> = rows
+        .iter()
+        .filter_map(|row| {
+            let max = row.max.cache?;
+            let paced = row
+                .paced
+                .as_ref()
+                .and_then(|m| m.cache)
+                .map_or(String::new(), |paced| {
+                    format!(
+                        "; paced: {:.1}% of {}",
+                        paced.miss_percent(),
+                        paced.hits + paced.misses
+                    )
+                });
+            Some(format!(
+                "- {} {}: {:.1}% of {} reads missed the cache (closed loop){paced}",
+                row.kind,
+                row.load.name(),
+                max.miss_percent(),
+                max.hits + max.misses
+            ))
+        })
+        .collect();
+    if phases.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nRead-cache misses, as tally-server counts them (`GET /api/v1/counter/metrics` before and after the phase; a miss reads the store):\n"
+    );
+    for phase in phases {
+        let _ = writeln!(out, "{phase}");
+    }
+}
+
+/// A stop of tally-server is slow when a backlog of pending counts is left to flush: the
+/// table lists stops over this long, and any that left visits unwritten.
+const SLOW_STOP: Duration = Duration::from_secs(2);
+
+/// The stops of tally-server that took over [`SLOW_STOP`] or left visits unwritten: how
+/// much its store was behind the load when it ended.
+fn render_stops(out: &mut String, rows: &[Row]) {
+    let slow: Vec<&Row> = rows
+        .iter()
+        .filter(|row| {
+            row.stopped.flush.is_some()
+                && (row.stopped.took > SLOW_STOP || row.stopped.pages_unwritten() > 0)
+        })
+        .collect();
+    if slow.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Stops over {} s or with visits unwritten\n\ntally-server stops after the paced phase: it drains, then writes what is pending within `SHUTDOWN_TIMEOUT_SECONDS` (25 s), its visits and its request statistics at once (what the statistics' flush wrote is in its log only); what it cannot write by then is lost. Pending when the load ended: its `/status` just before the stop.\n",
+        SLOW_STOP.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "| target | scenario | pending when the load ended: pages / statistics URLs | stop s | pages written by the flush | pages / visits left unwritten |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|");
+    for row in slow {
+        let stopped = &row.stopped;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {} | {} / {} |",
+            row.kind,
+            row.load.name(),
+            row.backlog
+                .map_or("n/a".to_owned(), |b| format!("{} / {}", b.pages, b.urls)),
+            stopped.took.as_secs_f64(),
+            stopped.flush.as_ref().map_or(0, |f| f.keys_written),
+            stopped.pages_unwritten(),
+            stopped.visits_unwritten(),
+        );
+    }
+}
+
 /// Every paced phase: the rate offered and achieved, and the latency at that rate.
 fn render_paced(out: &mut String, options: &Options, rows: &[Row]) {
     let _ = writeln!(
@@ -193,15 +285,54 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
     let _ = writeln!(out, "\n### Targets\n");
     let _ = writeln!(out, "| figure | value | target | met |");
     let _ = writeln!(out, "|---|--:|--:|:-:|");
+    for target in rate_targets(rows) {
+        render_target(out, target);
+    }
+    if rows.iter().any(|row| row.stopped.flush.is_some()) {
+        let unwritten: u64 = rows.iter().map(|row| row.stopped.visits_unwritten()).sum();
+        let _ = writeln!(
+            out,
+            "| tally-server: visits acknowledged but left unwritten at its stop, the scenarios above | {unwritten} | 0 | {} |",
+            if unwritten == 0 { "yes" } else { "**no**" }
+        );
+    }
+    let percent = options.paced_fraction * 100.0;
+    for row in rows {
+        let (target, met): (&str, fn(f64) -> bool) = match row.kind {
+            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis => ("<= 2", |v| v <= 2.0),
+            // The same figure for the floor: what the machine allows any handler.
+            Kind::Floor => ("(reference)", |_| true),
+            _ => continue,
+        };
+        let figure = format!(
+            "{} {}: p99 ms at {percent:.0}% of its max",
+            row.kind,
+            row.load.name()
+        );
+        let p99 = row.paced.as_ref().map(|m| m.outcome.latency_ms(0.99));
+        render_target(out, (&figure, p99, target, met));
+    }
+}
+
+/// The targets set on closed-loop rates (ratios of two rows of the run) and on Redis
+/// commands per visit, `n/a` where a row did not run.
+fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
     let rate = |kind: Kind, load: Load| rate(rows, kind, load);
     let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    // The embedded store against the memory store, on the same scenario.
+    let vs_memory = |load: Load| {
+        div(
+            rate(Kind::TallyEmbedded, load),
+            rate(Kind::TallyMemory, load),
+        )
+    };
     let floor_visit = rate(Kind::Floor, Load::VisitHot);
     let redis_hot = rate(Kind::TallyRedis, Load::VisitHot);
     let redis_commands = rows
         .iter()
         .find(|r| r.kind == Kind::TallyRedis && r.load == Load::VisitHot)
         .map(|r| r.max.commands_per_1k());
-    let targets: [Target<'_>; 8] = [
+    vec![
         (
             "tally-redis POST visit (hot) / floor",
             div(redis_hot, floor_visit),
@@ -227,7 +358,34 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
             |_| true,
         ),
         (
-            "tally-embedded POST visit / floor (for reference)",
+            "tally-embedded POST visit (hot) / tally-memory",
+            vs_memory(Load::VisitHot),
+            ">= 0.95",
+            |v| v >= 0.95,
+        ),
+        (
+            "tally-embedded POST visit (cold 1M) / tally-memory",
+            vs_memory(Load::VisitCold),
+            ">= 0.95",
+            |v| v >= 0.95,
+        ),
+        (
+            "tally-embedded GET count (cold 1M, cache misses) / tally-memory (for reference)",
+            vs_memory(Load::CountCold),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-redis GET count (cold 1M, cache misses) / tally-memory (for reference)",
+            div(
+                rate(Kind::TallyRedis, Load::CountCold),
+                rate(Kind::TallyMemory, Load::CountCold),
+            ),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-embedded POST visit (hot) / floor (for reference)",
             div(rate(Kind::TallyEmbedded, Load::VisitHot), floor_visit),
             "(none)",
             |_| true,
@@ -256,26 +414,7 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
             "<= 2",
             |v| v <= 2.0,
         ),
-    ];
-    for target in targets {
-        render_target(out, target);
-    }
-    let percent = options.paced_fraction * 100.0;
-    for row in rows {
-        let (target, met): (&str, fn(f64) -> bool) = match row.kind {
-            Kind::TallyEmbedded | Kind::TallyRedis => ("<= 2", |v| v <= 2.0),
-            // The same figure for the floor: what the machine allows any handler.
-            Kind::Floor => ("(reference)", |_| true),
-            _ => continue,
-        };
-        let figure = format!(
-            "{} {}: p99 ms at {percent:.0}% of its max",
-            row.kind,
-            row.load.name()
-        );
-        let p99 = row.paced.as_ref().map(|m| m.outcome.latency_ms(0.99));
-        render_target(out, (&figure, p99, target, met));
-    }
+    ]
 }
 
 /// One row of the targets table.
@@ -344,5 +483,91 @@ fn short(v: f64) -> String {
         v if v >= 100.0 => format!("{v:.0}"),
         v if v >= 1.0 => format!("{v:.2}"),
         v => format!("{v:.3}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hdrhistogram::Histogram;
+
+    use super::*;
+    use crate::client::Outcome;
+    use crate::measure::{CommandCounts, CpuUse};
+    use crate::targets::Stopped;
+
+    /// A row whose closed loop answered `per_second` requests a second, for 1 s.
+    fn row(kind: Kind, load: Load, per_second: u64) -> Row {
+        let outcome = Outcome {
+            latency: Histogram::new(3).unwrap(),
+            ok: per_second,
+            non_2xx: 0,
+            errors: 0,
+            unfinished: 0,
+            elapsed: Duration::from_secs(1),
+            timeline: Vec::new(),
+        };
+        Row {
+            kind,
+            load,
+            max: Measured {
+                outcome,
+                commands: CommandCounts::new(),
+                cpu: CpuUse::default(),
+                offered: None,
+                cache: None,
+            },
+            paced: None,
+            backlog: None,
+            stopped: Stopped::default(),
+        }
+    }
+
+    fn target<'a>(targets: &'a [Target<'static>], figure: &str) -> &'a Target<'static> {
+        targets
+            .iter()
+            .find(|t| t.0 == figure)
+            .unwrap_or_else(|| panic!("no target {figure:?}"))
+    }
+
+    #[test]
+    fn the_embedded_store_is_measured_against_the_memory_store_of_the_same_run() {
+        let rows = [
+            row(Kind::TallyMemory, Load::VisitHot, 40_000),
+            row(Kind::TallyMemory, Load::VisitCold, 20_000),
+            row(Kind::TallyEmbedded, Load::VisitHot, 38_400),
+            row(Kind::TallyEmbedded, Load::VisitCold, 18_000),
+        ];
+        let targets = rate_targets(&rows);
+
+        let (_, hot, shown, met) =
+            target(&targets, "tally-embedded POST visit (hot) / tally-memory");
+        assert_eq!(*shown, ">= 0.95");
+        assert_eq!(*hot, Some(0.96));
+        assert!(met(hot.unwrap()));
+        let (_, cold, _, met) = target(
+            &targets,
+            "tally-embedded POST visit (cold 1M) / tally-memory",
+        );
+        assert_eq!(*cold, Some(0.9));
+        assert!(!met(cold.unwrap()));
+    }
+
+    #[test]
+    fn a_ratio_is_not_available_when_either_row_did_not_run() {
+        let rows = [row(Kind::TallyEmbedded, Load::VisitHot, 38_000)];
+        let targets = rate_targets(&rows);
+        let (_, value, ..) = target(&targets, "tally-embedded POST visit (hot) / tally-memory");
+        assert_eq!(*value, None);
+        let mut out = String::new();
+        render_target(
+            &mut out,
+            *target(&targets, "tally-embedded POST visit (hot) / tally-memory"),
+        );
+        assert_eq!(
+            out,
+            "| tally-embedded POST visit (hot) / tally-memory | n/a | >= 0.95 | n/a |\n"
+        );
     }
 }

@@ -3,16 +3,16 @@
 //! then the paced phase at a fraction of its rate, with commands and CPU read around each
 //! phase; again when the machine was busy, and over several rounds.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tally_testkit::RedisCluster;
 
 use crate::Setup;
 use crate::client::{self, Conn, Outcome, Pace, Paths, Phase, Workload};
-use crate::measure::{self, CommandCounts, CpuSnapshot, CpuUse};
+use crate::measure::{self, Backlog, CacheReads, CommandCounts, CpuSnapshot, CpuUse};
 use crate::options::Options;
-use crate::targets::{self, Kind};
+use crate::targets::{self, Kind, Stopped};
 
 /// Pages of the hot set.
 const HOT_PAGES: u64 = 100;
@@ -33,6 +33,25 @@ pub enum Load {
     VisitCold,
     /// `GET` counts of the hot set.
     CountHot,
+    /// `GET` counts spread over the cold set: nearly every read misses the server's read
+    /// cache and reads the store.
+    ///
+    /// No page was visited (every scenario gets a fresh server on an empty store: a new
+    /// `DATA_DIR`, flushed nodes), so every count is 0, which changes nothing for the
+    /// read: `get_visits` (bins/tally-server/src/routes/counter.rs) answers from
+    /// `Counter::get_cached` only when the page's stored value is cached, and otherwise
+    /// calls `Counter::get`, whose miss goes through `read_shared` to `read_through`
+    /// (crates/tally-counter/src/counter/read.rs): one `Store::get` of the key, whatever
+    /// the store holds for it (an absent key reads as 0, and that 0 is cached like any
+    /// value). That is a read transaction on tokio's blocking pool on the embedded store,
+    /// a round trip to the page's node on Redis, a map look-up on the memory store. The
+    /// cache holds at most `CACHE_CAPACITY` (100,000) entries for `CACHE_TTL_SECONDS`
+    /// (5 s), so at R reads a second over 1,000,000 pages about `min(5 R, 100,000) /
+    /// 1,000,000` of the reads hit (5% at 10,000 a second); the server's own hit and miss
+    /// counts are read around each phase and reported. Every path is under `/api/`, so
+    /// each distinct page is also a new URL of the request statistics, written to the
+    /// store in batches, as for the cold visits.
+    CountCold,
     /// `GET /api/x/y/`: a path counted by the statistics.
     ApiPath,
     /// `GET /health`: counted by nothing.
@@ -46,6 +65,7 @@ impl Load {
             Load::VisitHot => "POST visit, hot 100",
             Load::VisitCold => "POST visit, cold 1M",
             Load::CountHot => "GET count, hot 100",
+            Load::CountCold => "GET count, cold 1M (cache misses)",
             Load::ApiPath => "GET /api/x/y/ (stats on)",
             Load::Health => "GET /health (not counted)",
         }
@@ -75,6 +95,13 @@ impl Load {
                     count: HOT_PAGES,
                 },
             ),
+            Load::CountCold => (
+                "GET",
+                Paths::Numbered {
+                    prefix: "/api/v1/counter/visits/page",
+                    count: COLD_PAGES,
+                },
+            ),
             Load::ApiPath => ("GET", Paths::Fixed("/api/x/y/")),
             Load::Health => ("GET", Paths::Fixed("/health")),
         };
@@ -85,6 +112,12 @@ impl Load {
     pub fn is_visit(self) -> bool {
         matches!(self, Load::VisitHot | Load::VisitCold)
     }
+
+    /// Whether the scenario reads counts (and so tally-server's cache hits and misses are
+    /// read around its phases).
+    pub fn is_count(self) -> bool {
+        matches!(self, Load::CountHot | Load::CountCold)
+    }
 }
 
 /// The scenarios of each target, in run order.
@@ -94,11 +127,17 @@ pub fn scenarios(targets: &[Kind]) -> Vec<(Kind, Load)> {
         .flat_map(|&kind| {
             let loads: &[Load] = match kind {
                 Kind::Floor => &[Load::VisitHot, Load::CountHot],
-                Kind::Naive | Kind::NaiveMux | Kind::TallyEmbedded => &[Load::VisitHot],
+                Kind::Naive | Kind::NaiveMux => &[Load::VisitHot],
+                // The in-process stores, the same scenarios each, so the embedded store is
+                // measured against the memory store in the same run.
+                Kind::TallyMemory | Kind::TallyEmbedded => {
+                    &[Load::VisitHot, Load::VisitCold, Load::CountCold]
+                }
                 Kind::TallyRedis => &[
                     Load::VisitHot,
                     Load::VisitCold,
                     Load::CountHot,
+                    Load::CountCold,
                     Load::ApiPath,
                     Load::Health,
                 ],
@@ -119,6 +158,9 @@ pub struct Measured {
     pub cpu: CpuUse,
     /// Paced phases: the rate offered.
     pub offered: Option<f64>,
+    /// tally-server's read-cache hits and misses during the phase, for the count
+    /// scenarios.
+    pub cache: Option<CacheReads>,
 }
 
 impl Measured {
@@ -140,6 +182,11 @@ pub struct Row {
     pub max: Measured,
     /// The paced phase (none when the closed loop got no 2xx).
     pub paced: Option<Measured>,
+    /// tally-server's counts still to be written when the load ended.
+    pub backlog: Option<Backlog>,
+    /// How the server stopped after the phases: for tally, the flush of what was still
+    /// pending, and what it could not write.
+    pub stopped: Stopped,
 }
 
 impl Row {
@@ -237,16 +284,17 @@ fn run_scenario(
         .block_on(client::connect_all(server.address, options.connections))
         .context("cannot connect to the server")?;
     let workload = load.workload();
+    let cache_of = (kind.is_tally() && load.is_count()).then_some(server.address);
 
     let (conns, _) = client_rt.block_on(client::drive(conns, &closed(&workload, options.warmup)));
     let (conns, max) = measured_phase(
         client_rt,
         conns,
         &closed(&workload, options.duration),
-        setup.cluster,
-        setup.redis_pids,
+        setup,
+        cache_of,
     )?;
-    report_phase(options, kind, load, &max.outcome, "");
+    report_phase(options, kind, load, &max, "");
     let mut paced = None;
     if max.outcome.ok > 0 {
         let rate = max.outcome.throughput() * options.paced_fraction;
@@ -256,20 +304,36 @@ fn run_scenario(
             duration: options.paced,
             grace: GRACE,
         };
-        let (_, mut measured) =
-            measured_phase(client_rt, conns, &phase, setup.cluster, setup.redis_pids)?;
+        let (_, mut measured) = measured_phase(client_rt, conns, &phase, setup, cache_of)?;
         measured.offered = Some(rate);
-        report_phase(options, kind, load, &measured.outcome, " (paced)");
+        report_phase(options, kind, load, &measured, " (paced)");
         paced = Some(measured);
     } else {
         drop(conns);
     }
-    setup.server_rt.block_on(server.stop())?;
+    // What the store is behind by when the load ends: what the stop has to flush.
+    let backlog = if kind.is_tally() {
+        Some(client_rt.block_on(Backlog::read(server.address))?)
+    } else {
+        None
+    };
+    let stopped = setup.server_rt.block_on(server.stop())?;
+    if stopped.pages_unwritten() > 0 {
+        eprintln!(
+            "load: {kind} / {}: tally-server could not write {} visits to {} pages within its shutdown deadline ({:.1} s to stop)",
+            load.name(),
+            stopped.visits_unwritten(),
+            stopped.pages_unwritten(),
+            stopped.took.as_secs_f64()
+        );
+    }
     Ok(Row {
         kind,
         load,
         max,
         paced,
+        backlog,
+        stopped,
     })
 }
 
@@ -307,8 +371,12 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
         client_rt,
         conns,
         &closed(&workload, options.duration),
+        &Setup {
+            cluster: None,
+            redis_pids: &[],
+            ..*setup
+        },
         None,
-        &[],
     )?;
     drop(conns);
     let reqwest =
@@ -321,16 +389,21 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
         commands: CommandCounts::new(),
         cpu: before.until(&CpuSnapshot::take(&[])),
         offered: None,
+        cache: None,
     };
-    server_rt.block_on(server.stop())?;
+    server_rt.block_on(server.stop())?.all_written()?;
     Ok(ClientCost { ours, reqwest })
 }
 
 /// A phase's progress line on stderr (`suffix` tells the paced phase), then its slow
 /// windows with `--timeline`.
-fn report_phase(options: &Options, kind: Kind, load: Load, outcome: &Outcome, suffix: &str) {
+fn report_phase(options: &Options, kind: Kind, load: Load, measured: &Measured, suffix: &str) {
+    let outcome = &measured.outcome;
+    let misses = measured.cache.map_or(String::new(), |cache| {
+        format!("  cache misses {:.1}%", cache.miss_percent())
+    });
     eprintln!(
-        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{suffix}",
+        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{misses}{suffix}",
         load.name(),
         outcome.throughput(),
         outcome.latency_ms(0.99)
@@ -355,21 +428,32 @@ fn print_timeline(outcome: &Outcome) {
     eprintln!("load:   windows over 5 ms: [{}]", slow.join(" "));
 }
 
-/// Runs `phase` with commands and CPU read before and after.
+/// Runs `phase` with commands and CPU read before and after, and with `cache_of` the
+/// read-cache figures of the tally-server there.
 fn measured_phase(
     client_rt: &tokio::runtime::Runtime,
     conns: Vec<Conn>,
     phase: &Phase,
-    cluster: Option<&RedisCluster>,
-    redis_pids: &[u32],
+    setup: &Setup<'_>,
+    cache_of: Option<SocketAddr>,
 ) -> anyhow::Result<(Vec<Conn>, Measured)> {
+    let (cluster, redis_pids) = (setup.cluster, setup.redis_pids);
     let commands_before = match cluster {
         Some(cluster) => measure::command_counts(cluster)?,
         None => CommandCounts::new(),
     };
+    let cache_before = cache_of
+        .map(|address| client_rt.block_on(CacheReads::read(address)))
+        .transpose()?;
     let cpu_before = CpuSnapshot::take(redis_pids);
     let (conns, outcome) = client_rt.block_on(client::drive(conns, phase));
     let cpu = cpu_before.until(&CpuSnapshot::take(redis_pids));
+    let cache = match (cache_of, cache_before) {
+        (Some(address), Some(before)) => {
+            Some(before.until(client_rt.block_on(CacheReads::read(address))?))
+        }
+        _ => None,
+    };
     let commands = match cluster {
         Some(cluster) => {
             measure::command_delta(&commands_before, &measure::command_counts(cluster)?)
@@ -383,6 +467,7 @@ fn measured_phase(
             commands,
             cpu,
             offered: None,
+            cache,
         },
     ))
 }

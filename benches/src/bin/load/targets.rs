@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
@@ -33,7 +33,11 @@ pub enum Kind {
     Naive,
     /// One `INCR` per visit on one shared multiplexed connection per node (no pool).
     NaiveMux,
-    /// tally-server on its embedded in-process store.
+    /// tally-server on `tally_counter::MemoryStore` (`STORE=memory`): counts in this
+    /// process only, the reference the embedded store is measured against.
+    TallyMemory,
+    /// tally-server on its default store, `tally_embedded::EmbeddedStore` (one redb file in
+    /// a fresh temporary `DATA_DIR`).
     TallyEmbedded,
     /// tally-server on the three Redis nodes.
     TallyRedis,
@@ -41,10 +45,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every target, in the order they run.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Floor,
         Kind::Naive,
         Kind::NaiveMux,
+        Kind::TallyMemory,
         Kind::TallyEmbedded,
         Kind::TallyRedis,
     ];
@@ -55,9 +60,18 @@ impl Kind {
             Kind::Floor => "floor",
             Kind::Naive => "naive",
             Kind::NaiveMux => "naive-mux",
+            Kind::TallyMemory => "tally-memory",
             Kind::TallyEmbedded => "tally-embedded",
             Kind::TallyRedis => "tally-redis",
         }
+    }
+
+    /// Whether the target is tally-server (on any store).
+    pub fn is_tally(self) -> bool {
+        matches!(
+            self,
+            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis
+        )
     }
 
     /// Whether the target talks to the Redis nodes.
@@ -135,52 +149,123 @@ pub async fn start(kind: Kind, redis_urls: &[String], metrics: bool) -> anyhow::
             }
             start_actix(Some(Naive::Multiplexed(conns)))
         }
-        Kind::TallyEmbedded => start_tally(None, metrics).await,
-        Kind::TallyRedis => start_tally(Some(redis_urls.join(",")), metrics).await,
+        Kind::TallyMemory => start_tally(TallyStore::Memory, metrics).await,
+        Kind::TallyEmbedded => {
+            let data = tempfile::tempdir().context("a temporary DATA_DIR")?;
+            start_tally(TallyStore::Embedded(data), metrics).await
+        }
+        Kind::TallyRedis => start_tally(TallyStore::Redis(redis_urls.join(",")), metrics).await,
+    }
+}
+
+/// Starts tally-server on the embedded store already in `data` (e.g. seeded by the
+/// `/stats/` scale scenario, which closed it first: one process holds the file at a time).
+/// The directory is removed once the server has stopped.
+pub async fn start_tally_embedded(
+    data: tempfile::TempDir,
+    metrics: bool,
+) -> anyhow::Result<Running> {
+    start_tally(TallyStore::Embedded(data), metrics).await
+}
+
+/// How a server stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Stopped {
+    /// From the stop signal to the server's end: draining, and for tally the flush of its
+    /// pending counts.
+    pub took: Duration,
+    /// tally-server's flush of pending visits (its request statistics' flush is in its
+    /// log only); `None` for the other targets.
+    pub flush: Option<tally_server::ShutdownReport>,
+}
+
+impl Stopped {
+    /// Pages whose acknowledged visits tally-server could not write before its shutdown
+    /// deadline (0 for the other targets).
+    pub fn pages_unwritten(&self) -> usize {
+        self.flush.as_ref().map_or(0, |f| f.keys_unwritten)
+    }
+
+    /// Visits acknowledged but not written.
+    pub fn visits_unwritten(&self) -> u64 {
+        self.flush.as_ref().map_or(0, |f| f.increments_unwritten)
+    }
+
+    /// Fails when tally-server left visits unwritten: for the scenarios that count none,
+    /// where that can only be a fault.
+    pub fn all_written(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.pages_unwritten() == 0,
+            "tally-server could not write {} pages at shutdown",
+            self.pages_unwritten()
+        );
+        Ok(())
     }
 }
 
 impl Running {
-    /// Stops the server (tally also flushes its pending counts), within [`STOP_TIMEOUT`].
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops the server (tally also flushes its pending counts, within its
+    /// `SHUTDOWN_TIMEOUT_SECONDS`, 25 s), within [`STOP_TIMEOUT`]. Visits tally could not
+    /// write in time are reported in [`Stopped`], not an error: under a load its store
+    /// cannot keep up with, that is a figure of the run.
+    pub async fn stop(self) -> anyhow::Result<Stopped> {
+        let started = Instant::now();
         let stopped = async {
             match self.stop {
                 Stop::Actix { handle, task } => {
                     handle.stop(true).await;
-                    task.await?.context("the server failed")
+                    task.await?.context("the server failed")?;
+                    anyhow::Ok(None)
                 }
                 Stop::Tally { signal, task } => {
                     let _ = signal.send(());
-                    let report = task.await??;
-                    anyhow::ensure!(
-                        report.keys_unwritten == 0,
-                        "tally-server could not write {} pages at shutdown",
-                        report.keys_unwritten
-                    );
-                    Ok(())
+                    Ok(Some(task.await??))
                 }
             }
         };
-        tokio::time::timeout(STOP_TIMEOUT, stopped)
+        let flush = tokio::time::timeout(STOP_TIMEOUT, stopped)
             .await
-            .context("the server did not stop within 30 s")?
+            .context("the server did not stop within 30 s")??;
+        Ok(Stopped {
+            took: started.elapsed(),
+            flush,
+        })
     }
 }
 
-async fn start_tally(redis_nodes: Option<String>, metrics: bool) -> anyhow::Result<Running> {
+/// Where tally-server counts.
+enum TallyStore {
+    /// The embedded store, its file in this directory (`DATA_DIR`).
+    Embedded(tempfile::TempDir),
+    /// `STORE=memory`.
+    Memory,
+    /// `REDIS_NODES`, comma-separated.
+    Redis(String),
+}
+
+async fn start_tally(store: TallyStore, metrics: bool) -> anyhow::Result<Running> {
     // Defaults for everything else, as `cargo run -p tally-server` with only these set.
-    // The embedded store's file goes to a fresh temporary directory, never the working
+    // The embedded store's file goes to a temporary directory, never the working
     // directory's `./tally-data`.
-    let data = tempfile::tempdir().context("a temporary DATA_DIR")?;
     let mut vars = vec![
         ("HOST", "127.0.0.1".to_owned()),
         ("PORT", "0".to_owned()),
         ("ENABLE_METRICS", metrics.to_string()),
-        ("DATA_DIR", data.path().display().to_string()),
     ];
-    if let Some(nodes) = redis_nodes {
-        vars.push(("REDIS_NODES", nodes));
-    }
+    let data = match store {
+        TallyStore::Embedded(data) => {
+            vars.push(("DATA_DIR", data.path().display().to_string()));
+            Some(data)
+        }
+        TallyStore::Memory => {
+            vars.push(("STORE", "memory".to_owned()));
+            None
+        }
+        TallyStore::Redis(nodes) => {
+            vars.push(("REDIS_NODES", nodes));
+            None
+        }
+    };
     let config = tally_server::Config::from_vars(vars).context("tally-server config")?;
     let app = tally_server::run(config)
         .await
@@ -193,7 +278,7 @@ async fn start_tally(redis_nodes: Option<String>, metrics: bool) -> anyhow::Resu
     Ok(Running {
         address,
         stop: Stop::Tally { signal, task },
-        _data: Some(data),
+        _data: data,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The measured phases: a warm-up, then each page from one client and from [`CLIENTS`]
 //! at once, a fixed number of requests each, every `200` answer checked against the
-//! [`Expected`] ranking; `/health` and `/status` polled meanwhile, Redis work and CPU read
-//! around each phase.
+//! [`Expected`] ranking; `/health` and `/status` polled meanwhile, CPU (and on Redis, the
+//! nodes' work) read around each phase.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::poll::{self, Polls};
 use super::seed::Expected;
-use super::{CLIENTS, PAGE, Plan, Ranked, Which};
+use super::{CLIENTS, PAGE, Plan, Ranked, StatsStore, Which};
 use crate::Setup;
 use crate::measure::{CpuSnapshot, CpuUse, NodeWork};
 
@@ -35,7 +35,7 @@ pub struct PhaseResult {
     pub polls: Polls,
     /// CPU use by party during the phase.
     pub cpu: CpuUse,
-    /// Per node: what it did during the phase.
+    /// Per node: what it did during the phase (empty on the embedded store).
     pub redis: Vec<NodeWork>,
 }
 
@@ -98,11 +98,13 @@ impl Answers {
     }
 }
 
-/// Warm-up, then the four phases against the server at `address`.
+/// Warm-up, then the four phases against the server at `address`; with `cluster` (the
+/// server counts there) the nodes' work is read around each phase.
 pub fn measure(
     plan: &Plan,
     setup: &Setup<'_>,
-    cluster: &RedisCluster,
+    store: StatsStore,
+    cluster: Option<&RedisCluster>,
     address: SocketAddr,
     expected: &Expected,
 ) -> anyhow::Result<Vec<PhaseResult>> {
@@ -122,7 +124,7 @@ pub fn measure(
                 .client_rt
                 .block_on(drive(address, &path(which), &expected(which), 1, 2))?;
         if let Some(wrong) = &warm.first_wrong {
-            eprintln!("load: /stats/ scale: warm-up answer wrong: {wrong}");
+            eprintln!("load: /stats/ scale, {store}: warm-up answer wrong: {wrong}");
         }
     }
 
@@ -134,7 +136,7 @@ pub fn measure(
     ];
     let mut results = Vec::with_capacity(phases.len());
     for (which, clients, per_client) in phases {
-        let redis_before = NodeWork::read(cluster)?;
+        let redis_before = cluster.map(NodeWork::read).transpose()?;
         let cpu_before = CpuSnapshot::take(setup.redis_pids);
         let (answers, polls) = setup.client_rt.block_on(async {
             let (stop, stopped) = oneshot::channel();
@@ -145,7 +147,10 @@ pub fn measure(
             anyhow::Ok((answers?, polls))
         })?;
         let cpu = cpu_before.until(&CpuSnapshot::take(setup.redis_pids));
-        let redis = NodeWork::since(&redis_before, cluster)?;
+        let redis = match (cluster, redis_before) {
+            (Some(cluster), Some(before)) => NodeWork::since(&before, cluster)?,
+            _ => Vec::new(),
+        };
         let result = PhaseResult {
             which,
             clients,
@@ -155,7 +160,7 @@ pub fn measure(
             redis,
         };
         eprintln!(
-            "load: /stats/ scale: {:<34} {} client(s)  p50 {:.2} ms  p99 {:.2} ms",
+            "load: /stats/ scale, {store:<8} {:<34} {} client(s)  p50 {:.2} ms  p99 {:.2} ms",
             result.phase_name(offset),
             clients,
             result.answers.ms(0.50),

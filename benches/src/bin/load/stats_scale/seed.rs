@@ -1,12 +1,14 @@
-//! The seed: which URLs, with which counts ([`url`], [`count`]), written to the nodes
-//! through tally-redis's own write path and counted back, and the ranking the server must
-//! answer, computed from the seed alone ([`Expected`]).
+//! The seed: which URLs, with which counts ([`url`], [`count`]), written to the Redis
+//! nodes or to an embedded store through the store's own write path and counted back, and
+//! the ranking the server must answer, computed from the seed alone ([`Expected`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tally_counter::{Batch, BatchId, InstanceId, Store as _};
+use tally_counter::{Batch, BatchId, InstanceId, Store};
+use tally_embedded::{EmbeddedConfig, EmbeddedStore};
 use tally_redis::{Layout, RedisConfig, RedisStore, URLS_KEY};
 use tally_testkit::RedisCluster;
 
@@ -14,7 +16,7 @@ use super::report::{self, thousands};
 use super::{PAGE, Plan, Ranked};
 use crate::Setup;
 
-/// Keys per seeding batch, per node.
+/// Keys per seeding batch, per shard (node).
 pub const SEED_BATCH: usize = 5_000;
 
 /// The `i`-th seeded URL: an API path of 29 to 52 bytes.
@@ -44,26 +46,27 @@ pub fn urls(n: usize) -> Vec<Arc<str>> {
     (0..n).map(|i| url(i).into()).collect()
 }
 
-/// The nodes after seeding.
+/// A store after seeding.
 #[derive(Debug)]
 pub struct Seeded {
-    /// The store that wrote them, in the sorted-set layout, still connected.
-    pub store: RedisStore,
-    /// How long writing took.
+    /// How long writing took (opening the store and its last commit included).
     pub seeding: Duration,
-    /// `ZCARD tally:urls` per node.
+    /// URLs the store holds afterwards: per node `ZCARD tally:urls` on Redis, the ranked
+    /// view's length on the embedded store.
     pub per_node: Vec<u64>,
+    /// Size of the embedded store's file after seeding.
+    pub file_bytes: Option<u64>,
 }
 
 /// Writes `urls` with their counts on the (flushed) nodes, then checks that the nodes
-/// hold them all.
-pub fn write(
+/// hold them all. The store that wrote them comes back still connected.
+pub fn write_redis(
     setup: &Setup<'_>,
     cluster: &RedisCluster,
     urls: &[Arc<str>],
-) -> anyhow::Result<Seeded> {
+) -> anyhow::Result<(RedisStore, Seeded)> {
     eprintln!(
-        "load: /stats/ scale: seeding {} URLs into {} nodes",
+        "load: /stats/ scale: seeding {} URLs into {} Redis nodes",
         thousands(urls.len() as u64),
         cluster.nodes().len()
     );
@@ -96,16 +99,64 @@ pub fn write(
         seeding.as_secs_f64(),
         report::per_node(&per_node, |n| thousands(*n))
     );
-    Ok(Seeded {
+    Ok((
         store,
+        Seeded {
+            seeding,
+            per_node,
+            file_bytes: None,
+        },
+    ))
+}
+
+/// Opens a new embedded store in `dir` as tally-server would (its default
+/// [`EmbeddedConfig`]), writes `urls` with their counts on the statistics' view
+/// ([`EmbeddedStore::ranked`]), checks that it holds them all, and closes it, so that a
+/// server can open the directory next.
+pub fn write_embedded(setup: &Setup<'_>, dir: &Path, urls: &[Arc<str>]) -> anyhow::Result<Seeded> {
+    eprintln!(
+        "load: /stats/ scale: seeding {} URLs into the embedded store in {}",
+        thousands(urls.len() as u64),
+        dir.display()
+    );
+    let started = Instant::now();
+    let visits = EmbeddedStore::open(dir, EmbeddedConfig::default())
+        .with_context(|| format!("cannot open an embedded store in {}", dir.display()))?;
+    // tally-server's request statistics: the `ranked()` view of the file it opens in
+    // `DATA_DIR` (bins/tally-server/src/startup.rs, `open_embedded`), one shard.
+    let stats = visits.ranked();
+    drop(visits);
+    let held = setup.client_rt.block_on(async {
+        write_batches(&stats, urls).await?;
+        stats.len().await.context("the ranked view's length")
+    })?;
+    let path = stats.path().to_owned();
+    // The last handle: the file is closed (and its lock released) here.
+    drop(stats);
+    let seeding = started.elapsed();
+    anyhow::ensure!(
+        held == urls.len() as u64,
+        "after seeding the embedded store holds {held} URLs, not {}",
+        urls.len()
+    );
+    let file_bytes = std::fs::metadata(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    eprintln!(
+        "load: /stats/ scale: seeded in {:.1} s ({} MB file)",
+        seeding.as_secs_f64(),
+        file_bytes / 1_000_000
+    );
+    Ok(Seeded {
         seeding,
-        per_node,
+        per_node: vec![held],
+        file_bytes: Some(file_bytes),
     })
 }
 
-/// Writes every URL with its count on its node, [`SEED_BATCH`] keys a batch, the nodes in
-/// parallel.
-async fn write_batches(store: &RedisStore, urls: &[Arc<str>]) -> anyhow::Result<()> {
+/// Writes every URL with its count on its shard, [`SEED_BATCH`] keys a batch, the shards
+/// in parallel, through the store's own [`Store::apply`] (as a counter's flush would).
+async fn write_batches<S: Store + Clone>(store: &S, urls: &[Arc<str>]) -> anyhow::Result<()> {
     let mut by_shard: Vec<Vec<(Arc<str>, u64)>> = vec![Vec::new(); store.shard_count()];
     for (i, url) in urls.iter().enumerate() {
         by_shard[store.shard_of(url)].push((Arc::clone(url), count(i)));
@@ -125,9 +176,9 @@ async fn write_batches(store: &RedisStore, urls: &[Arc<str>]) -> anyhow::Result<
                         },
                         deltas: chunk.to_vec(),
                     };
-                    store
-                        .apply(shard, &batch)
+                    Store::apply(&store, shard, &batch)
                         .await
+                        .map_err(anyhow::Error::from_boxed)
                         .with_context(|| format!("seeding batch {} of shard {shard}", n + 1))?;
                 }
                 anyhow::Ok(())
