@@ -16,6 +16,7 @@ mod backlog;
 mod bad_config;
 mod bad_input;
 mod cardinality;
+mod cluster;
 mod concurrent;
 mod deep_stats;
 mod embedded;

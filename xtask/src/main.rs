@@ -60,10 +60,12 @@ fn ci() -> Result {
     cargo(&package)?;
     // No Docker engine runs on CI machines: validate what can be validated without one.
     ensure_apt_package("docker-compose", "docker-compose")?;
-    run(
-        "docker-compose",
-        &["-f", "docker/docker-compose.yml", "config", "-q"],
-    )?;
+    for compose in [
+        "docker/docker-compose.yml",
+        "docker/docker-compose.cluster.yml",
+    ] {
+        run("docker-compose", &["-f", compose, "config", "-q"])?;
+    }
     test()?;
     // Keeps the load harness working: a few seconds per target, figures printed, not
     // checked (CI machines are shared; the README's tables come from full runs).

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tally_counter::{CounterConfig, PendingBytes};
-use tally_redis::{Layout, NodeUrl, RedisConfig, Secret, redact};
+use tally_redis::{ClusterConfig, Layout, NodeUrl, RedisConfig, Secret, redact};
 
 /// Declares the settings (see the module docs). Each entry reads
 ///
@@ -113,6 +113,12 @@ settings! {
     pub struct Config {
         /// The Redis nodes, in order; none means the store `STORE` names.
         pub redis_nodes: Vec<NodeUrl> = Vec::new(), from "REDIS_NODES" as NodeList;
+        /// Seed nodes of a Redis Cluster to count in (exclusive with `REDIS_NODES`).
+        pub redis_cluster: Vec<NodeUrl> = Vec::new(), from "REDIS_CLUSTER" as NodeList;
+        /// Replicas that confirm each batch on a Redis Cluster; unset: 1 when the cluster
+        /// has replicas, else 0.
+        pub redis_wait_replicas: Option<u32> = None,
+            from "REDIS_WAIT_REPLICAS" as WaitReplicas;
         /// The store without `REDIS_NODES`: the persistent embedded store, or memory.
         pub store: StoreKind = StoreKind::Embedded, from "STORE" as STORE_KIND;
         /// Directory of the embedded store's file, relative to the working directory.
@@ -334,11 +340,60 @@ impl Config {
         self.check_fields()?;
         // `REDIS_NODES` chooses Redis whatever `STORE` says; asking for memory as well is
         // a contradiction, refused rather than silently counting in Redis.
+        self.check_cluster()?;
         if self.store == StoreKind::Memory && !self.redis_nodes.is_empty() {
             return Err(ConfigError::new(
                 "STORE",
                 Some("memory"),
                 "REDIS_NODES is set, which counts in Redis; unset STORE (or REDIS_NODES)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `REDIS_CLUSTER` against the settings it excludes: `REDIS_NODES` (one store or the
+    /// other), `STORE=memory`, a `REDIS_DB` other than 0 (a cluster has database 0 only),
+    /// and `REDIS_WAIT_REPLICAS` without a cluster (it would do nothing).
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = || NodeList.show(&self.redis_cluster);
+        if self.redis_cluster.is_empty() {
+            if let Some(wait) = self.redis_wait_replicas {
+                return Err(ConfigError::new(
+                    "REDIS_WAIT_REPLICAS",
+                    Some(&wait.to_string()),
+                    "applies to a Redis Cluster only, and REDIS_CLUSTER is not set; unset REDIS_WAIT_REPLICAS",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.redis_nodes.is_empty() {
+            return Err(ConfigError::new(
+                "REDIS_CLUSTER",
+                cluster().as_deref(),
+                "REDIS_NODES is set too: a server counts either on standalone nodes (REDIS_NODES) or on a Redis Cluster (REDIS_CLUSTER); unset one of them",
+            ));
+        }
+        if self.store == StoreKind::Memory {
+            return Err(ConfigError::new(
+                "STORE",
+                Some("memory"),
+                "REDIS_CLUSTER is set, which counts in Redis; unset STORE (or REDIS_CLUSTER)",
+            ));
+        }
+        if let Some(db) = self.redis_db.filter(|db| *db != 0) {
+            return Err(ConfigError::new(
+                "REDIS_DB",
+                Some(&db.to_string()),
+                "a Redis Cluster (REDIS_CLUSTER) has database 0 only; unset REDIS_DB",
+            ));
+        }
+        if let Some(Err(tally_redis::Error::Config { problem, .. })) =
+            self.cluster_config().map(|config| config.validate())
+        {
+            return Err(ConfigError::new(
+                "REDIS_CLUSTER",
+                cluster().as_deref(),
+                problem,
             ));
         }
         Ok(())
@@ -391,6 +446,26 @@ impl Config {
         Some(config)
     }
 
+    /// The [`ClusterConfig`] for `REDIS_CLUSTER`, or `None` without a cluster. Its
+    /// connections follow the standalone settings: `REDIS_PASSWORD`, `REDIS_TIMEOUT`,
+    /// `REDIS_RETRY_ATTEMPTS`, `REDIS_POOL_SIZE` (per primary, for batches),
+    /// `HEALTH_CHECK_INTERVAL_SECONDS` and `MARKS_RETENTION_HOURS`.
+    pub fn cluster_config(&self) -> Option<ClusterConfig> {
+        if self.redis_cluster.is_empty() {
+            return None;
+        }
+        let mut config = ClusterConfig::new(self.redis_cluster.clone());
+        config.password = self.redis_password.clone();
+        config.timeout = self.redis_timeout;
+        config.retry_attempts = self.redis_retry_attempts;
+        config.pool_size = self.redis_pool_size;
+        config.health_check_interval = self.health_check_interval;
+        config.wait_replicas = self.redis_wait_replicas;
+        config.marks_retention = self.marks_retention;
+        config.layout = Layout::Counters;
+        Some(config)
+    }
+
     /// The visit counter's tuning, named `visits` in metrics.
     pub fn counter_config(&self) -> CounterConfig {
         self.counter_config_named("visits")
@@ -413,7 +488,9 @@ impl Config {
     /// writing new pages into a file of 600,000 (release build, this machine), batches of
     /// 1,000 wrote 21,600 pages a second, of 10,000 67,600, of 50,000 193,600.
     pub fn batch_limits(&self) -> (usize, usize) {
-        let counting_in_file = self.redis_nodes.is_empty() && self.store == StoreKind::Embedded;
+        let counting_in_file = self.redis_nodes.is_empty()
+            && self.cluster_config().is_none()
+            && self.store == StoreKind::Embedded;
         let (keys, bytes) = if counting_in_file {
             (EMBEDDED_BATCH_KEYS, EMBEDDED_BATCH_BYTES)
         } else {
@@ -731,6 +808,21 @@ impl Parser for DbIndex {
             ));
         }
         Ok(())
+    }
+}
+
+/// `REDIS_WAIT_REPLICAS`: a [`Whole`] number of replicas from 0 to 100, when set.
+struct WaitReplicas;
+
+impl Parser for WaitReplicas {
+    type Value = Option<u32>;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Option<u32>, ConfigError> {
+        Whole(0, 100).parse(variable, text).map(Some)
+    }
+
+    fn show(&self, value: &Option<u32>) -> Option<String> {
+        value.map(|n| n.to_string())
     }
 }
 
@@ -1208,6 +1300,92 @@ mod tests {
         assert_eq!(
             error(&[nodes, ("STORE", "memory")]),
             "STORE=\"memory\": REDIS_NODES is set, which counts in Redis; unset STORE (or REDIS_NODES)"
+        );
+    }
+
+    #[test]
+    fn redis_cluster_and_redis_nodes_exclude_each_other_in_one_line() {
+        let message = error(&[
+            ("REDIS_CLUSTER", "redis://:hunter2@c1:7000,redis://c2:7000"),
+            ("REDIS_NODES", "redis://r1:6379"),
+        ]);
+        assert_eq!(
+            message,
+            "REDIS_CLUSTER=\"redis://:***@c1:7000,redis://c2:7000\": REDIS_NODES is set too: a server counts either on standalone nodes (REDIS_NODES) or on a Redis Cluster (REDIS_CLUSTER); unset one of them"
+        );
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn redis_cluster_refuses_what_a_cluster_cannot_do() {
+        let cluster = ("REDIS_CLUSTER", "redis://c1:7000");
+        assert!(
+            error(&[cluster, ("STORE", "memory")]).starts_with("STORE=\"memory\": REDIS_CLUSTER")
+        );
+        assert_eq!(
+            error(&[cluster, ("REDIS_DB", "2")]),
+            "REDIS_DB=\"2\": a Redis Cluster (REDIS_CLUSTER) has database 0 only; unset REDIS_DB"
+        );
+        assert!(parse(&[cluster, ("REDIS_DB", "0")]).is_ok());
+        let seeded_db = error(&[("REDIS_CLUSTER", "redis://:pw@c1:7000/4")]);
+        assert!(seeded_db.contains("database 0 only"), "{seeded_db}");
+        assert!(!seeded_db.contains(":pw@"), "{seeded_db}");
+        assert_eq!(
+            error(&[("REDIS_WAIT_REPLICAS", "1")]),
+            "REDIS_WAIT_REPLICAS=\"1\": applies to a Redis Cluster only, and REDIS_CLUSTER is not set; unset REDIS_WAIT_REPLICAS"
+        );
+        assert!(
+            error(&[cluster, ("REDIS_WAIT_REPLICAS", "-1")])
+                .starts_with("REDIS_WAIT_REPLICAS=\"-1\"")
+        );
+    }
+
+    #[test]
+    fn the_cluster_compose_deployment_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker");
+        let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+        let compose = read("docker-compose.cluster.yml");
+        let seeds = compose
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("REDIS_CLUSTER:"))
+            .expect("the compose file sets REDIS_CLUSTER")
+            .trim()
+            .to_owned();
+        let env = read(".env.example");
+        let mut vars: Vec<(String, String)> = env
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        vars.push(("REDIS_CLUSTER".to_owned(), seeds));
+
+        let config = Config::from_vars(vars).unwrap();
+
+        assert_eq!(config.cluster_config().map(|c| c.seeds.len()), Some(6));
+        assert!(config.redis_config().is_none());
+    }
+
+    #[test]
+    fn redis_cluster_shares_the_connection_settings() {
+        let config = parse(&[
+            ("REDIS_CLUSTER", "redis://c1:7000, redis://c2:7000"),
+            ("REDIS_PASSWORD", "pw"),
+            ("REDIS_TIMEOUT", "0.5"),
+            ("REDIS_POOL_SIZE", "3"),
+            ("REDIS_WAIT_REPLICAS", "2"),
+        ])
+        .unwrap();
+        assert!(config.redis_config().is_none());
+        let cluster = config.cluster_config().unwrap();
+        assert_eq!(cluster.seeds.len(), 2);
+        assert_eq!(cluster.password.as_ref().map(Secret::expose), Some("pw"));
+        assert_eq!(cluster.timeout, Duration::from_millis(500));
+        assert_eq!(cluster.pool_size, 3);
+        assert_eq!(cluster.wait_replicas, Some(2));
+        assert_eq!(
+            parse(&[]).unwrap().cluster_config().map(|c| c.seeds.len()),
+            None
         );
     }
 

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_counter::{Counter, MemoryStore, ShutdownReport};
 use tally_embedded::EmbeddedStore;
-use tally_redis::{Layout, RedisStore};
+use tally_redis::{ClusterStore, Layout, RedisStore};
 use tally_stats::{SingleRun, StatsTracker};
 use tokio::task::JoinHandle;
 
@@ -102,11 +102,15 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
     })
 }
 
-/// The stores of the visit counter and of the request statistics. With `REDIS_NODES`, one
+/// The stores of the visit counter and of the request statistics. With `REDIS_CLUSTER`,
+/// a Redis Cluster ([`connect_cluster`]). With `REDIS_NODES`, one
 /// set of connections to the nodes that both share, the statistics on the sorted-set
 /// layout and the visits on plain counters. Without it, as `STORE` says: the embedded
 /// store in `DATA_DIR` ([`open_embedded`]), or two memory stores (and a warning).
 async fn build_stores(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
+    if let Some(cluster) = config.cluster_config() {
+        return connect_cluster(cluster).await;
+    }
     let Some(redis) = config.redis_config() else {
         return match config.store {
             StoreKind::Embedded => open_embedded(config).await,
@@ -149,6 +153,38 @@ async fn build_stores(config: &Config) -> anyhow::Result<(AppStore, AppStore)> {
             store: stats_store,
             ports,
         },
+    ))
+}
+
+/// The stores over a Redis Cluster (`REDIS_CLUSTER`): one set of connections, the
+/// statistics on the sorted-set layout and the visits on plain counters. A cluster that
+/// does not answer yet is no error (its buckets wait, and `/health` says so); settings
+/// that cannot work are a [`ConfigError`].
+async fn connect_cluster(
+    cluster: tally_redis::ClusterConfig,
+) -> anyhow::Result<(AppStore, AppStore)> {
+    let store = match ClusterStore::connect(cluster).await {
+        Ok(store) => store,
+        Err(e) if e.is_config() => {
+            let variable = match &e {
+                tally_redis::Error::Config { field, .. } => field,
+                _ => "REDIS_CLUSTER",
+            };
+            return Err(ConfigError {
+                variable: variable.to_owned(),
+                value: None,
+                problem: e.to_string(),
+            }
+            .into());
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context("cannot set up the Redis Cluster store"));
+        }
+    };
+    let stats = store.with_layout(Layout::SortedSet);
+    Ok((
+        AppStore::Cluster { store },
+        AppStore::Cluster { store: stats },
     ))
 }
 

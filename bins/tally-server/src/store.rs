@@ -6,12 +6,12 @@ use tally_counter::{
     StoreError, StoredValues, Window, WindowRead,
 };
 use tally_embedded::EmbeddedStore;
-use tally_redis::RedisStore;
+use tally_redis::{ClusterStore, RedisStore};
 
 /// Name of the embedded store's one shard in responses (`"node"`) and logs.
 pub(crate) const EMBEDDED: &str = "embedded";
 
-/// The embedded store, the memory store or Redis, behind one type.
+/// The embedded store, the memory store, Redis nodes or a Redis Cluster, behind one type.
 #[derive(Debug)]
 pub(crate) enum AppStore {
     /// No `REDIS_NODES`, `STORE=embedded` (the default): one redb file in `DATA_DIR`.
@@ -28,21 +28,27 @@ pub(crate) enum AppStore {
         /// Port of each node, by shard id, for `served_via: "redis_{port}"`.
         ports: Vec<u16>,
     },
+    /// `REDIS_CLUSTER`: one shard per bucket, on the primary serving the bucket's slot.
+    Cluster {
+        /// The store (the visits' view or the statistics' view of the cluster).
+        store: ClusterStore,
+    },
 }
 
 impl AppStore {
     /// Whether the counts are kept in this process (the embedded or the memory store), so
     /// there are no Redis nodes to report.
     pub(crate) fn is_embedded(&self) -> bool {
-        !matches!(self, Self::Redis { .. })
+        !matches!(self, Self::Redis { .. } | Self::Cluster { .. })
     }
 
-    /// What `/status` names the store: `embedded`, `memory` or `redis`.
+    /// What `/status` names the store: `embedded`, `memory`, `redis` or `redis-cluster`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Embedded { .. } => "embedded",
             Self::Memory(_) => "memory",
             Self::Redis { .. } => "redis",
+            Self::Cluster { .. } => "redis-cluster",
         }
     }
 
@@ -50,6 +56,14 @@ impl AppStore {
     pub(crate) fn redis(&self) -> Option<&RedisStore> {
         match self {
             Self::Redis { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+
+    /// The Redis Cluster store, when counting on a cluster (for `/status`).
+    pub(crate) fn cluster(&self) -> Option<&ClusterStore> {
+        match self {
+            Self::Cluster { store } => Some(store),
             _ => None,
         }
     }
@@ -64,11 +78,18 @@ impl AppStore {
 
     /// The `served_via` value of a read: `in_memory` for a cache hit (and always on the
     /// embedded and memory stores, as the README documents), `redis_{port}` of the node
-    /// that answered a miss.
+    /// that answered a miss (on a cluster, the primary of the key's bucket).
     pub(crate) fn served_via(&self, served: ServedVia) -> String {
         match (self, served) {
             (Self::Redis { ports, .. }, ServedVia::Store(shard)) => match ports.get(shard) {
                 Some(port) => format!("redis_{port}"),
+                None => "redis".to_owned(),
+            },
+            (Self::Cluster { store }, ServedVia::Store(shard)) => match store.primary_of(shard) {
+                Some(name) => match name.rsplit_once(':') {
+                    Some((_, port)) => format!("redis_{port}"),
+                    None => "redis".to_owned(),
+                },
                 None => "redis".to_owned(),
             },
             _ => "in_memory".to_owned(),
@@ -87,6 +108,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::shard_count(store),
             Self::Memory(store) => store.shard_count(),
             Self::Redis { store, .. } => store.shard_count(),
+            Self::Cluster { store } => store.shard_count(),
         }
     }
 
@@ -95,6 +117,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::shard_of(store, key),
             Self::Memory(store) => store.shard_of(key),
             Self::Redis { store, .. } => store.shard_of(key),
+            Self::Cluster { store } => store.shard_of(key),
         }
     }
 
@@ -103,6 +126,7 @@ impl Store for AppStore {
             Self::Embedded { .. } => EMBEDDED,
             Self::Memory(_) => EMBEDDED,
             Self::Redis { store, .. } => store.shard_name(shard),
+            Self::Cluster { store } => store.shard_name(shard),
         }
     }
 
@@ -111,6 +135,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::apply(store, shard, batch).await,
             Self::Memory(store) => store.apply(shard, batch).await,
             Self::Redis { store, .. } => Store::apply(store, shard, batch).await,
+            Self::Cluster { store } => Store::apply(store, shard, batch).await,
         }
     }
 
@@ -119,6 +144,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::apply_checked(store, shard, batch).await,
             Self::Memory(store) => store.apply_checked(shard, batch).await,
             Self::Redis { store, .. } => Store::apply_checked(store, shard, batch).await,
+            Self::Cluster { store } => Store::apply_checked(store, shard, batch).await,
         }
     }
 
@@ -132,6 +158,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::get(store, shard, instance, keys).await,
             Self::Memory(store) => store.get(shard, instance, keys).await,
             Self::Redis { store, .. } => Store::get(store, shard, instance, keys).await,
+            Self::Cluster { store } => Store::get(store, shard, instance, keys).await,
         }
     }
 
@@ -140,6 +167,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::reset(store, shard, key).await,
             Self::Memory(store) => store.reset(shard, key).await,
             Self::Redis { store, .. } => Store::reset(store, shard, key).await,
+            Self::Cluster { store } => Store::reset(store, shard, key).await,
         }
     }
 
@@ -148,6 +176,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::health(store),
             Self::Memory(store) => store.health(),
             Self::Redis { store, .. } => store.health(),
+            Self::Cluster { store } => store.health(),
         }
     }
 
@@ -156,6 +185,7 @@ impl Store for AppStore {
             Self::Embedded { store } => Store::shard_up(store, shard),
             Self::Memory(store) => store.shard_up(shard),
             Self::Redis { store, .. } => store.shard_up(shard),
+            Self::Cluster { store } => store.shard_up(shard),
         }
     }
 }
@@ -166,6 +196,7 @@ impl RankedStore for AppStore {
             Self::Embedded { store } => RankedStore::top(store, shard, limit).await,
             Self::Memory(store) => store.top(shard, limit).await,
             Self::Redis { store, .. } => RankedStore::top(store, shard, limit).await,
+            Self::Cluster { store } => RankedStore::top(store, shard, limit).await,
         }
     }
 
@@ -174,6 +205,7 @@ impl RankedStore for AppStore {
             Self::Embedded { store } => RankedStore::serves_windows(store),
             Self::Memory(store) => store.serves_windows(),
             Self::Redis { store, .. } => store.serves_windows(),
+            Self::Cluster { store } => store.serves_windows(),
         }
     }
 
@@ -188,6 +220,7 @@ impl RankedStore for AppStore {
             Self::Redis { store, .. } => {
                 RankedStore::count_at_least(store, shard, thresholds).await
             }
+            Self::Cluster { store } => RankedStore::count_at_least(store, shard, thresholds).await,
         }
     }
 
@@ -196,6 +229,7 @@ impl RankedStore for AppStore {
             Self::Embedded { store } => RankedStore::window(store, shard, window).await,
             Self::Memory(store) => store.window(shard, window).await,
             Self::Redis { store, .. } => RankedStore::window(store, shard, window).await,
+            Self::Cluster { store } => RankedStore::window(store, shard, window).await,
         }
     }
 }

@@ -160,6 +160,66 @@ pub enum Error {
         /// Why it was marked down.
         reason: String,
     },
+    /// A Redis Cluster primary applied a batch (or a reset), but fewer of its replicas than
+    /// `REDIS_WAIT_REPLICAS` confirmed it (`WAIT`) in time: a failover could still lose it,
+    /// so it is not reported applied. The counter keeps the batch and sends it again, and
+    /// its high-water mark makes the retry count once.
+    #[error(
+        "redis cluster primary {node} applied the batch of bucket {bucket}, but {acked} of the {wanted} replica(s) REDIS_WAIT_REPLICAS asks for confirmed it within {after:?}; it stays in memory and is sent again (counted once)"
+    )]
+    NotReplicated {
+        /// The primary, `host:port`.
+        node: String,
+        /// The bucket's hash tag, `{bNNNN}`.
+        bucket: String,
+        /// Replicas that confirmed.
+        acked: u64,
+        /// Replicas asked for.
+        wanted: u64,
+        /// How long `WAIT` waited.
+        after: Duration,
+    },
+    /// A Redis Cluster primary has fewer replicas answering than `REDIS_WAIT_REPLICAS`, so
+    /// no batch was sent to it (its `WAIT` could not be satisfied); its buckets' batches wait
+    /// in memory until a replica is back.
+    #[error(
+        "redis cluster primary {node} of bucket {bucket} has {online} replica(s) answering, fewer than the {wanted} REDIS_WAIT_REPLICAS asks for; its batches wait in memory until a replica is back"
+    )]
+    ReplicasMissing {
+        /// The primary, `host:port`.
+        node: String,
+        /// The bucket's hash tag, `{bNNNN}`.
+        bucket: String,
+        /// Replicas answering.
+        online: usize,
+        /// Replicas asked for.
+        wanted: usize,
+    },
+    /// Every connection a Redis Cluster primary has for batches (`REDIS_POOL_SIZE`) stayed
+    /// busy, each holding a batch until its replicas confirmed it, for as long as a batch may
+    /// wait for one; the batch was not sent and is retried. The node is not marked down: it
+    /// answers, slowly.
+    #[error(
+        "redis cluster primary {node} had no free connection for a batch within {after:?} (each of its REDIS_POOL_SIZE connections holds a batch until its replicas confirm it); the batch is sent again"
+    )]
+    Busy {
+        /// The primary, `host:port`.
+        node: String,
+        /// How long the batch waited.
+        after: Duration,
+    },
+    /// No reachable primary of the Redis Cluster serves a bucket's hash slot (the cluster
+    /// has not answered yet, or a slot lost its primary); its operations wait or fail until
+    /// the health check finds one.
+    #[error("no primary of the redis cluster serves bucket {bucket} (hash slot {slot}): {reason}")]
+    NoPrimary {
+        /// The bucket's hash tag, `{bNNNN}`.
+        bucket: String,
+        /// Its hash slot.
+        slot: u16,
+        /// Why: what the store knows of the cluster.
+        reason: String,
+    },
     /// A batch breaks the [`tally_counter::Batch`] contract (a key listed twice); nothing
     /// of it was sent.
     #[error("invalid batch: {detail}")]
@@ -298,7 +358,9 @@ impl Error {
             Self::Redis { .. } => "redis",
             Self::Protocol { .. } => "protocol",
             Self::Pool { .. } => "pool",
-            Self::NodeUnavailable { .. } => "unavailable",
+            Self::NodeUnavailable { .. } | Self::NoPrimary { .. } => "unavailable",
+            Self::NotReplicated { .. } | Self::ReplicasMissing { .. } => "replication",
+            Self::Busy { .. } => "pool",
             Self::CorruptValue { .. } => "corrupt",
             Self::WrittenDuringReshard { .. } | Self::ReshardUnsettled { .. } => "reshard",
             Self::InvalidBatch { .. } | Self::NoSuchShard { .. } | Self::WrongLayout { .. } => {

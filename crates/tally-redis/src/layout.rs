@@ -161,7 +161,8 @@ local CHUNK = 500
 local LIMIT = 9007199254740991
 -- The sequence is the value's leading digits: '{seq}:{unix ms}', or a bare '{seq}' as
 -- written before marks carried their time.
-local mark = tonumber(string.match(redis.call('HGET', KEYS[1], ARGV[1]) or '0', '^%d+'))
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+local mark = tonumber(string.match(stored or '0', '^%d+'))
 local seq = tonumber(ARGV[2])
 local zset = ARGV[3] == 'z'
 local n = tonumber(ARGV[4])
@@ -227,6 +228,10 @@ end
 
 -- A read, or a batch already applied (a retry after a lost reply): current totals.
 if seq <= mark then
+  -- A retry rewrites the mark as it is: a write, replicated after the first application,
+  -- so a WAIT that follows the retry on its connection (Redis Cluster) also covers the
+  -- first application, which another connection may have made.
+  if seq > 0 then redis.call('HSET', KEYS[1], ARGV[1], stored) end
   for i = 1, n do
     if bad[i] then current[i] = '0' else current[i] = current[i] or '0' end
   end
@@ -292,30 +297,143 @@ pub(crate) fn fill_invocation<'a, 'k>(
     keys: impl Iterator<Item = &'k str> + Clone,
     deltas: impl Iterator<Item = u64>,
 ) {
+    fill_script_args(
+        invocation,
+        &Standalone,
+        layout,
+        instance,
+        shard,
+        seq,
+        keys,
+        deltas,
+    );
+}
+
+/// Where the keys of one script call live: a standalone node's names ([`Standalone`]:
+/// [`COUNTER_KEY_PREFIX`], [`URLS_KEY`] and the marks hashes), or one bucket's of a Redis
+/// Cluster, whose names all carry the bucket's hash tag (`crate::cluster`).
+pub(crate) trait KeySpace {
+    /// The hash holding `layout`'s high-water marks.
+    fn marks_key(&self, layout: Layout) -> String;
+    /// The string holding `key`'s count in [`Layout::Counters`].
+    fn counter_key(&self, key: &str) -> String;
+    /// The sorted set of [`Layout::SortedSet`].
+    fn urls_key(&self) -> String;
+}
+
+/// The key names of a standalone node: the constants of this module.
+pub(crate) struct Standalone;
+
+impl KeySpace for Standalone {
+    fn marks_key(&self, layout: Layout) -> String {
+        layout.marks_key().to_owned()
+    }
+
+    fn counter_key(&self, key: &str) -> String {
+        Layout::Counters.redis_key(key)
+    }
+
+    fn urls_key(&self) -> String {
+        URLS_KEY.to_owned()
+    }
+}
+
+/// What the keys and arguments of a script call are written to: a
+/// `redis::ScriptInvocation`, or a [`ScriptCall`] sent as a command of its own.
+pub(crate) trait ScriptArgs {
+    /// Appends a key (`KEYS[i]`).
+    fn key(&mut self, key: String);
+    /// Appends an argument (`ARGV[i]`).
+    fn arg(&mut self, arg: impl redis::ToRedisArgs);
+}
+
+impl ScriptArgs for redis::ScriptInvocation<'_> {
+    fn key(&mut self, key: String) {
+        redis::ScriptInvocation::key(self, key);
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) {
+        redis::ScriptInvocation::arg(self, arg);
+    }
+}
+
+/// The keys and arguments of a script call, for sending it as a plain command
+/// ([`ScriptCall::evalsha`], or [`ScriptCall::eval`] for a node that does not have the
+/// script yet), e.g. in a pipeline with other commands, which a `ScriptInvocation` cannot
+/// join.
+#[derive(Debug, Default)]
+pub(crate) struct ScriptCall {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptArgs for ScriptCall {
+    fn key(&mut self, key: String) {
+        self.keys.push(key);
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) {
+        arg.write_redis_args(&mut self.args);
+    }
+}
+
+impl ScriptCall {
+    /// `EVALSHA` of `script` with these keys and arguments.
+    pub(crate) fn evalsha(&self, script: &redis::Script) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash());
+        self.append(&mut cmd);
+        cmd
+    }
+
+    /// `EVAL` of `code` (the script's source) with these keys and arguments: it also
+    /// caches the script on the node, for the `EVALSHA`s after it.
+    pub(crate) fn eval(&self, code: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(code);
+        self.append(&mut cmd);
+        cmd
+    }
+
+    fn append(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+    }
+}
+
+/// Fills the script's keys (named by `space`) and arguments for `keys` of one shard, as
+/// [`fill_invocation`] does for a standalone node.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fill_script_args<'k>(
+    sink: &mut impl ScriptArgs,
+    space: &impl KeySpace,
+    layout: Layout,
+    instance: InstanceId,
+    shard: ShardId,
+    seq: u64,
+    keys: impl Iterator<Item = &'k str> + Clone,
+    deltas: impl Iterator<Item = u64>,
+) {
     let n = keys.clone().count();
-    invocation.key(layout.marks_key());
+    sink.key(space.marks_key(layout));
     match layout {
         Layout::Counters => {
             for key in keys.clone() {
-                invocation.key(layout.redis_key(key));
+                sink.key(space.counter_key(key));
             }
         }
-        Layout::SortedSet => {
-            invocation.key(URLS_KEY);
-        }
+        Layout::SortedSet => sink.key(space.urls_key()),
     }
-    invocation
-        .arg(mark_field(instance, shard))
-        .arg(seq)
-        .arg(layout.script_code())
-        .arg(n);
+    sink.arg(mark_field(instance, shard));
+    sink.arg(seq);
+    sink.arg(layout.script_code());
+    sink.arg(n);
     if layout == Layout::SortedSet {
         for key in keys {
-            invocation.arg(key);
+            sink.arg(key);
         }
     }
     for delta in deltas {
-        invocation.arg(delta);
+        sink.arg(delta);
     }
 }
 

@@ -13,6 +13,12 @@
 //! and its reads fail with [`Error::NodeUnavailable`], until it answers a ping again.
 //! Passwords never appear in `Display` or `Debug` output of anything here ([`redact`]).
 //!
+//! [`ClusterStore`] is the same store over a Redis Cluster (`REDIS_CLUSTER`): keys grouped
+//! into a fixed number of buckets ([`COUNTER_BUCKETS`], [`STATS_BUCKETS`]) whose keys share
+//! a hash slot, one counter shard per bucket, and every batch confirmed by
+//! `REDIS_WAIT_REPLICAS` replicas (`WAIT`) before it counts as applied, so a failover
+//! loses no acknowledged batch. See [`cluster`].
+//!
 //! Requires Redis 6.2 or later (the script uses `ZMSCORE`). Totals are exact up to
 //! [`MAX_TOTAL`] (2^53 - 1); a key whose total would pass it is left as it is and
 //! reported, as is a key holding something that is not a count, and the rest of its batch
@@ -100,6 +106,9 @@
 //! - `store`: [`RedisStore`], routing, the `Store` implementation, node identities and the
 //!   health task.
 //! - `error`: [`Error`].
+//! - [`cluster`]: [`ClusterStore`], the same `Store` over a Redis Cluster: keys grouped in
+//!   buckets that share a hash slot, batches confirmed by replicas (`WAIT`) before they
+//!   count as applied, [`ClusterConfig`], [`ClusterStatus`].
 //! - [`reshard`]: moving every count whose owner changes to its new owner when the node
 //!   list changes ([`reshard::plan`], [`reshard::apply`]; `tally-server reshard`).
 //!
@@ -108,7 +117,9 @@
 //! Through the `metrics` facade: `tally_redis_commands_total{node,op}`,
 //! `tally_redis_errors_total{node,op,kind}`, `tally_redis_node_up{node}`,
 //! `tally_redis_command_seconds{node,op}`, `tally_redis_batches_replayed_total{node,layout}`
-//! and `tally_redis_marks_removed_total{node}`.
+//! and `tally_redis_marks_removed_total{node}`; on a Redis Cluster also
+//! `tally_redis_cluster_redirects_total{node,kind}`, the `MOVED` and `ASK` answers a batch
+//! (or reset) followed, by the node that sent it elsewhere.
 #![deny(missing_docs)]
 
 /// The README's example, run as a doctest.
@@ -116,6 +127,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeExample;
 
+pub mod cluster;
 mod config;
 mod error;
 pub mod guard;
@@ -125,6 +137,10 @@ mod node;
 pub mod reshard;
 mod store;
 
+pub use cluster::{
+    CLUSTER_SLOTS, COUNTER_BUCKETS, ClusterConfig, ClusterNodeStatus, ClusterShard, ClusterStatus,
+    ClusterStore, STATS_BUCKETS, bucket_count, bucket_of, bucket_tag, cluster_slot,
+};
 pub use config::{
     DEFAULT_HEALTH_CHECK_INTERVAL, DEFAULT_MARKS_RETENTION, DEFAULT_POOL_SIZE,
     DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT, DEFAULT_VNODES, NodeUrl, RedisConfig, Secret, redact,

@@ -48,6 +48,9 @@
 //! # Layout
 //!
 //! - `node`: [`RedisNode`], [`RedisCluster`], [`NodeBuilder`]: `redis-server` processes.
+//! - `cluster`: [`Cluster`], [`ClusterNode`], [`ClusterBuilder`]: a real Redis Cluster
+//!   (`cluster-enabled yes`, made by `redis-cli --cluster create`, which must be installed
+//!   too), not to be confused with [`RedisCluster`], a set of independent nodes.
 //! - `proxy`: [`FaultProxy`] and its [`Mode`]s.
 //! - `http`: [`HttpConnection`], the bare keep-alive HTTP/1.1 client.
 //! - `load`: [`run_load`] and its [`Scoreboard`].
@@ -59,6 +62,7 @@
 //!   [`Error`].
 #![deny(missing_docs)]
 
+mod cluster;
 mod error;
 mod http;
 mod load;
@@ -69,6 +73,10 @@ mod proxy;
 mod ring;
 mod secrets;
 
+pub use cluster::{
+    Cluster, ClusterBuilder, ClusterNode, MAX_CLUSTER_PORT, NodeView, REDIS_CLI_ENV, SLOTS,
+    parse_cluster_nodes,
+};
 pub use error::{Error, Result};
 pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
 pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};

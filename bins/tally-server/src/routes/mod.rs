@@ -122,7 +122,10 @@ pub(crate) fn format_uptime(uptime: Duration) -> String {
 /// Health of the store's nodes as the status endpoints report it.
 pub(crate) struct NodeStatus {
     /// `healthy` (all up), `degraded` (some down) or `unhealthy` (none up; for the
-    /// embedded store, its last write failed on the disk).
+    /// embedded store, its last write failed on the disk). On a Redis Cluster, as
+    /// `tally_redis::ClusterStatus::status` says: `degraded` while a slot has no reachable
+    /// primary, a node is down or a primary lacks the replicas its batches wait for, and
+    /// `unhealthy` while no slot has a primary.
     pub(crate) status: &'static str,
     /// `redis://host:port` → up, credential-free; empty for the embedded store.
     pub(crate) nodes: BTreeMap<String, bool>,
@@ -133,6 +136,19 @@ pub(crate) struct NodeStatus {
 /// Reads the store's health as of its last check (every `HEALTH_CHECK_INTERVAL_SECONDS`,
 /// and after every failed command).
 pub(crate) fn node_status(store: &AppStore) -> NodeStatus {
+    if let Some(cluster) = store.cluster() {
+        // Every node of the cluster, primaries and replicas; its shards are buckets.
+        let cluster = cluster.status();
+        let nodes: BTreeMap<String, bool> = cluster
+            .nodes()
+            .map(|node| (format!("redis://{}", node.name), node.up))
+            .collect();
+        return NodeStatus {
+            status: cluster.status(),
+            healthy: nodes.values().filter(|up| **up).count(),
+            nodes,
+        };
+    }
     let health = store.health();
     let healthy = health.iter().filter(|node| node.up).count();
     if store.is_embedded() {

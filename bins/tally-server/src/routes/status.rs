@@ -16,6 +16,9 @@ struct Status {
     total_requests: u64,
     store: StoreStatus,
     redis_status: RedisStatus,
+    /// On a Redis Cluster: its primaries, replicas and slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterStatus>,
     counter_status: CounterStatus,
     stats_status: StatsStatus,
     version: &'static str,
@@ -25,11 +28,95 @@ struct Status {
 /// Which store the server counts in, and where the embedded store's file is.
 #[derive(Serialize)]
 struct StoreStatus {
-    /// `embedded`, `memory` or `redis`.
+    /// `embedded`, `memory`, `redis` or `redis-cluster`.
     kind: &'static str,
     /// The embedded store's database file; absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+}
+
+/// A Redis Cluster as the store last saw it (`tally_redis::ClusterStatus`).
+#[derive(Serialize)]
+struct ClusterStatus {
+    /// `healthy`, `degraded` (a slot without a reachable primary, a node down, or a
+    /// primary short of the replicas its batches wait for) or `unhealthy`.
+    state: &'static str,
+    /// Hash slots no reachable primary serves: their buckets' visits wait in memory.
+    slots_without_primary: u32,
+    /// Replicas every batch waits for (`REDIS_WAIT_REPLICAS`); null until known.
+    wait_replicas: Option<usize>,
+    /// Buckets (shards) of the visits and of the request statistics.
+    buckets: BucketCounts,
+    /// The node whose `CLUSTER NODES` this is.
+    source: Option<String>,
+    /// Each primary with its slot ranges and replicas.
+    shards: Vec<ShardStatus>,
+}
+
+#[derive(Serialize)]
+struct BucketCounts {
+    visits: usize,
+    stats: usize,
+}
+
+#[derive(Serialize)]
+struct ShardStatus {
+    primary: ClusterNode,
+    /// Inclusive ranges, `"0-5460"`.
+    slots: Vec<String>,
+    replicas: Vec<ClusterNode>,
+}
+
+#[derive(Serialize)]
+struct ClusterNode {
+    /// `host:port`.
+    node: String,
+    id: String,
+    /// Answered the last ping.
+    up: bool,
+    /// Flagged failed by the cluster.
+    failed: bool,
+}
+
+impl ClusterStatus {
+    fn of(store: &tally_redis::ClusterStore) -> Self {
+        let status = store.status();
+        let node = |n: &tally_redis::ClusterNodeStatus| ClusterNode {
+            node: n.name.clone(),
+            id: n.id.clone(),
+            up: n.up,
+            failed: n.failed,
+        };
+        Self {
+            state: status.status(),
+            slots_without_primary: status.slots_without_primary,
+            wait_replicas: status.wait_replicas,
+            buckets: BucketCounts {
+                visits: tally_redis::COUNTER_BUCKETS,
+                stats: tally_redis::STATS_BUCKETS,
+            },
+            source: status.source.clone(),
+            shards: status
+                .shards
+                .iter()
+                .map(|shard| ShardStatus {
+                    primary: node(&shard.primary),
+                    slots: shard
+                        .slots
+                        .iter()
+                        .map(|(a, b)| {
+                            if a == b {
+                                a.to_string()
+                            } else {
+                                format!("{a}-{b}")
+                            }
+                        })
+                        .collect(),
+                    replicas: shard.replicas.iter().map(node).collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -94,6 +181,7 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
             healthy_nodes: healthy,
             node_status: nodes,
         },
+        cluster: state.counter.store().cluster().map(ClusterStatus::of),
         counter_status: CounterStatus {
             cache_size: snapshot.cache_size,
             write_buffer_size: snapshot.write_buffer_size,
@@ -122,7 +210,9 @@ struct Health {
 }
 
 /// `GET /health`: 200 while at least one node answers (`redis: connected`; `status` is
-/// `degraded` when some do not), 503 when none does (`redis: disconnected`). The embedded
+/// `degraded` when some do not), 503 when none does (`redis: disconnected`). On a Redis
+/// Cluster, 200 while some slot has a reachable primary (`degraded` while any slot has
+/// none, a node is down or a primary lacks its replicas), 503 otherwise. The embedded
 /// and memory stores answer `redis: embedded` (`/status` tells them apart): 200, or 503
 /// with `status: unhealthy` once a write to the embedded store's file failed (a full or
 /// failing disk; the file takes writes again only after a restart).
@@ -136,6 +226,14 @@ pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
             (HttpResponse::Ok(), "embedded")
         } else {
             (HttpResponse::ServiceUnavailable(), "embedded")
+        }
+    } else if store.cluster().is_some() {
+        // On a cluster, `degraded` covers slots without a reachable primary; only a
+        // cluster with no slot served is down.
+        if status == "unhealthy" {
+            (HttpResponse::ServiceUnavailable(), "disconnected")
+        } else {
+            (HttpResponse::Ok(), "connected")
         }
     } else if healthy > 0 {
         (HttpResponse::Ok(), "connected")

@@ -1,5 +1,6 @@
 //! Integration tests of tally-redis against real redis-server processes (see tally-testkit).
 
+mod cluster;
 mod counter;
 mod errors;
 mod faults;
