@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-use tally_counter::{InstanceId, ShardId};
+use tally_counter::{InstanceId, ShardId, StoredValues};
+
+use crate::error::Error;
 
 /// Prefix of the plain counters of [`Layout::Counters`]: page `p` lives at `tally:v:p`.
 pub const COUNTER_KEY_PREFIX: &str = "tally:v:";
@@ -286,29 +288,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now[1] .. string.format('
 return {1, seq, totals, rejected}
 ";
 
-/// Fills the script's keys and arguments for `keys` of one node. `seq` 0 with no deltas
-/// reads; a batch passes its seq and one delta per key.
-pub(crate) fn fill_invocation<'a, 'k>(
-    invocation: &mut redis::ScriptInvocation<'a>,
-    layout: Layout,
-    instance: InstanceId,
-    shard: ShardId,
-    seq: u64,
-    keys: impl Iterator<Item = &'k str> + Clone,
-    deltas: impl Iterator<Item = u64>,
-) {
-    fill_script_args(
-        invocation,
-        &Standalone,
-        layout,
-        instance,
-        shard,
-        seq,
-        keys,
-        deltas,
-    );
-}
-
 /// Where the keys of one script call live: a standalone node's names ([`Standalone`]:
 /// [`COUNTER_KEY_PREFIX`], [`URLS_KEY`] and the marks hashes), or one bucket's of a Redis
 /// Cluster, whose names all carry the bucket's hash tag (`crate::cluster`).
@@ -400,8 +379,8 @@ impl ScriptCall {
     }
 }
 
-/// Fills the script's keys (named by `space`) and arguments for `keys` of one shard, as
-/// [`fill_invocation`] does for a standalone node.
+/// Fills the script's keys (named by `space`) and arguments for `keys` of one shard.
+/// `seq` 0 with no deltas reads; a batch passes its seq and one delta per key.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fill_script_args<'k>(
     sink: &mut impl ScriptArgs,
@@ -500,6 +479,41 @@ impl ScriptReply {
             rejected,
         })
     }
+}
+
+/// The batch script's answer to a read of `keys` (sequence 0) on `node`: their values and
+/// the mark, as [`tally_counter::Store::get`] answers them. A key holding something that is
+/// not a count fails the read ([`Error::CorruptValue`], where `stored_as` says it is).
+pub(crate) fn stored_values(
+    reply: redis::Value,
+    node: &str,
+    keys: &[&str],
+    stored_as: impl FnOnce(&str) -> String,
+) -> crate::Result<StoredValues> {
+    let protocol = |detail| Error::Protocol {
+        node: node.to_owned(),
+        op: "get",
+        detail,
+    };
+    let reply = ScriptReply::parse(reply).map_err(protocol)?;
+    if let Some((index, found)) = reply.rejected.into_iter().next() {
+        return Err(Error::CorruptValue {
+            node: node.to_owned(),
+            stored_as: stored_as(keys.get(index).copied().unwrap_or_default()),
+            found,
+        });
+    }
+    if reply.values.len() != keys.len() {
+        return Err(protocol(format!(
+            "{} values for {} keys",
+            reply.values.len(),
+            keys.len()
+        )));
+    }
+    Ok(StoredValues {
+        values: reply.values,
+        applied_seq: reply.mark,
+    })
 }
 
 /// A count from an integer reply, a numeric string (`GET`, or a sorted-set score such as

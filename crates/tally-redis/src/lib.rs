@@ -103,6 +103,8 @@
 //!   [`RANKING_TIMEOUT_FLOOR`] for its answer, and one that times out does not mark its
 //!   node down (it is slow because it is large); the health check decides.
 //! - `marks`: removal of old high-water marks (the sweep script and its schedule).
+//! - `ranked`: the ranked reads of the request statistics (`top`, `count_at_least`,
+//!   `window`, `len`), for [`RedisStore`] and [`ClusterStore`] alike.
 //! - `store`: [`RedisStore`], routing, the `Store` implementation, node identities and the
 //!   health task.
 //! - `error`: [`Error`].
@@ -134,6 +136,7 @@ pub mod guard;
 mod layout;
 mod marks;
 mod node;
+mod ranked;
 pub mod reshard;
 mod store;
 

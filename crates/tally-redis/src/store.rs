@@ -1,11 +1,12 @@
-//! `RedisStore`: the ring over the nodes, the `Store` implementation, the sorted-set reads,
-//! the nodes' identities, and the health task.
+//! `RedisStore`: the ring over the nodes, the `Store` implementation, the way of the
+//! sorted-set reads (`crate::ranked`) to a node, the nodes' identities, and the health task.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use redis::FromRedisValue;
 use tally_counter::{
     Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
     StoredValues, Window, WindowRead,
@@ -18,18 +19,13 @@ use crate::config::RedisConfig;
 use crate::error::{Error, Result};
 use crate::guard::{self, LEASE_REFRESH, RingCheck, Seen};
 use crate::layout::{
-    BATCH_SCRIPT, Layout, ScriptReply, TOP_SCRIPT, URLS_KEY, fill_invocation, parse_count_text,
+    BATCH_SCRIPT, Layout, ScriptReply, Standalone, TOP_SCRIPT, URLS_KEY, fill_script_args,
+    stored_values,
 };
 use crate::lock;
 use crate::marks::{SWEEP_SCRIPT, Sweeper, sweep_node};
 use crate::node::{Node, Probe};
-
-/// A sorted-set member and its score, as Redis sends them.
-type Pair = (String, String);
-
-/// Optimistic two-step reads [`RedisStore::top`] makes before it falls back to the
-/// ranking script.
-const TOP_ATTEMPTS: usize = 3;
+use crate::ranked::{self, Pair, Request, SortedSet};
 
 /// Nodes marked down are pinged at least this often, whatever the health-check interval.
 const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -235,66 +231,7 @@ impl RedisStore {
     /// [`Error::WrongLayout`] unless the layout is [`Layout::SortedSet`]; node errors as for
     /// any command.
     pub async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>> {
-        self.require_sorted_set("top")?;
-        let node = self.node(shard)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // One checkout for all the steps below, not `Node::run` per command: each checkout
-        // costs a round trip (the pool pings a connection before lending it) and may wait
-        // for one of the few ranking connections between two steps of one read.
-        let mut conn = node.checkout("top").await?;
-        let mut entries = None;
-        for _ in 0..TOP_ATTEMPTS {
-            let mut cut = redis::cmd("ZREVRANGE");
-            cut.arg(URLS_KEY)
-                .arg(limit - 1)
-                .arg(limit - 1)
-                .arg("WITHSCORES");
-            let cut: Vec<Pair> = node.send(&mut conn, "top", &cut).await?;
-            let found = match cut.first() {
-                // Fewer than `limit` members: all of them, unless the set grew since.
-                None => {
-                    let mut all = redis::cmd("ZREVRANGE");
-                    all.arg(URLS_KEY).arg(0).arg(limit - 1).arg("WITHSCORES");
-                    let all: Vec<Pair> = node.send(&mut conn, "top", &all).await?;
-                    (all.len() < limit).then_some(all)
-                }
-                Some((_, boundary)) => {
-                    let mut pipe = redis::pipe();
-                    pipe.atomic()
-                        .cmd("ZREVRANGEBYSCORE")
-                        .arg(URLS_KEY)
-                        .arg("+inf")
-                        .arg(format!("({boundary}"))
-                        .arg("WITHSCORES")
-                        .cmd("ZRANGEBYSCORE")
-                        .arg(URLS_KEY)
-                        .arg(boundary)
-                        .arg(boundary)
-                        .arg("WITHSCORES")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit);
-                    let (mut above, tied): (Vec<Pair>, Vec<Pair>) =
-                        node.send(&mut conn, "top", &pipe).await?;
-                    (above.len() + tied.len() >= limit).then(|| {
-                        let wanted = limit.saturating_sub(above.len());
-                        above.extend(tied.into_iter().take(wanted));
-                        above
-                    })
-                }
-            };
-            if found.is_some() {
-                entries = found;
-                break;
-            }
-        }
-        let pairs = match entries {
-            Some(pairs) => pairs,
-            None => self.top_by_script(node, &mut conn, limit).await?,
-        };
-        ranked(node, pairs, limit)
+        ranked::top(&mut self.sorted_set("top", shard)?, limit).await
     }
 
     /// [`RedisStore::top`] in one step, with the ranking script: exact and atomic, but a
@@ -309,25 +246,7 @@ impl RedisStore {
         shard: ShardId,
         limit: usize,
     ) -> Result<Vec<(String, u64)>> {
-        self.require_sorted_set("top")?;
-        let node = self.node(shard)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut conn = node.checkout("top").await?;
-        let pairs = self.top_by_script(node, &mut conn, limit).await?;
-        ranked(node, pairs, limit)
-    }
-
-    async fn top_by_script(
-        &self,
-        node: &Node,
-        conn: &mut deadpool_redis::Connection,
-        limit: usize,
-    ) -> Result<Vec<Pair>> {
-        let mut invocation = self.shared.top_script.key(URLS_KEY);
-        invocation.arg(limit);
-        node.send(conn, "top", &invocation).await
+        ranked::top_by_script(&mut self.sorted_set("top", shard)?, limit).await
     }
 
     /// For each of `thresholds`, how many members of `shard`'s sorted set count at least
@@ -337,17 +256,7 @@ impl RedisStore {
     ///
     /// As [`RedisStore::top`].
     pub async fn count_at_least(&self, shard: ShardId, thresholds: &[u64]) -> Result<Vec<u64>> {
-        self.require_sorted_set("count_at_least")?;
-        let node = self.node(shard)?;
-        if thresholds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for threshold in thresholds {
-            pipe.cmd("ZCOUNT").arg(URLS_KEY).arg(threshold).arg("+inf");
-        }
-        node.run("count_at_least", &pipe).await
+        ranked::count_at_least(&mut self.sorted_set("count_at_least", shard)?, thresholds).await
     }
 
     /// The members of `shard` around one page of the ranking, in one `MULTI` (see
@@ -358,57 +267,7 @@ impl RedisStore {
     ///
     /// As [`RedisStore::top`].
     pub async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead> {
-        self.require_sorted_set("window")?;
-        let node = self.node(shard)?;
-        let Window {
-            high,
-            low,
-            high_run,
-            low_run,
-        } = window;
-        let low = low.min(high);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZCOUNT")
-            .arg(URLS_KEY)
-            .arg(format!("({high}"))
-            .arg("+inf")
-            .cmd("ZCOUNT")
-            .arg(URLS_KEY)
-            .arg("-inf")
-            .arg(format!("({low}"))
-            .cmd("ZRANGEBYSCORE")
-            .arg(URLS_KEY)
-            .arg(high)
-            .arg(high)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(high_run)
-            // Strictly between (empty when low == high).
-            .cmd("ZRANGEBYSCORE")
-            .arg(URLS_KEY)
-            .arg(format!("({low}"))
-            .arg(format!("({high}"))
-            .arg("WITHSCORES")
-            .cmd("ZRANGEBYSCORE")
-            .arg(URLS_KEY)
-            .arg(low)
-            .arg(low)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(if low < high { low_run } else { 0 });
-        let (above, below, at_high, between, at_low): (u64, u64, Vec<Pair>, Vec<Pair>, Vec<Pair>) =
-            node.run("window", &pipe).await?;
-        let counts = |pairs: Vec<Pair>| ranked(node, pairs, usize::MAX);
-        Ok(WindowRead {
-            above,
-            below,
-            at_high: counts(at_high)?,
-            between: counts(between)?,
-            at_low: counts(at_low)?,
-        })
+        ranked::window(&mut self.sorted_set("window", shard)?, window).await
     }
 
     /// Number of members in `shard`'s sorted set (`ZCARD tally:urls`).
@@ -417,11 +276,7 @@ impl RedisStore {
     ///
     /// As [`RedisStore::top`].
     pub async fn len(&self, shard: ShardId) -> Result<u64> {
-        self.require_sorted_set("len")?;
-        let node = self.node(shard)?;
-        let mut cmd = redis::cmd("ZCARD");
-        cmd.arg(URLS_KEY);
-        node.run("len", &cmd).await
+        ranked::len(&mut self.sorted_set("len", shard)?).await
     }
 
     /// [`Store::apply`] with this crate's error type.
@@ -472,8 +327,9 @@ impl RedisStore {
                 });
             }
             let mut invocation = self.shared.script.prepare_invoke();
-            fill_invocation(
+            fill_script_args(
                 &mut invocation,
+                &Standalone,
                 self.layout,
                 batch.id.instance,
                 shard,
@@ -541,8 +397,9 @@ impl RedisStore {
         let node = self.node(shard)?;
         let mut invocation = self.shared.script.prepare_invoke();
         // Sequence 0 is never above a mark: the script only reads.
-        fill_invocation(
+        fill_script_args(
             &mut invocation,
+            &Standalone,
             self.layout,
             instance,
             shard,
@@ -551,27 +408,7 @@ impl RedisStore {
             std::iter::empty(),
         );
         let reply = node.run("get", &invocation).await?;
-        let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "get", d))?;
-        if let Some((index, found)) = reply.rejected.into_iter().next() {
-            return Err(Error::CorruptValue {
-                node: node.name().to_owned(),
-                stored_as: self
-                    .layout
-                    .stored_as(keys.get(index).copied().unwrap_or_default()),
-                found,
-            });
-        }
-        if reply.values.len() != keys.len() {
-            return Err(protocol(
-                node,
-                "get",
-                format!("{} values for {} keys", reply.values.len(), keys.len()),
-            ));
-        }
-        Ok(StoredValues {
-            values: reply.values,
-            applied_seq: reply.mark,
-        })
+        stored_values(reply, node.name(), keys, |key| self.layout.stored_as(key))
     }
 
     /// [`Store::reset`] with this crate's error type: `DEL tally:v:{key}`, or
@@ -590,6 +427,17 @@ impl RedisStore {
         self.shared.nodes.get(shard).ok_or(Error::NoSuchShard {
             shard,
             count: self.shared.nodes.len(),
+        })
+    }
+
+    /// `shard`'s sorted set, for the ranked read `op`: [`Error::WrongLayout`] unless the
+    /// layout is [`Layout::SortedSet`].
+    fn sorted_set(&self, op: &'static str, shard: ShardId) -> Result<NodeSet<'_>> {
+        self.require_sorted_set(op)?;
+        Ok(NodeSet {
+            node: self.node(shard)?,
+            top_script: &self.shared.top_script,
+            conn: None,
         })
     }
 
@@ -802,20 +650,56 @@ struct FirstContacts {
     rings: Vec<(ShardId, Seen)>,
 }
 
-/// `member, score` pairs as counts in ranking order (count descending, then member
-/// ascending), cut to `limit`.
-fn ranked(node: &Node, pairs: Vec<Pair>, limit: usize) -> Result<Vec<(String, u64)>> {
-    let mut entries = pairs
-        .into_iter()
-        .map(|(member, score)| {
-            parse_count_text(&score)
-                .map(|count| (member, count))
-                .map_err(|detail| protocol(node, "top", detail))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    entries.sort_unstable_by(tally_counter::rank_order);
-    entries.truncate(limit);
-    Ok(entries)
+/// `tally:urls` on one node, for the ranked reads of `crate::ranked`.
+///
+/// One checkout serves every request of a read, made by its first: each checkout costs a
+/// round trip (the pool pings a connection before lending it), and a read of several steps
+/// would otherwise wait again for one of the few ranking connections between two steps.
+struct NodeSet<'a> {
+    node: &'a Node,
+    top_script: &'a redis::Script,
+    conn: Option<deadpool_redis::Connection>,
+}
+
+impl NodeSet<'_> {
+    async fn connection(&mut self, op: &'static str) -> Result<&mut deadpool_redis::Connection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.node.checkout(op).await?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+}
+
+impl SortedSet for NodeSet<'_> {
+    fn key(&self) -> &str {
+        URLS_KEY
+    }
+
+    fn node(&self) -> &str {
+        self.node.name()
+    }
+
+    async fn send<T: FromRedisValue + Send>(
+        &mut self,
+        op: &'static str,
+        request: Request<'_>,
+    ) -> Result<T> {
+        let node = self.node;
+        let conn = self.connection(op).await?;
+        match request {
+            Request::Command(cmd) => node.send(conn, op, cmd).await,
+            Request::Pipeline(pipe) => node.send(conn, op, pipe).await,
+        }
+    }
+
+    async fn run_top_script(&mut self, limit: usize) -> Result<Vec<Pair>> {
+        let mut invocation = self.top_script.key(URLS_KEY);
+        invocation.arg(limit);
+        let node = self.node;
+        let conn = self.connection("top").await?;
+        node.send(conn, "top", &invocation).await
+    }
 }
 
 fn protocol(node: &Node, op: &'static str, detail: String) -> Error {

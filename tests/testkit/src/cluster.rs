@@ -2,23 +2,19 @@
 //! `cluster-enabled yes`, joined by `redis-cli --cluster create`, then killed, restarted,
 //! paused, resharded and read back by the test.
 //!
-//! The processes are the kit's own rather than [`crate::RedisNode`]s: a cluster node needs
-//! options a plain node does not take (`--cluster-enabled`, its node timeout, its
-//! `nodes.conf`), and a restart must keep that file beside the append-only file, so the
-//! node comes back with its identity and its place in the cluster.
+//! Each node is a [`RedisNode`] started with the cluster's directives
+//! ([`crate::NodeBuilder::config`]) on a port that leaves room for its cluster bus
+//! ([`crate::NodeBuilder::pick_port`]). Its `nodes.conf` lives in the node's directory
+//! beside the append-only file, so a restart brings it back with its identity and its
+//! place in the cluster.
 
-use std::fs::OpenOptions;
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redis::IntoConnectionInfo as _;
-
 use crate::error::{Error, Result};
-use crate::node::REDIS_SERVER_ENV;
-use crate::process::send_signal;
+use crate::node::RedisNode;
 
 /// Environment variable naming the `redis-cli` binary (default: `redis-cli` on `PATH`).
 pub const REDIS_CLI_ENV: &str = "TALLY_REDIS_CLI";
@@ -31,10 +27,6 @@ const MIN_CLUSTER_PORT: u16 = 20_000;
 
 /// Ports a start tries before giving up on finding a free pair (the port and its bus port).
 const PORT_ATTEMPTS: usize = 200;
-
-/// Read/connect timeout of the kit's own connections, so a helper asking a paused node
-/// fails instead of hanging the test.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest wait for the cluster to settle (created, or restarted).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -114,11 +106,9 @@ impl ClusterBuilder {
     /// cluster does not settle; [`Error::StartFailed`] when a node does not start.
     pub fn start(self) -> Result<Cluster> {
         let count = self.primaries * (1 + self.replicas);
-        let mut nodes = Vec::with_capacity(count);
-        let mut taken = Vec::new();
-        for _ in 0..count {
-            nodes.push(ClusterNode::start(&self, &mut taken)?);
-        }
+        let nodes = (0..count)
+            .map(|_| ClusterNode::start(&self))
+            .collect::<Result<Vec<_>>>()?;
         let cluster = Cluster {
             announced: vec![None; nodes.len()],
             nodes,
@@ -137,111 +127,72 @@ impl ClusterBuilder {
     }
 }
 
-/// One node of a [`Cluster`]: a `redis-server` child process on `127.0.0.1`, with its own
-/// temporary directory (its `nodes.conf`, its append-only file and its log).
+/// One node of a [`Cluster`]: a `redis-server` child process on `127.0.0.1` (a
+/// [`RedisNode`]), with its own temporary directory (its `nodes.conf`, its append-only file
+/// and its log).
 ///
 /// Killed (SIGKILL) and reaped when dropped, also when a test panics; the directory is
 /// removed afterwards.
 #[derive(Debug)]
 pub struct ClusterNode {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    args: Vec<String>,
-    password: Option<String>,
-    start_timeout: Duration,
+    node: RedisNode,
 }
 
 impl ClusterNode {
-    fn start(options: &ClusterBuilder, taken: &mut Vec<u16>) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("tally-cluster-")
-            .tempdir()
-            .map_err(|e| Error::io("cannot create a temporary directory for redis-server", e))?;
-        let mut args: Vec<String> = [
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        args.push("--cluster-node-timeout".to_owned());
-        args.push(options.node_timeout.as_millis().to_string());
-        args.push("--dir".to_owned());
-        args.push(dir.path().display().to_string());
-        if options.aof {
-            args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(str::to_owned));
-        }
+    fn start(options: &ClusterBuilder) -> Result<Self> {
+        let mut builder = RedisNode::builder()
+            .aof(options.aof)
+            .start_timeout(options.start_timeout)
+            .pick_port(free_cluster_port)
+            .config("cluster-enabled", "yes")
+            .config("cluster-config-file", "nodes.conf")
+            .config(
+                "cluster-node-timeout",
+                options.node_timeout.as_millis().to_string(),
+            );
         if let Some(password) = &options.password {
-            args.extend(["--requirepass".to_owned(), password.clone()]);
-            args.extend(["--masterauth".to_owned(), password.clone()]);
+            builder = builder
+                .password(password.clone())
+                .config("masterauth", password.clone());
         }
-        let mut node = Self {
-            child: None,
-            port: 0,
-            dir,
-            args,
-            password: options.password.clone(),
-            start_timeout: options.start_timeout,
-        };
-        for attempt in 0.. {
-            node.port = free_cluster_port(taken)?;
-            let log_start = node.log_len();
-            match node.spawn_and_wait() {
-                Ok(()) => {
-                    taken.push(node.port);
-                    return Ok(node);
-                }
-                // Lost the race for the port (or its bus port) to another process.
-                Err(Error::StartFailed { .. })
-                    if attempt < 5 && node.log_says_port_taken(log_start) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns")
+        Ok(Self {
+            node: builder.start()?,
+        })
     }
 
     /// The port clients connect to; the cluster bus is on this + 10000.
     pub fn port(&self) -> u16 {
-        self.port
+        self.node.port()
     }
 
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.node.addr()
     }
 
     /// `redis://127.0.0.1:port`, without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.node.url()
     }
 
     /// Process id of the running server, `None` after [`ClusterNode::kill`].
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.node.pid()
     }
 
     /// Whether the process runs (it may be paused).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.node.pid().is_some()
     }
 
     /// The node's working directory (`nodes.conf`, the append-only file).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.node.dir()
     }
 
     /// The file receiving the server's output.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("redis.log")
+        self.node.log_path()
     }
 
     /// Stops the process with SIGSTOP: connections stay open, nothing is answered.
@@ -250,7 +201,7 @@ impl ClusterNode {
     ///
     /// [`Error::Signal`] when the node does not run or `kill` fails.
     pub fn pause(&self) -> Result<()> {
-        self.signal("STOP")
+        self.node.pause()
     }
 
     /// Continues a paused process with SIGCONT.
@@ -259,7 +210,7 @@ impl ClusterNode {
     ///
     /// [`Error::Signal`] when the node does not run or `kill` fails.
     pub fn resume(&self) -> Result<()> {
-        self.signal("CONT")
+        self.node.resume()
     }
 
     /// Kills the process with SIGKILL and waits for it; a node that does not run is left
@@ -269,16 +220,7 @@ impl ClusterNode {
     ///
     /// [`Error::Io`] when the process cannot be killed or reaped.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            child
-                .kill()
-                .map_err(|e| Error::io(format!("cannot kill redis-server (pid {pid})"), e))?;
-            child
-                .wait()
-                .map_err(|e| Error::io(format!("cannot reap redis-server (pid {pid})"), e))?;
-        }
-        Ok(())
+        self.node.kill()
     }
 
     /// Kills the process if it runs, then starts it again on the same port and directory:
@@ -289,8 +231,7 @@ impl ClusterNode {
     ///
     /// As [`ClusterNode::kill`]; [`Error::StartFailed`] when it does not answer in time.
     pub fn restart(&mut self) -> Result<()> {
-        self.kill()?;
-        self.spawn_and_wait()
+        self.node.restart()
     }
 
     /// A client for this node, authenticated when the cluster has a password.
@@ -299,17 +240,7 @@ impl ClusterNode {
     ///
     /// [`Error::Command`] when the connection info is rejected.
     pub fn client(&self) -> Result<redis::Client> {
-        let err = |source| Error::Command {
-            command: "connect".into(),
-            port: self.port,
-            source,
-        };
-        let mut info = self.url().into_connection_info().map_err(err)?;
-        if let Some(password) = &self.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        redis::Client::open(info).map_err(err)
+        self.node.client()
     }
 
     /// Runs one command on a fresh connection to this node (no redirection: a key of a
@@ -320,14 +251,7 @@ impl ClusterNode {
     /// [`Error::Command`] when connecting, the command or the conversion fails, also after
     /// two seconds without an answer (a paused node).
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let name = command_name(cmd);
-        let err = |source| Error::Command {
-            command: name.clone(),
-            port: self.port,
-            source,
-        };
-        let mut conn = self.connection().map_err(err)?;
-        cmd.query(&mut conn).map_err(err)
+        self.node.query(cmd)
     }
 
     /// Runs a pipeline on one fresh connection to this node (e.g. one `GET` per key, keys
@@ -337,13 +261,12 @@ impl ClusterNode {
     ///
     /// As [`ClusterNode::query`].
     pub fn query_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let err = |source| Error::Command {
+        let mut conn = self.node.connection("pipeline")?;
+        pipe.query(&mut conn).map_err(|source| Error::Command {
             command: "pipeline".into(),
-            port: self.port,
+            port: self.port(),
             source,
-        };
-        let mut conn = self.connection().map_err(err)?;
-        pipe.query(&mut conn).map_err(err)
+        })
     }
 
     /// The node's id in the cluster (`CLUSTER MYID`).
@@ -392,126 +315,7 @@ impl ClusterNode {
     ///
     /// As [`ClusterNode::query`].
     pub fn keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = self.query(redis::cmd("KEYS").arg(pattern))?;
-        keys.sort_unstable();
-        Ok(keys)
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client()
-            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
-            .get_connection_with_timeout(HELPER_TIMEOUT)?;
-        conn.set_read_timeout(Some(HELPER_TIMEOUT))?;
-        conn.set_write_timeout(Some(HELPER_TIMEOUT))?;
-        Ok(conn)
-    }
-
-    fn signal(&self, signal: &'static str) -> Result<()> {
-        let Some(pid) = self.pid() else {
-            return Err(Error::Signal {
-                signal,
-                process: "redis-server",
-                pid: 0,
-                detail: "the node is not running".into(),
-            });
-        };
-        send_signal(pid, signal, "redis-server")
-    }
-
-    fn spawn_and_wait(&mut self) -> Result<()> {
-        let program = program(REDIS_SERVER_ENV, "redis-server");
-        let log_path = self.log_path();
-        let open_log = || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| Error::io(format!("cannot open {}", log_path.display()), e))
-        };
-        let child = Command::new(&program)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(open_log()?)
-            .stderr(open_log()?)
-            .spawn()
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    Error::RedisNotInstalled {
-                        program: program.clone(),
-                    }
-                } else {
-                    Error::Spawn {
-                        program: program.clone(),
-                        source,
-                    }
-                }
-            })?;
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    /// Polls until the node answers a command that needs its data loaded (`DBSIZE`
-    /// answers `LOADING` while the append-only file is read).
-    fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let client = self.client()?;
-        loop {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(self.start_failed(started, format!("redis-server exited: {status}")));
-            }
-            let answered = client
-                .get_connection_with_timeout(Duration::from_millis(250))
-                .and_then(|mut conn| {
-                    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
-                    redis::cmd("DBSIZE").query::<u64>(&mut conn)
-                });
-            match answered {
-                Ok(_) => return Ok(()),
-                Err(e) if started.elapsed() >= self.start_timeout => {
-                    let _ = self.kill();
-                    return Err(self.start_failed(started, format!("not answering: {e}")));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    fn start_failed(&self, started: Instant, reason: String) -> Error {
-        Error::StartFailed {
-            port: self.port,
-            waited: started.elapsed(),
-            reason,
-            log: self.log_path(),
-            log_tail: file_tail(&self.log_path()),
-        }
-    }
-
-    fn log_len(&self) -> u64 {
-        std::fs::metadata(self.log_path()).map_or(0, |m| m.len())
-    }
-
-    fn log_says_port_taken(&self, from: u64) -> bool {
-        let Ok(mut file) = std::fs::File::open(self.log_path()) else {
-            return false;
-        };
-        let mut bytes = Vec::new();
-        if file.seek(SeekFrom::Start(from)).is_err() || file.read_to_end(&mut bytes).is_err() {
-            return false;
-        }
-        String::from_utf8_lossy(&bytes).contains("Address already in use")
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        // Best effort: nobody to report to, and a paused process dies from SIGKILL too.
-        let _ = self.kill();
+        self.node.keys(pattern)
     }
 }
 
@@ -606,7 +410,7 @@ impl Cluster {
         self.nodes
             .iter()
             .zip(&self.announced)
-            .position(|(n, announced)| n.port == port || *announced == Some(port))
+            .position(|(n, announced)| n.port() == port || *announced == Some(port))
     }
 
     /// The cluster as the first running node that answers sees it (`CLUSTER NODES`).
@@ -680,7 +484,7 @@ impl Cluster {
             .map(|n| n.id)
             .ok_or_else(|| {
                 Error::io(
-                    format!("no cluster node lists 127.0.0.1:{}", self.nodes[i].port),
+                    format!("no cluster node lists 127.0.0.1:{}", self.nodes[i].port()),
                     std::io::Error::from(std::io::ErrorKind::NotFound),
                 )
             })
@@ -782,7 +586,7 @@ impl Cluster {
                 if !settled {
                     seen.push(format!(
                         "127.0.0.1:{}: state {}, knows {}, slots {}, role {}, link {}",
-                        node.port,
+                        node.port(),
                         field("cluster_state"),
                         field("cluster_known_nodes"),
                         field("cluster_slots_assigned"),
@@ -858,7 +662,7 @@ impl Cluster {
     /// within 60 s.
     pub fn announce_port(&mut self, i: usize, port: u16) -> Result<()> {
         let node = &self.nodes[i];
-        let bus = u32::from(node.port) + 10_000;
+        let bus = u32::from(node.port()) + 10_000;
         node.query::<()>(
             redis::cmd("CONFIG")
                 .arg("SET")
@@ -953,10 +757,11 @@ fn program(variable: &str, default: &str) -> String {
     std::env::var(variable).unwrap_or_else(|_| default.to_owned())
 }
 
-/// A port from [`MIN_CLUSTER_PORT`] to [`MAX_CLUSTER_PORT`], not in `taken`, that is free
-/// together with its bus port (+ 10000) a moment ago. Another process may take one before
-/// redis-server binds it; [`ClusterNode`] then tries another.
-fn free_cluster_port(taken: &[u16]) -> Result<u16> {
+/// A port from [`MIN_CLUSTER_PORT`] to [`MAX_CLUSTER_PORT`] that is free together with its
+/// bus port (+ 10000) a moment ago, so never one a node of the cluster holds (the nodes
+/// already started bind both). Another process may take one before redis-server binds
+/// it; [`crate::NodeBuilder::start`] then picks another.
+fn free_cluster_port() -> Result<u16> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
@@ -966,7 +771,7 @@ fn free_cluster_port(taken: &[u16]) -> Result<u16> {
         let offset = seed.wrapping_add(attempt.wrapping_mul(7_919)) % span;
         let port = MIN_CLUSTER_PORT + offset as u16;
         let bindable = |port: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
-        if !taken.contains(&port) && bindable(port) && bindable(port + 10_000) {
+        if bindable(port) && bindable(port + 10_000) {
             return Ok(port);
         }
     }
@@ -976,21 +781,6 @@ fn free_cluster_port(taken: &[u16]) -> Result<u16> {
         ),
         std::io::Error::from(std::io::ErrorKind::AddrInUse),
     ))
-}
-
-fn command_name(cmd: &redis::Cmd) -> String {
-    let words: Vec<String> = cmd
-        .args_iter()
-        .take(2)
-        .map(|arg| match arg {
-            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => String::new(),
-        })
-        .collect();
-    match words.first().map(String::as_str) {
-        Some("CLUSTER" | "CONFIG" | "INFO") => words.join(" "),
-        _ => words.first().cloned().unwrap_or_default(),
-    }
 }
 
 /// `name:value` lines of an `INFO`-style answer.
@@ -1051,17 +841,6 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
-fn file_tail(path: &Path) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::from("(no log file)");
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(8192)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    tail(&String::from_utf8_lossy(&bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1090,7 +869,7 @@ e7d1eecc 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 16000
 
     #[test]
     fn ports_leave_room_for_the_bus_port() {
-        let port = free_cluster_port(&[]).unwrap();
+        let port = free_cluster_port().unwrap();
         assert!((MIN_CLUSTER_PORT..=MAX_CLUSTER_PORT).contains(&port));
         assert!(u32::from(port) + 10_000 <= u32::from(u16::MAX));
     }

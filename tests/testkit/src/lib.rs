@@ -49,8 +49,9 @@
 //!
 //! - `node`: [`RedisNode`], [`RedisCluster`], [`NodeBuilder`]: `redis-server` processes.
 //! - `cluster`: [`Cluster`], [`ClusterNode`], [`ClusterBuilder`]: a real Redis Cluster
-//!   (`cluster-enabled yes`, made by `redis-cli --cluster create`, which must be installed
-//!   too), not to be confused with [`RedisCluster`], a set of independent nodes.
+//!   (nodes are [`RedisNode`]s started with `cluster-enabled yes` through
+//!   [`NodeBuilder::config`], joined by `redis-cli --cluster create`, which must be
+//!   installed too), not to be confused with [`RedisCluster`], a set of independent nodes.
 //! - `proxy`: [`FaultProxy`] and its [`Mode`]s.
 //! - `http`: [`HttpConnection`], the bare keep-alive HTTP/1.1 client.
 //! - `load`: [`run_load`] and its [`Scoreboard`].

@@ -36,6 +36,9 @@ pub struct NodeBuilder {
     aof: bool,
     password: Option<String>,
     start_timeout: Duration,
+    /// Further `--name value` arguments of the server, in order.
+    config: Vec<(String, String)>,
+    pick_port: fn() -> Result<u16>,
 }
 
 impl Default for NodeBuilder {
@@ -45,6 +48,8 @@ impl Default for NodeBuilder {
             aof: false,
             password: None,
             start_timeout: Duration::from_secs(10),
+            config: Vec::new(),
+            pick_port: free_port,
         }
     }
 }
@@ -76,8 +81,24 @@ impl NodeBuilder {
         self
     }
 
-    /// Starts the server on a free 127.0.0.1 port in a fresh temporary directory and waits
-    /// until it answers commands.
+    /// Starts the server with the configuration directive `name` set to `value`
+    /// (`--name value`), after the kit's own (port, bind address, directory, AOF,
+    /// password), e.g. `.config("cluster-enabled", "yes")`. Kept for every restart.
+    pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.push((name.into(), value.into()));
+        self
+    }
+
+    /// How each start attempt picks the node's port (default [`free_port`]), e.g. one
+    /// that also checks a second port the server will bind. A port another process takes
+    /// before the server binds it is replaced by a new pick.
+    pub fn pick_port(mut self, pick: fn() -> Result<u16>) -> Self {
+        self.pick_port = pick;
+        self
+    }
+
+    /// Starts the server on a free 127.0.0.1 port ([`NodeBuilder::pick_port`]) in a fresh
+    /// temporary directory and waits until it answers commands.
     ///
     /// # Errors
     ///
@@ -90,7 +111,7 @@ impl NodeBuilder {
             .map_err(|e| Error::io("cannot create a temporary directory for redis-server", e))?;
         let mut node = RedisNode {
             child: None,
-            port: free_port()?,
+            port: (self.pick_port)()?,
             dir,
             options: self,
         };
@@ -104,7 +125,7 @@ impl NodeBuilder {
                 {
                     // Lost the race for the port to another process; try another one.
                     attempt += 1;
-                    node.port = free_port()?;
+                    node.port = (node.options.pick_port)()?;
                 }
                 Err(err) => return Err(err),
             }
@@ -136,7 +157,7 @@ impl RedisNode {
         Self::builder().start()
     }
 
-    /// Options for a node: AOF, password, start timeout.
+    /// Options for a node: AOF, password, start timeout, further directives, its port.
     pub fn builder() -> NodeBuilder {
         NodeBuilder::default()
     }
@@ -250,26 +271,30 @@ impl RedisNode {
     /// [`Error::Command`] when connecting, the command or the conversion fails (also after
     /// two seconds without an answer, e.g. on a paused node).
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let name = cmd
-            .args_iter()
-            .next()
-            .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => String::new(),
-            })
-            .unwrap_or_default();
+        let command = command_name(cmd);
+        let mut conn = self.connection(&command)?;
+        cmd.query(&mut conn).map_err(|source| Error::Command {
+            command,
+            port: self.port,
+            source,
+        })
+    }
+
+    /// A fresh connection for `command`, with the helpers' timeouts (a paused node fails
+    /// it instead of hanging the test).
+    pub(crate) fn connection(&self, command: &str) -> Result<redis::Connection> {
         let err = |source| Error::Command {
-            command: name.clone(),
+            command: command.to_owned(),
             port: self.port,
             source,
         };
-        let mut conn = self
+        let conn = self
             .client()?
             .get_connection_with_timeout(HELPER_TIMEOUT)
             .map_err(err)?;
         conn.set_read_timeout(Some(HELPER_TIMEOUT)).map_err(err)?;
         conn.set_write_timeout(Some(HELPER_TIMEOUT)).map_err(err)?;
-        cmd.query(&mut conn).map_err(err)
+        Ok(conn)
     }
 
     /// `GET key`.
@@ -396,6 +421,9 @@ impl RedisNode {
         if let Some(password) = &self.options.password {
             cmd.arg("--requirepass").arg(password);
         }
+        for (name, value) in &self.options.config {
+            cmd.arg(format!("--{name}")).arg(value);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -418,7 +446,8 @@ impl RedisNode {
     }
 
     /// Polls until the server answers a read (not only PING: while an AOF loads, Redis
-    /// answers PING but refuses reads with LOADING).
+    /// answers PING but refuses reads with LOADING). The read names no key, so a cluster
+    /// node answers it too, before it serves any slot.
     fn wait_ready(&mut self) -> Result<()> {
         let started = Instant::now();
         let client = self.client()?;
@@ -432,9 +461,7 @@ impl RedisNode {
                 .and_then(|mut conn| {
                     conn.set_read_timeout(Some(Duration::from_millis(500)))?;
                     redis::cmd("PING").query::<String>(&mut conn)?;
-                    redis::cmd("EXISTS")
-                        .arg("tally-testkit:probe")
-                        .query::<u64>(&mut conn)
+                    redis::cmd("DBSIZE").query::<u64>(&mut conn)
                 });
             let last = match answered {
                 Ok(_) => return Ok(()),
@@ -582,6 +609,23 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// A command's name for errors: its first word, and the second for the commands that
+/// have subcommands (`CLUSTER INFO`, `CONFIG SET`, `INFO replication`).
+fn command_name(cmd: &redis::Cmd) -> String {
+    let words: Vec<String> = cmd
+        .args_iter()
+        .take(2)
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        })
+        .collect();
+    match words.first().map(String::as_str) {
+        Some("CLUSTER" | "CONFIG" | "INFO") => words.join(" "),
+        _ => words.first().cloned().unwrap_or_default(),
+    }
+}
+
 fn log_tail(path: &Path) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::from("(no log file)");
@@ -624,6 +668,23 @@ mod tests {
         assert_eq!(stats.get("evalsha"), Some(&3));
         assert_eq!(stats.get("ping"), Some(&12));
         assert_eq!(stats.len(), 2);
+    }
+
+    fn config_get(node: &RedisNode, name: &str) -> String {
+        let (_, value): (String, String) = node
+            .query(redis::cmd("CONFIG").arg("GET").arg(name))
+            .unwrap();
+        value
+    }
+
+    #[test]
+    fn further_directives_reach_the_server_and_outlive_a_restart() {
+        let mut node = RedisNode::builder().config("hz", "42").start().unwrap();
+        assert_eq!(config_get(&node, "hz"), "42");
+
+        node.restart().unwrap();
+
+        assert_eq!(config_get(&node, "hz"), "42");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reads through the `redis` crate's cluster client: a bucket's values with its mark (the
-//! batch script, reading), and the ranking reads of the request statistics.
+//! batch script, reading), and the way of the ranking reads of the request statistics
+//! (`crate::ranked`) to a bucket's primary.
 
 use std::time::{Duration, Instant};
 
@@ -11,16 +12,11 @@ use super::ClusterStore;
 use super::buckets::Bucket;
 use crate::error::{Error, Result, is_auth_error};
 use crate::layout::{
-    BATCH_SCRIPT, KeySpace as _, ScriptCall, ScriptReply, TOP_SCRIPT, fill_script_args,
-    parse_count_text,
+    BATCH_SCRIPT, KeySpace as _, ScriptArgs as _, ScriptCall, TOP_SCRIPT, fill_script_args,
+    stored_values,
 };
 use crate::node::RANKING_TIMEOUT_FLOOR;
-
-/// A sorted-set member and its score, as Redis sends them.
-type Pair = (String, String);
-
-/// Optimistic two-step reads [`ClusterStore::top`] makes before the ranking script.
-const TOP_ATTEMPTS: usize = 3;
+use crate::ranked::{self, Pair, Request, SortedSet};
 
 /// Which of the store's cluster clients a read goes through.
 #[derive(Clone, Copy)]
@@ -61,47 +57,12 @@ impl ClusterStore {
             keys.iter().copied(),
             std::iter::empty(),
         );
-        let reply: Value = match self
-            .read(
-                bucket,
-                "get",
-                Via::Commands,
-                &call.evalsha(&self.shared.script),
-            )
-            .await
-        {
-            Err(Error::Redis { source, .. })
-                if source.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
-            {
-                self.read(bucket, "get", Via::Commands, &call.eval(BATCH_SCRIPT))
-                    .await?
-            }
-            other => other?,
-        };
-        let node = self.shared.primary_name(bucket);
-        let reply = ScriptReply::parse(reply).map_err(|detail| Error::Protocol {
-            node: node.to_owned(),
-            op: "get",
-            detail,
-        })?;
-        if let Some((index, found)) = reply.rejected.into_iter().next() {
-            return Err(Error::CorruptValue {
-                node: node.to_owned(),
-                stored_as: bucket
-                    .stored_as(self.layout, keys.get(index).copied().unwrap_or_default()),
-                found,
-            });
-        }
-        if reply.values.len() != keys.len() {
-            return Err(Error::Protocol {
-                node: node.to_owned(),
-                op: "get",
-                detail: format!("{} values for {} keys", reply.values.len(), keys.len()),
-            });
-        }
-        Ok(StoredValues {
-            values: reply.values,
-            applied_seq: reply.mark,
+        let script = &self.shared.script;
+        let reply: Value = self
+            .read_script(bucket, "get", Via::Commands, &call, script, BATCH_SCRIPT)
+            .await?;
+        stored_values(reply, self.shared.primary_name(bucket), keys, |key| {
+            bucket.stored_as(self.layout, key)
         })
     }
 
@@ -116,77 +77,7 @@ impl ClusterStore {
     /// [`Error::WrongLayout`] unless the layout is [`crate::Layout::SortedSet`]; the errors
     /// of [`ClusterStore::get`].
     pub async fn top(&self, shard: ShardId, limit: usize) -> Result<Vec<(String, u64)>> {
-        self.require_sorted_set("top")?;
-        let bucket = self.bucket(shard)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let key = bucket.urls_key();
-        for _ in 0..TOP_ATTEMPTS {
-            let mut cut = redis::cmd("ZREVRANGE");
-            cut.arg(&key)
-                .arg(limit - 1)
-                .arg(limit - 1)
-                .arg("WITHSCORES");
-            let cut: Vec<Pair> = self.read(bucket, "top", Via::Rankings, &cut).await?;
-            let found = match cut.first() {
-                // Fewer than `limit` members: all of them, unless the set grew since.
-                None => {
-                    let mut all = redis::cmd("ZREVRANGE");
-                    all.arg(&key).arg(0).arg(limit - 1).arg("WITHSCORES");
-                    let all: Vec<Pair> = self.read(bucket, "top", Via::Rankings, &all).await?;
-                    (all.len() < limit).then_some(all)
-                }
-                Some((_, boundary)) => {
-                    let mut pipe = redis::pipe();
-                    pipe.atomic()
-                        .cmd("ZREVRANGEBYSCORE")
-                        .arg(&key)
-                        .arg("+inf")
-                        .arg(format!("({boundary}"))
-                        .arg("WITHSCORES")
-                        .cmd("ZRANGEBYSCORE")
-                        .arg(&key)
-                        .arg(boundary)
-                        .arg(boundary)
-                        .arg("WITHSCORES")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit);
-                    let (mut above, tied): (Vec<Pair>, Vec<Pair>) =
-                        self.read(bucket, "top", Via::Rankings, &pipe).await?;
-                    (above.len() + tied.len() >= limit).then(|| {
-                        let wanted = limit.saturating_sub(above.len());
-                        above.extend(tied.into_iter().take(wanted));
-                        above
-                    })
-                }
-            };
-            if let Some(pairs) = found {
-                return self.ranked(bucket, pairs, limit);
-            }
-        }
-        let mut call = ScriptCall::default();
-        crate::layout::ScriptArgs::key(&mut call, key);
-        crate::layout::ScriptArgs::arg(&mut call, limit);
-        let pairs: Vec<Pair> = match self
-            .read(
-                bucket,
-                "top",
-                Via::Rankings,
-                &call.evalsha(&self.shared.top_script),
-            )
-            .await
-        {
-            Err(Error::Redis { source, .. })
-                if source.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
-            {
-                self.read(bucket, "top", Via::Rankings, &call.eval(TOP_SCRIPT))
-                    .await?
-            }
-            other => other?,
-        };
-        self.ranked(bucket, pairs, limit)
+        ranked::top(&mut self.sorted_set("top", shard)?, limit).await
     }
 
     /// For each of `thresholds`, how many members of `shard`'s sorted set count at least
@@ -196,19 +87,7 @@ impl ClusterStore {
     ///
     /// As [`ClusterStore::top`].
     pub async fn count_at_least(&self, shard: ShardId, thresholds: &[u64]) -> Result<Vec<u64>> {
-        self.require_sorted_set("count_at_least")?;
-        let bucket = self.bucket(shard)?;
-        if thresholds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = bucket.urls_key();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for threshold in thresholds {
-            pipe.cmd("ZCOUNT").arg(&key).arg(threshold).arg("+inf");
-        }
-        self.read(bucket, "count_at_least", Via::Rankings, &pipe)
-            .await
+        ranked::count_at_least(&mut self.sorted_set("count_at_least", shard)?, thresholds).await
     }
 
     /// The members of `shard` around one page of the ranking, in one `MULTI`, as
@@ -218,58 +97,7 @@ impl ClusterStore {
     ///
     /// As [`ClusterStore::top`].
     pub async fn window(&self, shard: ShardId, window: Window) -> Result<WindowRead> {
-        self.require_sorted_set("window")?;
-        let bucket = self.bucket(shard)?;
-        let Window {
-            high,
-            low,
-            high_run,
-            low_run,
-        } = window;
-        let low = low.min(high);
-        let key = bucket.urls_key();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZCOUNT")
-            .arg(&key)
-            .arg(format!("({high}"))
-            .arg("+inf")
-            .cmd("ZCOUNT")
-            .arg(&key)
-            .arg("-inf")
-            .arg(format!("({low}"))
-            .cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(high)
-            .arg(high)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(high_run)
-            // Strictly between (empty when low == high).
-            .cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(format!("({low}"))
-            .arg(format!("({high}"))
-            .arg("WITHSCORES")
-            .cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(low)
-            .arg(low)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(if low < high { low_run } else { 0 });
-        let (above, below, at_high, between, at_low): (u64, u64, Vec<Pair>, Vec<Pair>, Vec<Pair>) =
-            self.read(bucket, "window", Via::Rankings, &pipe).await?;
-        let counts = |pairs| self.ranked(bucket, pairs, usize::MAX);
-        Ok(WindowRead {
-            above,
-            below,
-            at_high: counts(at_high)?,
-            between: counts(between)?,
-            at_low: counts(at_low)?,
-        })
+        ranked::window(&mut self.sorted_set("window", shard)?, window).await
     }
 
     /// Number of members in `shard`'s sorted set (`ZCARD tally:urls:{bNNNN}`).
@@ -278,35 +106,41 @@ impl ClusterStore {
     ///
     /// As [`ClusterStore::top`].
     pub async fn len(&self, shard: ShardId) -> Result<u64> {
-        self.require_sorted_set("len")?;
-        let bucket = self.bucket(shard)?;
-        let mut cmd = redis::cmd("ZCARD");
-        cmd.arg(bucket.urls_key());
-        self.read(bucket, "len", Via::Rankings, &cmd).await
+        ranked::len(&mut self.sorted_set("len", shard)?).await
     }
 
-    /// `member, score` pairs as counts in ranking order, cut to `limit`.
-    fn ranked(
+    /// `shard`'s sorted set, for the ranked read `op`: [`Error::WrongLayout`] unless the
+    /// layout is [`crate::Layout::SortedSet`].
+    fn sorted_set(&self, op: &'static str, shard: ShardId) -> Result<BucketSet<'_>> {
+        self.require_sorted_set(op)?;
+        let bucket = self.bucket(shard)?;
+        Ok(BucketSet {
+            store: self,
+            bucket,
+            key: bucket.urls_key(),
+        })
+    }
+
+    /// Runs `script` (whose source is `code`) with the keys and arguments of `call`:
+    /// `EVALSHA`, then `EVAL` when the node does not have the script yet, each sent as
+    /// [`ClusterStore::read`] sends a command.
+    async fn read_script<T: FromRedisValue + Send>(
         &self,
         bucket: &Bucket,
-        pairs: Vec<Pair>,
-        limit: usize,
-    ) -> Result<Vec<(String, u64)>> {
-        let mut entries = pairs
-            .into_iter()
-            .map(|(member, score)| {
-                parse_count_text(&score)
-                    .map(|count| (member, count))
-                    .map_err(|detail| Error::Protocol {
-                        node: self.shared.primary_name(bucket).to_owned(),
-                        op: "top",
-                        detail,
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        entries.sort_unstable_by(tally_counter::rank_order);
-        entries.truncate(limit);
-        Ok(entries)
+        op: &'static str,
+        via: Via,
+        call: &ScriptCall,
+        script: &redis::Script,
+        code: &str,
+    ) -> Result<T> {
+        match self.read(bucket, op, via, &call.evalsha(script)).await {
+            Err(Error::Redis { source, .. })
+                if source.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                self.read(bucket, op, via, &call.eval(code)).await
+            }
+            other => other,
+        }
     }
 
     /// Sends `request` for `bucket` through the cluster client `via`, bounded by the
@@ -346,6 +180,45 @@ impl ClusterStore {
         };
         record(node, op, started.elapsed(), result.as_ref().err());
         result
+    }
+}
+
+/// A bucket's `tally:urls:{bNNNN}`, for the ranked reads of `crate::ranked`: read through
+/// the rankings' cluster client.
+struct BucketSet<'a> {
+    store: &'a ClusterStore,
+    bucket: &'a Bucket,
+    key: String,
+}
+
+impl SortedSet for BucketSet<'_> {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn node(&self) -> &str {
+        self.store.shared.primary_name(self.bucket)
+    }
+
+    async fn send<T: FromRedisValue + Send>(
+        &mut self,
+        op: &'static str,
+        request: Request<'_>,
+    ) -> Result<T> {
+        match request {
+            Request::Command(cmd) => self.store.read(self.bucket, op, Via::Rankings, cmd).await,
+            Request::Pipeline(pipe) => self.store.read(self.bucket, op, Via::Rankings, pipe).await,
+        }
+    }
+
+    async fn run_top_script(&mut self, limit: usize) -> Result<Vec<Pair>> {
+        let mut call = ScriptCall::default();
+        call.key(self.key.clone());
+        call.arg(limit);
+        let script = &self.store.shared.top_script;
+        self.store
+            .read_script(self.bucket, "top", Via::Rankings, &call, script, TOP_SCRIPT)
+            .await
     }
 }
 
