@@ -1,8 +1,8 @@
-//! load: the HTTP load harness. Starts three redis-server nodes and each server under
-//! test on 127.0.0.1, drives it with a lean keep-alive client, and prints markdown tables:
-//! throughput, latency, Redis commands per 1,000 requests and CPU use per party, with the
-//! ratios against the `floor`, `naive` and `tally-memory` targets of the same run and the
-//! issue's targets.
+//! load: the HTTP load harness. Starts three redis-server nodes (and, for `tally-cluster`,
+//! a Redis Cluster of six more) and each server under test on 127.0.0.1, drives it with a
+//! lean keep-alive client, and prints markdown tables: throughput, latency, Redis commands
+//! per 1,000 requests and CPU use per party, with the ratios against the `floor`, `naive`,
+//! `tally-memory` and `tally-redis` targets of the same run and the issue's targets.
 //!
 //! ```text
 //! cargo run -p tally-benches --release --bin load                 # the full run
@@ -10,6 +10,8 @@
 //! cargo run -p tally-benches --release --bin load -- --targets floor,tally-redis \
 //!     --duration 20 --connections 32 --markdown load.md
 //! cargo run -p tally-benches --release --bin load -- --targets tally-memory,tally-embedded
+//! cargo run -p tally-benches --release --bin load -- --targets floor,tally-redis,tally-cluster \
+//!     --stats-stores none                                         # the cluster's cost
 //! cargo run -p tally-benches --release --bin load -- --only stats   # /stats/ at 1M URLs
 //! ```
 //!
@@ -17,8 +19,14 @@
 //! deadpool-redis), `naive-mux` (one `INCR` per visit on a shared multiplexed connection per
 //! node), `tally-memory` (tally-server with `STORE=memory`: `MemoryStore`, counts in this
 //! process only), `tally-embedded` (tally-server on its default store, the redb file of
-//! tally-embedded, in a fresh temporary `DATA_DIR`), `tally-redis` (three nodes). Every
-//! server gets a fresh start per scenario.
+//! tally-embedded, in a fresh temporary `DATA_DIR`), `tally-redis` (three nodes),
+//! `tally-cluster` (`REDIS_CLUSTER` set to the seeds of a Redis Cluster of three primaries
+//! with a replica each, started with tally-testkit's `Cluster` only when this target is
+//! selected; `REDIS_WAIT_REPLICAS` at its default, 1, so every batch waits for a replica's
+//! `WAIT`). Every server gets a fresh start per scenario. Every target runs by default and
+//! with `--quick`: the cluster adds its start (a few seconds: six nodes, `redis-cli
+//! --cluster create`, settling) and three scenarios, about half a minute of the CI run,
+//! and needs `redis-cli` besides `redis-server`.
 //!
 //! Scenarios ([`scenario::Load`]): `floor` POST visit and GET count on the hot set (100
 //! pages); `naive` and `naive-mux` POST visit, hot; `tally-memory` and `tally-embedded`
@@ -26,19 +34,21 @@
 //! cold set (nearly every read a cache miss that reads the store), the same three each so
 //! the embedded store is set against the memory store of the same run; `tally-redis` all
 //! of those, GET count on the hot set (cache hits), `GET /api/x/y/` (a path counted by the
-//! request statistics) and `GET /health` (counted by nothing). For each scenario: a
-//! warm-up, a closed-loop phase (every connection sends as soon as it has its answer: the
-//! maximum rate), then a paced phase at a fraction (50%) of that rate (open loop, latency
-//! timed from the schedule) for the p99 target. Around the GET count phases of tally,
-//! its own read-cache hits and misses are read.
+//! request statistics) and `GET /health` (counted by nothing); `tally-cluster` POST visit
+//! hot and cold and GET count hot, set against `tally-redis` and the floor. For each
+//! scenario: a warm-up, a closed-loop phase (every connection sends as soon as it has its
+//! answer: the maximum rate), then a paced phase at a fraction (50%) of that rate (open
+//! loop, latency timed from the schedule) for the p99 target. Around the GET count phases
+//! of tally, its own read-cache hits and misses are read.
 //!
 //! Then the `/stats/` scale scenario ([`stats_scale`]) on each store of `--stats-stores`
 //! (by default those of the targets: Redis for `tally-redis`, the embedded store for
-//! `tally-embedded`): the store filled with `--stats-urls` distinct URLs (default
-//! 1,000,000; 100,000 with `--quick`) through its own write path, then `GET /stats/` (top
-//! 100) and `GET /stats/?offset=100000&limit=100` timed from one client and from 8 at
-//! once, every answer checked against the ranking computed from the seed, `/health` and
-//! `/status` polled throughout. `--only stats` runs nothing else, on both stores.
+//! `tally-embedded`; not the cluster): the store filled with `--stats-urls` distinct URLs
+//! (default 1,000,000; 100,000 with `--quick`) through its own write path, then `GET
+//! /stats/` (top 100) and `GET /stats/?offset=100000&limit=100` timed from one client and
+//! from 8 at once, every answer checked against the ranking computed from the seed,
+//! `/health` and `/status` polled throughout. `--only stats` runs nothing else, on both
+//! stores.
 //!
 //! Arrangement, the same for every target so ratios are fair: the servers run on their
 //! own threads (actix-web's workers, default count, plus a multi-threaded tokio runtime as
@@ -47,17 +57,21 @@
 //! the harness's own (see [`client`] for why not reqwest), and its CPU use is shown.
 //!
 //! Side measurements per phase: Redis commands from `INFO commandstats` before and after,
-//! summed over the nodes (commands run inside tally's Lua script count, as Redis counts
-//! them); CPU time of the client threads, the server threads, the redis-servers, softirq
-//! (loopback networking, charged to no process) and everything else on the machine. A
-//! busy neighbour skews every figure on a 2-core machine, so in a full run each scenario
-//! first waits (up to `--quiet-wait`) for other processes to go quiet, is run again (up
-//! to `--retries`) when they used over a quarter of a core during it, and the `other` CPU
-//! column shows how quiet the attempt reported stayed.
+//! summed over the target's nodes (commands run inside tally's Lua script count, as Redis
+//! counts them; on the cluster all six nodes, so a replica applying a batch's writes and
+//! the `WAIT` confirming them count as well); CPU time of the client threads, the server
+//! threads, the target's redis-servers (the three nodes, or the cluster's six), softirq
+//! (loopback networking, charged to no process) and everything else on the machine (the
+//! run's other redis-servers, idle, left out). A busy neighbour skews every figure on a
+//! 2-core machine, so in a full run each scenario first waits (up to `--quiet-wait`) for
+//! other processes to go quiet, is run again (up to `--retries`) when they used over a
+//! quarter of a core during it, and the `other` CPU column shows how quiet the attempt
+//! reported stayed.
 //!
 //! Everything is bounded: phases by time, the whole run by a watchdog; Ctrl-C, SIGTERM and
-//! the watchdog kill the redis-server children before exiting. Exit code 1 when a phase got
-//! no 2xx answer at all, tally-server could not write every visit it had acknowledged
+//! the watchdog kill the redis children (found by their parent, this process, so also the
+//! nodes of a cluster whose start is under way) before exiting. Exit code 1 when a phase
+//! got no 2xx answer at all, tally-server could not write every visit it had acknowledged
 //! within its shutdown deadline (reported with the tables; acknowledged visits lost), or
 //! a `/stats/` answer, on any store, did not match the seeded ranking (the CI check);
 //! targets missed are reported, not failed.
@@ -72,7 +86,8 @@
 //! - [`targets`]: the servers under test;
 //! - [`client`]: the load client;
 //! - [`measure`]: Redis commands, CPU time and tally's cache reads around a phase;
-//! - [`nodes`]: the redis-server children, and killing them on every way out.
+//! - [`nodes`]: the redis-server children (the standalone nodes, the cluster), and killing
+//!   them on every way out.
 
 mod client;
 mod measure;
@@ -88,10 +103,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tally_testkit::RedisCluster;
+use tally_testkit::{Cluster, RedisCluster};
 use tokio::runtime::Runtime;
 
+use crate::nodes::Servers;
 use crate::options::{Options, USAGE};
+use crate::targets::Kind;
 
 /// What every scenario runs on, built once by [`run`].
 #[derive(Debug)]
@@ -100,16 +117,53 @@ struct Setup<'a> {
     server_rt: &'a Runtime,
     /// Runtime of the load client (and of the `/stats/` seeding stores).
     client_rt: &'a Runtime,
-    /// The three nodes, when a scenario needs them.
-    cluster: Option<&'a RedisCluster>,
+    /// The three standalone nodes, when a scenario needs them.
+    nodes: Option<&'a RedisCluster>,
     /// Their URLs, as tally-server gets them in `REDIS_NODES`.
     redis_urls: &'a [String],
     /// Their pids, for the CPU figures.
     redis_pids: &'a [u32],
+    /// The Redis Cluster, when `tally-cluster` runs.
+    cluster: Option<&'a Cluster>,
+    /// Its seeds (every node's URL), as tally-server gets them in `REDIS_CLUSTER`.
+    cluster_urls: &'a [String],
+    /// The pids of its six redis-servers, for the CPU figures.
+    cluster_pids: &'a [u32],
     /// tally-server's `ENABLE_METRICS`.
     metrics: bool,
     /// Wait up to this long for other processes to go quiet before measuring.
     quiet_wait: Duration,
+}
+
+impl<'a> Setup<'a> {
+    /// The redis-servers `kind` counts on: the cluster for `tally-cluster`, otherwise the
+    /// standalone nodes (the floor's figures read them too, idle as they are).
+    fn redis_of(&self, kind: Kind) -> Option<Redis<'a>> {
+        if kind.uses_cluster() {
+            self.cluster.map(|cluster| Redis {
+                servers: Servers::Cluster(cluster),
+                urls: self.cluster_urls,
+                pids: self.cluster_pids,
+            })
+        } else {
+            self.nodes.map(|nodes| Redis {
+                servers: Servers::Standalone(nodes),
+                urls: self.redis_urls,
+                pids: self.redis_pids,
+            })
+        }
+    }
+}
+
+/// The redis-servers of one target, as a scenario uses them.
+#[derive(Clone, Copy, Debug)]
+struct Redis<'a> {
+    /// The nodes: flushed before the scenario, their commands read around each phase.
+    servers: Servers<'a>,
+    /// What the target is given: `REDIS_NODES`, or the seeds of `REDIS_CLUSTER`.
+    urls: &'a [String],
+    /// Their pids: the CPU figures' `redis` column.
+    pids: &'a [u32],
 }
 
 fn main() -> ExitCode {
@@ -166,25 +220,48 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         || stats_plan
             .as_ref()
             .is_some_and(stats_scale::Plan::uses_redis);
-    let cluster = if needs_redis {
+    let standalone = if needs_redis {
         Some(nodes::start()?)
     } else {
         None
     };
-    let redis_urls: Vec<String> = cluster
+    let redis_urls: Vec<String> = standalone
         .iter()
         .flat_map(|c| c.nodes().iter().map(|n| n.url()))
         .collect();
-    let redis_pids: Vec<u32> = cluster
+    let redis_pids: Vec<u32> = standalone
+        .iter()
+        .flat_map(|c| c.nodes().iter().filter_map(|n| n.pid()))
+        .collect();
+    let cluster = if plan.iter().any(|(kind, _)| kind.uses_cluster()) {
+        let starting = Instant::now();
+        let cluster = nodes::start_cluster()?;
+        eprintln!(
+            "load: Redis Cluster of {} nodes started in {:.1} s",
+            cluster.nodes().len(),
+            starting.elapsed().as_secs_f64()
+        );
+        Some(cluster)
+    } else {
+        None
+    };
+    let cluster_urls: Vec<String> = cluster
+        .iter()
+        .flat_map(|c| c.nodes().iter().map(|n| n.url()))
+        .collect();
+    let cluster_pids: Vec<u32> = cluster
         .iter()
         .flat_map(|c| c.nodes().iter().filter_map(|n| n.pid()))
         .collect();
     let setup = Setup {
         server_rt: &server_rt,
         client_rt: &client_rt,
-        cluster: cluster.as_ref(),
+        nodes: standalone.as_ref(),
         redis_urls: &redis_urls,
         redis_pids: &redis_pids,
+        cluster: cluster.as_ref(),
+        cluster_urls: &cluster_urls,
+        cluster_pids: &cluster_pids,
         metrics: options.server_metrics,
         quiet_wait: options.quiet_wait,
     };
@@ -241,6 +318,7 @@ fn run(options: &Options) -> anyhow::Result<bool> {
     client_rt.shutdown_timeout(Duration::from_secs(1));
     server_rt.shutdown_timeout(Duration::from_secs(1));
     drop(cluster);
+    drop(standalone);
     if !all_answered {
         eprintln!("load: a target answered no request with 2xx");
     }

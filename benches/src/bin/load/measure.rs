@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Deserialize;
-use tally_testkit::{RedisCluster, RedisNode};
+use tally_testkit::{ClusterNode, RedisCluster, RedisNode};
+
+use crate::nodes;
 
 /// Name prefix of the client runtime's threads (at most 15 bytes show in `/proc`).
 pub const CLIENT_THREAD: &str = "load-client";
@@ -24,21 +26,38 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// Calls per command name, summed over the nodes.
 pub type CommandCounts = BTreeMap<String, u64>;
 
-/// Sums `INFO commandstats` over the nodes, leaving out `info` (the harness's own reads).
-pub fn command_counts(cluster: &RedisCluster) -> anyhow::Result<CommandCounts> {
-    let per_node = cluster
-        .nodes()
-        .iter()
-        .map(node_commands)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(sum_commands(&per_node))
-}
-
-/// A node's `INFO commandstats`, leaving out `info` (the harness's own reads).
-fn node_commands(node: &RedisNode) -> anyhow::Result<CommandCounts> {
+/// A standalone node's `INFO commandstats`, leaving out `info` (the harness's own reads).
+pub fn node_commands(node: &RedisNode) -> anyhow::Result<CommandCounts> {
     let mut commands = node.info_commandstats().context("INFO commandstats")?;
     commands.remove("info");
     Ok(commands)
+}
+
+/// A cluster node's `INFO commandstats`, leaving out `info`. [`ClusterNode`] gives the
+/// section's fields only (`cmdstat_evalsha` → `calls=3,usec=41,...`), not the counts
+/// [`RedisNode::info_commandstats`] gives.
+pub fn cluster_node_commands(node: &ClusterNode) -> anyhow::Result<CommandCounts> {
+    let fields = node.info("commandstats").context("INFO commandstats")?;
+    let mut commands = calls_by_command(&fields);
+    commands.remove("info");
+    Ok(commands)
+}
+
+/// Calls per command from the fields of `INFO commandstats`, keyed by lowercase name.
+fn calls_by_command(fields: &[(String, String)]) -> CommandCounts {
+    fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix("cmdstat_")?;
+            let calls = value
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name.to_ascii_lowercase(), calls))
+        })
+        .collect()
 }
 
 /// Calls per command name, summed over `counts`.
@@ -52,14 +71,14 @@ pub fn sum_commands<'a>(counts: impl IntoIterator<Item = &'a CommandCounts>) -> 
     total
 }
 
-/// `commands` for a table cell: `per` of the total, then of the three most frequent
-/// commands by name (`12.00 (evalsha 4.00, get 4.00, ping 4.00)`).
-pub fn top_commands(commands: &CommandCounts, per: impl Fn(u64) -> String) -> String {
+/// `commands` for a table cell: `per` of the total, then of the `top` most frequent
+/// commands by name (`12.00 (evalsha 4.00, get 4.00, ping 4.00)` for 3).
+pub fn top_commands(commands: &CommandCounts, top: usize, per: impl Fn(u64) -> String) -> String {
     let mut by_calls: Vec<_> = commands.iter().collect();
     by_calls.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let top: Vec<String> = by_calls
         .iter()
-        .take(3)
+        .take(top)
         .map(|&(name, &calls)| format!("{name} {}", per(calls)))
         .collect();
     format!("{} ({})", per(commands.values().sum()), top.join(", "))
@@ -83,6 +102,10 @@ pub struct CpuSnapshot {
     client: u64,
     server: u64,
     redis: u64,
+    /// The harness's other redis-servers, idle during the phase (the standalone nodes
+    /// while tally-cluster runs, the cluster's while the others do): theirs, not another
+    /// process's, so left out of `other`.
+    idle_redis: u64,
     /// Every CPU's busy time outside softirq, whoever used it.
     machine: u64,
     /// Every CPU's softirq time.
@@ -119,7 +142,9 @@ impl fmt::Display for CpuUse {
 
 impl CpuSnapshot {
     /// Reads `/proc` now. Threads of this process whose name starts with
-    /// [`CLIENT_THREAD`], and the main thread, are the client; the others the server.
+    /// [`CLIENT_THREAD`], and the main thread, are the client; the others the server;
+    /// `redis_pids` are the redis-servers of the target measured, and the harness's other
+    /// redis children count as idle.
     pub fn take(redis_pids: &[u32]) -> Self {
         let (mut client, mut server) = (0, 0);
         let main = std::process::id().to_string();
@@ -139,16 +164,18 @@ impl CpuSnapshot {
             }
         }
         let machine = machine_busy().unwrap_or((0, 0));
-        let redis = redis_pids
-            .iter()
-            .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-            .filter_map(|stat| ticks(&stat))
-            .sum();
+        let redis = process_ticks(redis_pids);
+        let idle_redis = process_ticks(
+            nodes::children()
+                .iter()
+                .filter(|pid| !redis_pids.contains(pid)),
+        );
         Self {
             at: Instant::now(),
             client,
             server,
             redis,
+            idle_redis,
             machine: machine.0,
             softirq: machine.1,
         }
@@ -162,14 +189,23 @@ impl CpuSnapshot {
         let server = later.server.saturating_sub(self.server);
         let redis = later.redis.saturating_sub(self.redis);
         let machine = later.machine.saturating_sub(self.machine);
+        let idle_redis = later.idle_redis.saturating_sub(self.idle_redis);
         CpuUse {
             client: percent(client),
             server: percent(server),
             redis: percent(redis),
             softirq: percent(later.softirq.saturating_sub(self.softirq)),
-            other: percent(machine.saturating_sub(client + server + redis)),
+            other: percent(machine.saturating_sub(client + server + redis + idle_redis)),
         }
     }
+}
+
+/// utime + stime of the processes `pids`, summed (those gone count 0).
+fn process_ticks<'a>(pids: impl IntoIterator<Item = &'a u32>) -> u64 {
+    pids.into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| ticks(&stat))
+        .sum()
 }
 
 /// utime + stime from a `/proc/.../stat` line (fields 14 and 15, counted after the
@@ -427,6 +463,32 @@ mod tests {
     fn stat_times_are_read_after_the_name() {
         let stat = "1085 (a b) R 1052 1052 30790 0 -1 4194304 138 0 0 0 7 3 0 0 20 0 1 0";
         assert_eq!(ticks(stat), Some(10));
+    }
+
+    #[test]
+    fn commandstats_fields_are_read_as_calls_per_command() {
+        let fields = [
+            (
+                "cmdstat_evalsha",
+                "calls=3,usec=41,usec_per_call=13.67,rejected_calls=0",
+            ),
+            ("cmdstat_WAIT", "calls=7,usec=9"),
+            ("cmdstat_client|setname", "calls=2,usec=1"),
+            ("cmdstat_broken", "usec=1"),
+            ("redis_version", "7.0.15"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+
+        let calls = calls_by_command(&fields);
+
+        assert_eq!(
+            calls,
+            CommandCounts::from([
+                ("evalsha".into(), 3),
+                ("wait".into(), 7),
+                ("client|setname".into(), 2)
+            ])
+        );
     }
 
     #[test]

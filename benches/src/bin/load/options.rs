@@ -23,8 +23,10 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --connections N    keep-alive connections (default 64)
   --client-threads N tokio worker threads of the load client (default 1)
   --targets LIST     comma-separated, of floor,naive,naive-mux,tally-memory,
-                     tally-embedded,tally-redis (default: all; ratios need floor and
-                     naive, and tally-memory for the embedded store's)
+                     tally-embedded,tally-redis,tally-cluster (default: all; ratios need
+                     floor and naive, tally-memory for the embedded store's and
+                     tally-redis for the cluster's; tally-cluster starts a six-node
+                     Redis Cluster, which needs redis-cli)
   --markdown PATH    also write the tables to PATH
   --compare-clients  also drive the floor with reqwest, to show what the harness's own
                      client saves
@@ -261,6 +263,13 @@ impl Options {
 
     /// Longest the whole run can rightly take; the watchdog stops it past twice this.
     pub fn budget(&self, scenarios: usize) -> Duration {
+        // Six nodes started one by one (10 s each at most), the cluster created and
+        // settled (60 s at most).
+        let cluster_start = if self.plan().iter().any(|(kind, _)| kind.uses_cluster()) {
+            Duration::from_secs(120)
+        } else {
+            Duration::ZERO
+        };
         let per_scenario = self.warmup
             + self.duration
             + self.paced
@@ -271,6 +280,7 @@ impl Options {
             + self.stats_plan().map_or(Duration::ZERO, |p| {
                 p.budget() + self.quiet_wait * p.stores.len() as u32
             })
+            + cluster_start
             + Duration::from_secs(30)
     }
 }
@@ -382,6 +392,35 @@ mod tests {
                 .collect();
             assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountCold]);
         }
+    }
+
+    #[test]
+    fn tally_cluster_runs_by_default_on_its_own_nodes_with_no_stats_scenario() {
+        assert!(
+            parse(&["--quick"])
+                .unwrap()
+                .targets
+                .contains(&Kind::TallyCluster)
+        );
+        let options = parse(&["--targets", "tally-cluster,floor"]).unwrap();
+        assert_eq!(options.targets, [Kind::Floor, Kind::TallyCluster]);
+
+        let plan = options.plan();
+        let loads: Vec<Load> = plan
+            .iter()
+            .filter(|&&(kind, _)| kind == Kind::TallyCluster)
+            .map(|&(_, load)| load)
+            .collect();
+        assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountHot]);
+        // The standalone nodes are not started for it, nor is /stats/ at scale run.
+        assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
+        assert_eq!(options.stats_plan().map(|p| p.stores), None);
+        // The cluster's start is in the watchdog's budget.
+        let without = parse(&["--targets", "floor"]).unwrap();
+        assert!(
+            options.budget(plan.len())
+                >= without.budget(without.plan().len()) + Duration::from_secs(120)
+        );
     }
 
     #[test]

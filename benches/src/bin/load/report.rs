@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::measure;
+use crate::measure::{self, CommandCounts};
 use crate::options::Options;
 use crate::scenario::{ClientCost, Load, Measured, Row};
 use crate::targets::Kind;
@@ -17,6 +17,7 @@ pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Durat
     render_settings(&mut out, options);
     render_max_rate(&mut out, rows);
     render_cache_reads(&mut out, rows);
+    render_cluster_roles(&mut out, rows);
     render_paced(&mut out, options, rows);
     render_stops(&mut out, rows);
     render_targets(&mut out, options, rows);
@@ -95,14 +96,14 @@ fn render_settings(out: &mut String, options: &Options) {
     let on_off = |on: bool| if on { "on" } else { "**off**" };
     let _ = writeln!(
         out,
-        "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s, cache capacity 100,000), its log subscriber at `info` writing to a file {}, Prometheus recorder {}; `tally-embedded` counts in its default store (one redb file, every batch a durable commit, in a fresh temporary `DATA_DIR` under {}), `tally-memory` in `MemoryStore` (`STORE=memory`), `tally-redis` on the three nodes",
+        "- tally-server: default config on 127.0.0.1 (batch interval 5 s, cache TTL 5 s, cache capacity 100,000), its log subscriber at `info` writing to a file {}, Prometheus recorder {}; `tally-embedded` counts in its default store (one redb file, every batch a durable commit, in a fresh temporary `DATA_DIR` under {}), `tally-memory` in `MemoryStore` (`STORE=memory`), `tally-redis` on the three nodes, `tally-cluster` on a Redis Cluster of six more nodes (`REDIS_CLUSTER`: three primaries with a replica each, no persistence; `REDIS_WAIT_REPLICAS` at its default, 1: every batch waits for one replica)",
         on_off(options.server_logs),
         on_off(options.server_metrics),
         std::env::temp_dir().display(),
     );
     let _ = writeln!(
         out,
-        "- Redis: 3 local redis-server nodes (no persistence); `naive` routes by xxh3(page id) % 3, tally by its ring; commands are INFO commandstats deltas over the phase, summed over nodes (INFO itself left out). CPU: % of one core used during the phase by the client threads / the server threads / the redis-servers / softirq (the kernel's loopback network work, charged to no process) / everything else on the machine (other processes: a busy neighbour makes that phase's figures suspect). Server CPU µs per request counts the server's threads only (not its share of softirq).\n"
+        "- Redis: 3 local redis-server nodes (no persistence); `naive` routes by xxh3(page id) % 3, tally by its ring; commands are INFO commandstats deltas over the phase, summed over the nodes of the target (INFO itself left out; for `tally-cluster` all six, so the replicas' copies of each write and the `WAIT`s count too). CPU: % of one core used during the phase by the client threads / the server threads / the redis-servers of the target (the other redis-servers of the run, idle, are left out of every column) / softirq (the kernel's loopback network work, charged to no process) / everything else on the machine (other processes: a busy neighbour makes that phase's figures suspect). Server CPU µs per request counts the server's threads only (not its share of softirq).\n"
     );
 }
 
@@ -193,6 +194,40 @@ fn render_cache_reads(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "\nRead-cache misses, as tally-server counts them (`GET /api/v1/counter/metrics` before and after the phase; a miss reads the store):\n"
+    );
+    for phase in phases {
+        let _ = writeln!(out, "{phase}");
+    }
+}
+
+/// Commands named per role in [`render_cluster_roles`]: enough for a batch's script,
+/// the commands run inside it and its `WAIT`.
+const ROLE_COMMANDS: usize = 8;
+
+/// For the phases on the Redis Cluster: its commands split between the primaries and the
+/// replicas, which the tables sum.
+fn render_cluster_roles(out: &mut String, rows: &[Row]) {
+    let phases: Vec<String> = rows
+        .iter()
+        .filter_map(|row| {
+            let m = &row.max;
+            let on_replicas = m.on_replicas.as_ref()?;
+            let on_primaries = measure::command_delta(on_replicas, &m.commands);
+            Some(format!(
+                "- {} {}: primaries {}; replicas {}",
+                row.kind,
+                row.load.name(),
+                commands_of(m, &on_primaries, ROLE_COMMANDS),
+                commands_of(m, on_replicas, ROLE_COMMANDS),
+            ))
+        })
+        .collect();
+    if phases.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nRedis Cluster commands per 1,000 requests (closed loop) by role: on the primaries, and on the replicas (which run the writes of their primary's stream); the tables give their sum:\n"
     );
     for phase in phases {
         let _ = writeln!(out, "{phase}");
@@ -299,7 +334,9 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
     let percent = options.paced_fraction * 100.0;
     for row in rows {
         let (target, met): (&str, fn(f64) -> bool) = match row.kind {
-            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis => ("<= 2", |v| v <= 2.0),
+            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis | Kind::TallyCluster => {
+                ("<= 2", |v| v <= 2.0)
+            }
             // The same figure for the floor: what the machine allows any handler.
             Kind::Floor => ("(reference)", |_| true),
             _ => continue,
@@ -328,10 +365,12 @@ fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
     };
     let floor_visit = rate(Kind::Floor, Load::VisitHot);
     let redis_hot = rate(Kind::TallyRedis, Load::VisitHot);
-    let redis_commands = rows
-        .iter()
-        .find(|r| r.kind == Kind::TallyRedis && r.load == Load::VisitHot)
-        .map(|r| r.max.commands_per_1k());
+    let commands_per_1k = |kind: Kind| {
+        rows.iter()
+            .find(|r| r.kind == kind && r.load == Load::VisitHot)
+            .map(|r| r.max.commands_per_1k())
+    };
+    let cluster_hot = rate(Kind::TallyCluster, Load::VisitHot);
     vec![
         (
             "tally-redis POST visit (hot) / floor",
@@ -410,7 +449,34 @@ fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
         ),
         (
             "tally-redis Redis commands per 1,000 visits (hot)",
-            redis_commands,
+            commands_per_1k(Kind::TallyRedis),
+            "<= 2",
+            |v| v <= 2.0,
+        ),
+        (
+            "tally-cluster POST visit (hot) / tally-redis (for reference)",
+            div(cluster_hot, redis_hot),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-cluster POST visit (cold 1M) / tally-redis (for reference)",
+            div(
+                rate(Kind::TallyCluster, Load::VisitCold),
+                rate(Kind::TallyRedis, Load::VisitCold),
+            ),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-cluster POST visit (hot) / floor (for reference)",
+            div(cluster_hot, floor_visit),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-cluster Redis commands per 1,000 visits (hot, all six nodes)",
+            commands_per_1k(Kind::TallyCluster),
             "<= 2",
             |v| v <= 2.0,
         ),
@@ -470,11 +536,17 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// Commands per 1,000 requests: the total, then the three most frequent by name.
 fn commands(m: &Measured) -> String {
-    if m.commands.is_empty() {
+    commands_of(m, &m.commands, 3)
+}
+
+/// `counts` (of the phase `m`) per 1,000 of its requests: the total, then the `top` most
+/// frequent by name.
+fn commands_of(m: &Measured, counts: &CommandCounts, top: usize) -> String {
+    if counts.is_empty() {
         return "0".to_owned();
     }
     let per_1k = |calls: u64| calls as f64 * 1000.0 / m.outcome.answered().max(1) as f64;
-    measure::top_commands(&m.commands, |calls| short(per_1k(calls)))
+    measure::top_commands(counts, top, |calls| short(per_1k(calls)))
 }
 
 /// A figure with about three significant digits.
@@ -494,7 +566,7 @@ mod tests {
 
     use super::*;
     use crate::client::Outcome;
-    use crate::measure::{CommandCounts, CpuUse};
+    use crate::measure::CpuUse;
     use crate::targets::Stopped;
 
     /// A row whose closed loop answered `per_second` requests a second, for 1 s.
@@ -514,6 +586,7 @@ mod tests {
             max: Measured {
                 outcome,
                 commands: CommandCounts::new(),
+                on_replicas: None,
                 cpu: CpuUse::default(),
                 offered: None,
                 cache: None,
@@ -552,6 +625,73 @@ mod tests {
         );
         assert_eq!(*cold, Some(0.9));
         assert!(!met(cold.unwrap()));
+    }
+
+    #[test]
+    fn the_cluster_is_set_against_the_standalone_nodes_and_the_floor_of_the_same_run() {
+        let mut cluster_hot = row(Kind::TallyCluster, Load::VisitHot, 30_000);
+        // 3 batches' scripts and their WAITs, and a replica applying them: 90 commands
+        // over 30,000 visits.
+        cluster_hot.max.commands = CommandCounts::from([
+            ("evalsha".into(), 30),
+            ("wait".into(), 30),
+            ("exec".into(), 30),
+        ]);
+        let rows = [
+            row(Kind::Floor, Load::VisitHot, 50_000),
+            row(Kind::TallyRedis, Load::VisitHot, 40_000),
+            row(Kind::TallyRedis, Load::VisitCold, 20_000),
+            cluster_hot,
+            row(Kind::TallyCluster, Load::VisitCold, 15_000),
+        ];
+        let targets = rate_targets(&rows);
+
+        let value = |figure| target(&targets, figure).1;
+        assert_eq!(
+            value("tally-cluster POST visit (hot) / tally-redis (for reference)"),
+            Some(0.75)
+        );
+        assert_eq!(
+            value("tally-cluster POST visit (cold 1M) / tally-redis (for reference)"),
+            Some(0.75)
+        );
+        assert_eq!(
+            value("tally-cluster POST visit (hot) / floor (for reference)"),
+            Some(0.6)
+        );
+        let (_, commands, shown, met) = target(
+            &targets,
+            "tally-cluster Redis commands per 1,000 visits (hot, all six nodes)",
+        );
+        assert_eq!((*commands, *shown), (Some(3.0), "<= 2"));
+        assert!(!met(commands.unwrap()));
+    }
+
+    #[test]
+    fn cluster_commands_are_split_between_primaries_and_replicas() {
+        let mut cluster_hot = row(Kind::TallyCluster, Load::VisitHot, 30_000);
+        cluster_hot.max.commands = CommandCounts::from([
+            ("evalsha".into(), 30),
+            ("wait".into(), 30),
+            ("exec".into(), 30),
+            ("multi".into(), 30),
+        ]);
+        cluster_hot.max.on_replicas = Some(CommandCounts::from([
+            ("exec".into(), 30),
+            ("multi".into(), 30),
+        ]));
+        let rows = [row(Kind::TallyRedis, Load::VisitHot, 40_000), cluster_hot];
+
+        let mut out = String::new();
+        render_cluster_roles(&mut out, &rows);
+
+        assert!(
+            out.ends_with(
+                "- tally-cluster POST visit, hot 100: primaries 2.00 (evalsha 1.00, wait 1.00); replicas 2.00 (exec 1.00, multi 1.00)\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("tally-redis"), "{out}");
     }
 
     #[test]

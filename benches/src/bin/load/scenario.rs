@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::Setup;
 use crate::client::{self, Conn, Outcome, Pace, Paths, Phase, Workload};
 use crate::measure::{self, Backlog, CacheReads, CommandCounts, CpuSnapshot, CpuUse};
 use crate::options::Options;
 use crate::targets::{self, Kind, Stopped};
+use crate::{Redis, Setup};
 
 /// Pages of the hot set.
 const HOT_PAGES: u64 = 100;
@@ -141,6 +141,9 @@ pub fn scenarios(targets: &[Kind]) -> Vec<(Kind, Load)> {
                     Load::ApiPath,
                     Load::Health,
                 ],
+                // What the cluster changes: where batches go (and their `WAIT`), and where
+                // a cache miss reads; the request path is tally-redis's.
+                Kind::TallyCluster => &[Load::VisitHot, Load::VisitCold, Load::CountHot],
             };
             loads.iter().map(move |&load| (kind, load))
         })
@@ -152,8 +155,10 @@ pub fn scenarios(targets: &[Kind]) -> Vec<(Kind, Load)> {
 pub struct Measured {
     /// What the client saw.
     pub outcome: Outcome,
-    /// Redis commands during the phase, summed over the nodes.
+    /// Redis commands during the phase, summed over the target's nodes.
     pub commands: CommandCounts,
+    /// On the Redis Cluster, the part of `commands` its replicas ran (`None` elsewhere).
+    pub on_replicas: Option<CommandCounts>,
     /// CPU use by party during the phase.
     pub cpu: CpuUse,
     /// Paced phases: the rate offered.
@@ -272,13 +277,16 @@ fn run_scenario(
     kind: Kind,
     load: Load,
 ) -> anyhow::Result<Row> {
-    if let Some(cluster) = setup.cluster {
-        crate::nodes::flush(cluster)?;
+    let redis = setup.redis_of(kind);
+    if let Some(redis) = redis {
+        redis.servers.flush()?;
     }
-    measure::settle(setup.redis_pids, setup.quiet_wait);
-    let server = setup
-        .server_rt
-        .block_on(targets::start(kind, setup.redis_urls, setup.metrics))?;
+    measure::settle(redis.map_or(&[], |r| r.pids), setup.quiet_wait);
+    let server = setup.server_rt.block_on(targets::start(
+        kind,
+        redis.map_or(&[], |r| r.urls),
+        setup.metrics,
+    ))?;
     let client_rt = setup.client_rt;
     let conns = client_rt
         .block_on(client::connect_all(server.address, options.connections))
@@ -291,7 +299,7 @@ fn run_scenario(
         client_rt,
         conns,
         &closed(&workload, options.duration),
-        setup,
+        redis,
         cache_of,
     )?;
     report_phase(options, kind, load, &max, "");
@@ -304,7 +312,7 @@ fn run_scenario(
             duration: options.paced,
             grace: GRACE,
         };
-        let (_, mut measured) = measured_phase(client_rt, conns, &phase, setup, cache_of)?;
+        let (_, mut measured) = measured_phase(client_rt, conns, &phase, redis, cache_of)?;
         measured.offered = Some(rate);
         report_phase(options, kind, load, &measured, " (paced)");
         paced = Some(measured);
@@ -371,11 +379,7 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
         client_rt,
         conns,
         &closed(&workload, options.duration),
-        &Setup {
-            cluster: None,
-            redis_pids: &[],
-            ..*setup
-        },
+        None,
         None,
     )?;
     drop(conns);
@@ -387,6 +391,7 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
     let reqwest = Measured {
         outcome,
         commands: CommandCounts::new(),
+        on_replicas: None,
         cpu: before.until(&CpuSnapshot::take(&[])),
         offered: None,
         cache: None,
@@ -428,20 +433,18 @@ fn print_timeline(outcome: &Outcome) {
     eprintln!("load:   windows over 5 ms: [{}]", slow.join(" "));
 }
 
-/// Runs `phase` with commands and CPU read before and after, and with `cache_of` the
-/// read-cache figures of the tally-server there.
+/// Runs `phase` with the commands and CPU of `redis` (the target's redis-servers) read
+/// before and after, and with `cache_of` the read-cache figures of the tally-server
+/// there.
 fn measured_phase(
     client_rt: &tokio::runtime::Runtime,
     conns: Vec<Conn>,
     phase: &Phase,
-    setup: &Setup<'_>,
+    redis: Option<Redis<'_>>,
     cache_of: Option<SocketAddr>,
 ) -> anyhow::Result<(Vec<Conn>, Measured)> {
-    let (cluster, redis_pids) = (setup.cluster, setup.redis_pids);
-    let commands_before = match cluster {
-        Some(cluster) => measure::command_counts(cluster)?,
-        None => CommandCounts::new(),
-    };
+    let redis_pids = redis.map_or(&[][..], |r| r.pids);
+    let commands_before = redis.map(|r| r.servers.command_counts()).transpose()?;
     let cache_before = cache_of
         .map(|address| client_rt.block_on(CacheReads::read(address)))
         .transpose()?;
@@ -454,17 +457,28 @@ fn measured_phase(
         }
         _ => None,
     };
-    let commands = match cluster {
-        Some(cluster) => {
-            measure::command_delta(&commands_before, &measure::command_counts(cluster)?)
+    let (commands, on_replicas) = match (redis, commands_before) {
+        (Some(redis), Some(before)) => {
+            let per_node: Vec<CommandCounts> = before
+                .iter()
+                .zip(redis.servers.command_counts()?)
+                .map(|(before, after)| measure::command_delta(before, &after))
+                .collect();
+            let replicas = redis.servers.replicas()?;
+            (
+                measure::sum_commands(&per_node),
+                replicas
+                    .map(|replicas| measure::sum_commands(replicas.iter().map(|&i| &per_node[i]))),
+            )
         }
-        None => CommandCounts::new(),
+        _ => (CommandCounts::new(), None),
     };
     Ok((
         conns,
         Measured {
             outcome,
             commands,
+            on_replicas,
             cpu,
             offered: None,
             cache,

@@ -41,17 +41,21 @@ pub enum Kind {
     TallyEmbedded,
     /// tally-server on the three Redis nodes.
     TallyRedis,
+    /// tally-server on a Redis Cluster of six nodes (`REDIS_CLUSTER`): three primaries
+    /// with a replica each, every batch confirmed by `WAIT` on one replica.
+    TallyCluster,
 }
 
 impl Kind {
     /// Every target, in the order they run.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Floor,
         Kind::Naive,
         Kind::NaiveMux,
         Kind::TallyMemory,
         Kind::TallyEmbedded,
         Kind::TallyRedis,
+        Kind::TallyCluster,
     ];
 
     /// The name used on the command line and in the tables.
@@ -63,6 +67,7 @@ impl Kind {
             Kind::TallyMemory => "tally-memory",
             Kind::TallyEmbedded => "tally-embedded",
             Kind::TallyRedis => "tally-redis",
+            Kind::TallyCluster => "tally-cluster",
         }
     }
 
@@ -70,13 +75,18 @@ impl Kind {
     pub fn is_tally(self) -> bool {
         matches!(
             self,
-            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis
+            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis | Kind::TallyCluster
         )
     }
 
-    /// Whether the target talks to the Redis nodes.
+    /// Whether the target talks to the three standalone Redis nodes.
     pub fn uses_redis(self) -> bool {
         matches!(self, Kind::Naive | Kind::NaiveMux | Kind::TallyRedis)
+    }
+
+    /// Whether the target talks to the Redis Cluster.
+    pub fn uses_cluster(self) -> bool {
+        self == Kind::TallyCluster
     }
 }
 
@@ -115,7 +125,8 @@ enum Stop {
     },
 }
 
-/// Starts `kind`; `redis_urls` are the nodes (`redis://127.0.0.1:PORT`); `metrics` is
+/// Starts `kind`; `redis_urls` are the nodes it counts on (`redis://127.0.0.1:PORT`):
+/// the standalone nodes, or for `tally-cluster` the cluster's seeds; `metrics` is
 /// tally-server's `ENABLE_METRICS`. Call inside the server runtime: the server's tasks are
 /// spawned on it.
 pub async fn start(kind: Kind, redis_urls: &[String], metrics: bool) -> anyhow::Result<Running> {
@@ -155,6 +166,7 @@ pub async fn start(kind: Kind, redis_urls: &[String], metrics: bool) -> anyhow::
             start_tally(TallyStore::Embedded(data), metrics).await
         }
         Kind::TallyRedis => start_tally(TallyStore::Redis(redis_urls.join(",")), metrics).await,
+        Kind::TallyCluster => start_tally(TallyStore::Cluster(redis_urls.join(",")), metrics).await,
     }
 }
 
@@ -241,6 +253,9 @@ enum TallyStore {
     Memory,
     /// `REDIS_NODES`, comma-separated.
     Redis(String),
+    /// `REDIS_CLUSTER`, comma-separated; `REDIS_WAIT_REPLICAS` left to its default (1
+    /// on a cluster with replicas).
+    Cluster(String),
 }
 
 async fn start_tally(store: TallyStore, metrics: bool) -> anyhow::Result<Running> {
@@ -263,6 +278,10 @@ async fn start_tally(store: TallyStore, metrics: bool) -> anyhow::Result<Running
         }
         TallyStore::Redis(nodes) => {
             vars.push(("REDIS_NODES", nodes));
+            None
+        }
+        TallyStore::Cluster(seeds) => {
+            vars.push(("REDIS_CLUSTER", seeds));
             None
         }
     };

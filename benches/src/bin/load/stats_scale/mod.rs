@@ -255,8 +255,10 @@ fn run_redis(
     urls: &[std::sync::Arc<str>],
     expected: &seed::Expected,
 ) -> anyhow::Result<StoreRun> {
-    let cluster = setup.cluster.context("the Redis nodes were not started")?;
-    crate::nodes::flush(cluster).context("cannot flush a node before seeding")?;
+    let cluster = setup.nodes.context("the Redis nodes were not started")?;
+    crate::nodes::Servers::Standalone(cluster)
+        .flush()
+        .context("cannot flush a node before seeding")?;
     let (store, seeded) = seed::write_redis(setup, cluster, urls)?;
 
     measure::settle(setup.redis_pids, setup.quiet_wait);

@@ -360,7 +360,7 @@ pub(super) fn per_node<T>(nodes: &[T], figure: impl Fn(&T) -> String) -> String 
 /// Commands per answer summed over `nodes`: the total, then the three most frequent.
 fn commands_per(nodes: &[NodeWork], answers: u64) -> String {
     let total = measure::sum_commands(nodes.iter().map(|node| &node.commands));
-    measure::top_commands(&total, |calls| {
+    measure::top_commands(&total, 3, |calls| {
         format!("{:.2}", calls as f64 / answers.max(1) as f64)
     })
 }
