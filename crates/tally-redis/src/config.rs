@@ -448,14 +448,20 @@ impl fmt::Debug for RedisConfig {
 impl fmt::Display for RedisConfig {
     /// The node list as it would appear in `REDIS_NODES`, passwords removed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, node) in self.nodes.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{node}")?;
-        }
-        Ok(())
+        write_url_list(f, &self.nodes)
     }
+}
+
+/// `urls` comma-separated, each as its `Display` shows it (password replaced by `***`):
+/// a `REDIS_NODES` or `REDIS_CLUSTER` value fit for a log line.
+pub(crate) fn write_url_list(f: &mut fmt::Formatter<'_>, urls: &[NodeUrl]) -> fmt::Result {
+    for (i, url) in urls.iter().enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        write!(f, "{url}")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -217,13 +217,7 @@ impl fmt::Debug for ClusterConfig {
 impl fmt::Display for ClusterConfig {
     /// The seeds as they would appear in `REDIS_CLUSTER`, passwords removed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, seed) in self.seeds.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{seed}")?;
-        }
-        Ok(())
+        crate::config::write_url_list(f, &self.seeds)
     }
 }
 
