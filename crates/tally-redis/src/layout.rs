@@ -140,6 +140,152 @@ for i = 1, #ties do out[#out + 1] = ties[i] end
 return out
 ";
 
+/// The body of the batch scripts: the Lua function `batch(KEYS, ARGV)`, which applies (or
+/// reads) one shard's batch, and the `now` it stamps marks with, read once per script call.
+/// A macro, so `concat!` can build both scripts from it.
+macro_rules! batch_function {
+    () => {
+        r"
+-- The node's time ('TIME'), read by the first batch of a call that writes a mark.
+local now
+-- KEYS[1]  hash of high-water marks (field '{instance}:{shard}', value '{seq}:{unix ms}')
+-- KEYS[2..] layout 'c': the n counter keys; layout 'z': the sorted set
+-- ARGV[1]  mark field, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
+-- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading).
+-- Keys are distinct within a batch (checked by the caller).
+local function batch(KEYS, ARGV)
+  local CHUNK = 500
+  local LIMIT = 9007199254740991
+  -- The sequence is the value's leading digits: '{seq}:{unix ms}', or a bare '{seq}' as
+  -- written before marks carried their time.
+  local stored = redis.call('HGET', KEYS[1], ARGV[1])
+  local mark = tonumber(string.match(stored or '0', '^%d+'))
+  local seq = tonumber(ARGV[2])
+  local zset = ARGV[3] == 'z'
+  local n = tonumber(ARGV[4])
+  -- ARGV index before the first delta.
+  local d = 4
+  if zset then d = 4 + n end
+
+  -- The request statistics' sorted set of another type fails the whole batch, naming it:
+  -- no member can be counted until it is repaired.
+  if zset then
+    local kind = redis.call('TYPE', KEYS[2]).ok
+    if kind ~= 'zset' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE tally: ' .. KEYS[2] .. ' is a ' .. kind .. ', not a sorted set')
+    end
+  end
+
+  -- Current values (false when absent). Layout 'c' also lists the positions of the keys
+  -- MGET found absent: MGET answers nil for keys of another type too.
+  local current = {}
+  local absent = {}
+  for first = 1, n, CHUNK do
+    local last = math.min(first + CHUNK - 1, n)
+    local part
+    if zset then part = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 4 + first, 4 + last))
+    else part = redis.call('MGET', unpack(KEYS, 1 + first, 1 + last)) end
+    for i = first, last do
+      current[i] = part[i - first + 1]
+      if not zset and not current[i] then absent[#absent + 1] = i end
+    end
+  end
+
+  -- Keys whose stored value is not a count are rejected, not applied, and reported (flat:
+  -- position, what was found) so the caller can hold them apart; every other key goes on.
+  -- Absent keys are checked with one EXISTS per chunk (new keys are the common case); only
+  -- when one of them exists, as another type, does TYPE find which.
+  local rejected = {}
+  local bad = {}
+  local function reject(i, found)
+    bad[i] = true
+    rejected[#rejected + 1] = i
+    rejected[#rejected + 1] = found
+  end
+  for first = 1, #absent, CHUNK do
+    local last = math.min(first + CHUNK - 1, #absent)
+    local names = {}
+    for j = first, last do names[#names + 1] = KEYS[1 + absent[j]] end
+    if redis.call('EXISTS', unpack(names)) > 0 then
+      for j = first, last do
+        local kind = redis.call('TYPE', KEYS[1 + absent[j]]).ok
+        if kind ~= 'none' then reject(absent[j], 'a ' .. kind) end
+      end
+    end
+  end
+  for i = 1, n do
+    local text = current[i]
+    if text then
+      local value = tonumber(text)
+      if value == nil or value < 0 or value % 1 ~= 0 or value > LIMIT then
+        reject(i, 'the value ' .. string.sub(text, 1, 64))
+      end
+    end
+  end
+
+  -- A read, or a batch already applied (a retry after a lost reply): current totals.
+  if seq <= mark then
+    -- A retry rewrites the mark as it is: a write, replicated after the first application,
+    -- so a WAIT that follows the retry on its connection (Redis Cluster) also covers the
+    -- first application, which another connection may have made.
+    if seq > 0 then redis.call('HSET', KEYS[1], ARGV[1], stored) end
+    for i = 1, n do
+      if bad[i] then current[i] = '0' else current[i] = current[i] or '0' end
+    end
+    return {0, mark, current, rejected}
+  end
+
+  -- Compute the new totals before the first write; a total past 2^53-1 is rejected too.
+  local totals = {}
+  for i = 1, n do
+    if bad[i] then
+      totals[i] = 0
+    else
+      local value = tonumber(current[i] or '0')
+      local total = value + tonumber(ARGV[d + i])
+      if total > LIMIT then
+        reject(i, 'the value ' .. current[i] .. ', which +' .. ARGV[d + i] .. ' would take past 2^53-1')
+        totals[i] = 0
+      else
+        totals[i] = total
+      end
+    end
+  end
+
+  for first = 1, n, CHUNK do
+    local last = math.min(first + CHUNK - 1, n)
+    local args = {}
+    local j = 0
+    for i = first, last do
+      -- '%d' writes every integer below 2^53 exactly (tostring would use %.14g).
+      if bad[i] then
+        -- Left as it is.
+      elseif zset then
+        args[j + 1] = string.format('%d', totals[i])
+        args[j + 2] = ARGV[4 + i]
+        j = j + 2
+      else
+        args[j + 1] = KEYS[1 + i]
+        args[j + 2] = string.format('%d', totals[i])
+        j = j + 2
+      end
+    end
+    if j > 0 then
+      if zset then redis.call('ZADD', KEYS[2], unpack(args))
+      else redis.call('MSET', unpack(args)) end
+    end
+  end
+  -- The mark carries the node's time of this write, so marks of instances that stopped
+  -- writing can be removed after the retention (marks.rs, SWEEP_SCRIPT); writing it with every
+  -- batch keeps a live instance's mark fresh.
+  if not now then now = redis.call('TIME') end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
+  return {1, seq, totals, rejected}
+end
+"
+    };
+}
+
 /// The batch script. One round trip applies a batch at most once, or reads values together
 /// with the mark; see the comments inside for the argument layout.
 ///
@@ -153,140 +299,47 @@ return out
 /// `redis.call`. The script runs atomically, so read-then-write loses no concurrent
 /// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
 /// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).
-pub(crate) const BATCH_SCRIPT: &str = r"
--- KEYS[1]  hash of high-water marks (field '{instance}:{shard}', value '{seq}:{unix ms}')
--- KEYS[2..] layout 'c': the n counter keys; layout 'z': the sorted set
--- ARGV[1]  mark field, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
--- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading).
--- Keys are distinct within a batch (checked by the caller).
-local CHUNK = 500
-local LIMIT = 9007199254740991
--- The sequence is the value's leading digits: '{seq}:{unix ms}', or a bare '{seq}' as
--- written before marks carried their time.
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-local mark = tonumber(string.match(stored or '0', '^%d+'))
-local seq = tonumber(ARGV[2])
-local zset = ARGV[3] == 'z'
-local n = tonumber(ARGV[4])
--- ARGV index before the first delta.
-local d = 4
-if zset then d = 4 + n end
+pub(crate) const BATCH_SCRIPT: &str = concat!(batch_function!(), "return batch(KEYS, ARGV)\n");
 
--- The request statistics' sorted set of another type fails the whole batch, naming it:
--- no member can be counted until it is repaired.
-if zset then
-  local kind = redis.call('TYPE', KEYS[2]).ok
-  if kind ~= 'zset' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE tally: ' .. KEYS[2] .. ' is a ' .. kind .. ', not a sorted set')
-  end
-end
-
--- Current values (false when absent). Layout 'c' also lists the positions of the keys
--- MGET found absent: MGET answers nil for keys of another type too.
-local current = {}
-local absent = {}
-for first = 1, n, CHUNK do
-  local last = math.min(first + CHUNK - 1, n)
-  local part
-  if zset then part = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 4 + first, 4 + last))
-  else part = redis.call('MGET', unpack(KEYS, 1 + first, 1 + last)) end
-  for i = first, last do
-    current[i] = part[i - first + 1]
-    if not zset and not current[i] then absent[#absent + 1] = i end
-  end
-end
-
--- Keys whose stored value is not a count are rejected, not applied, and reported (flat:
--- position, what was found) so the caller can hold them apart; every other key goes on.
--- Absent keys are checked with one EXISTS per chunk (new keys are the common case); only
--- when one of them exists, as another type, does TYPE find which.
-local rejected = {}
-local bad = {}
-local function reject(i, found)
-  bad[i] = true
-  rejected[#rejected + 1] = i
-  rejected[#rejected + 1] = found
-end
-for first = 1, #absent, CHUNK do
-  local last = math.min(first + CHUNK - 1, #absent)
-  local names = {}
-  for j = first, last do names[#names + 1] = KEYS[1 + absent[j]] end
-  if redis.call('EXISTS', unpack(names)) > 0 then
-    for j = first, last do
-      local kind = redis.call('TYPE', KEYS[1 + absent[j]]).ok
-      if kind ~= 'none' then reject(absent[j], 'a ' .. kind) end
-    end
-  end
-end
-for i = 1, n do
-  local text = current[i]
-  if text then
-    local value = tonumber(text)
-    if value == nil or value < 0 or value % 1 ~= 0 or value > LIMIT then
-      reject(i, 'the value ' .. string.sub(text, 1, 64))
-    end
-  end
-end
-
--- A read, or a batch already applied (a retry after a lost reply): current totals.
-if seq <= mark then
-  -- A retry rewrites the mark as it is: a write, replicated after the first application,
-  -- so a WAIT that follows the retry on its connection (Redis Cluster) also covers the
-  -- first application, which another connection may have made.
-  if seq > 0 then redis.call('HSET', KEYS[1], ARGV[1], stored) end
-  for i = 1, n do
-    if bad[i] then current[i] = '0' else current[i] = current[i] or '0' end
-  end
-  return {0, mark, current, rejected}
-end
-
--- Compute the new totals before the first write; a total past 2^53-1 is rejected too.
-local totals = {}
-for i = 1, n do
-  if bad[i] then
-    totals[i] = 0
-  else
-    local value = tonumber(current[i] or '0')
-    local total = value + tonumber(ARGV[d + i])
-    if total > LIMIT then
-      reject(i, 'the value ' .. current[i] .. ', which +' .. ARGV[d + i] .. ' would take past 2^53-1')
-      totals[i] = 0
-    else
-      totals[i] = total
-    end
-  end
-end
-
-for first = 1, n, CHUNK do
-  local last = math.min(first + CHUNK - 1, n)
+/// The combined batch script (Redis Cluster): the batches of several buckets whose slots
+/// one primary serves, applied in one call, each exactly as [`BATCH_SCRIPT`] applies it
+/// (its own mark, its own reply), so one call and one `WAIT` carry them all.
+///
+/// Redis Cluster refuses a script whose declared keys span slots (`CROSSSLOT`), even with
+/// the `allow-cross-slot-keys` flag; the flag only lets the script's own commands touch
+/// other slots of the node. So the call declares one key, the first batch's marks hash
+/// (it routes the call, and a node that does not serve it answers `MOVED`), and passes
+/// every batch's key names as arguments. Each command inside stays within one bucket's
+/// slot. A key the node does not serve (a stale slot map, a slot half-migrated) fails the
+/// call at the first read of that bucket, before any of its writes: the batches before it
+/// are applied with their marks, the rest are not, and the caller sends each batch again
+/// on its own, where a mark answers for the ones already applied. Needs Redis 7.0+ (script
+/// flags).
+pub(crate) const COMBINED_BATCH_SCRIPT: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    batch_function!(),
+    r"
+-- ARGV[1] m, the number of batches; then per batch: its key count k, its argument count
+-- a, its k key names, its a arguments (as KEYS and ARGV of BATCH_SCRIPT).
+-- Answers one reply per batch, in order.
+local m = tonumber(ARGV[1])
+local at = 1
+local out = {}
+for b = 1, m do
+  local k = tonumber(ARGV[at + 1])
+  local a = tonumber(ARGV[at + 2])
+  at = at + 2
+  local keys = {}
+  for i = 1, k do keys[i] = ARGV[at + i] end
+  at = at + k
   local args = {}
-  local j = 0
-  for i = first, last do
-    -- '%d' writes every integer below 2^53 exactly (tostring would use %.14g).
-    if bad[i] then
-      -- Left as it is.
-    elseif zset then
-      args[j + 1] = string.format('%d', totals[i])
-      args[j + 2] = ARGV[4 + i]
-      j = j + 2
-    else
-      args[j + 1] = KEYS[1 + i]
-      args[j + 2] = string.format('%d', totals[i])
-      j = j + 2
-    end
-  end
-  if j > 0 then
-    if zset then redis.call('ZADD', KEYS[2], unpack(args))
-    else redis.call('MSET', unpack(args)) end
-  end
+  for i = 1, a do args[i] = ARGV[at + i] end
+  at = at + a
+  out[b] = batch(keys, args)
 end
--- The mark carries the node's time of this write, so marks of instances that stopped
--- writing can be removed after the retention (marks.rs, SWEEP_SCRIPT); writing it with every
--- batch keeps a live instance's mark fresh.
-local now = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
-return {1, seq, totals, rejected}
-";
+return out
+"
+);
 
 /// Where the keys of one script call live: a standalone node's names ([`Standalone`]:
 /// [`COUNTER_KEY_PREFIX`], [`URLS_KEY`] and the marks hashes), or one bucket's of a Redis
@@ -376,6 +429,33 @@ impl ScriptCall {
 
     fn append(&self, cmd: &mut redis::Cmd) {
         cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+    }
+
+    /// The keys of this call (the first is the marks hash).
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// One call of [`COMBINED_BATCH_SCRIPT`] carrying `calls` (each a [`BATCH_SCRIPT`]
+    /// call), whose reply is theirs, one per call in order: the first call's marks hash is
+    /// its one declared key, and every call's keys and arguments are arguments.
+    pub(crate) fn combine<'c>(calls: impl ExactSizeIterator<Item = &'c ScriptCall>) -> Self {
+        let mut combined = ScriptCall::default();
+        combined.arg(calls.len());
+        for call in calls {
+            if combined.keys.is_empty()
+                && let Some(first) = call.keys.first()
+            {
+                combined.keys.push(first.clone());
+            }
+            combined.arg(call.keys.len());
+            combined.arg(call.args.len());
+            for key in &call.keys {
+                combined.arg(key);
+            }
+            combined.args.extend(call.args.iter().cloned());
+        }
+        combined
     }
 }
 

@@ -42,6 +42,15 @@
 //! write, on the target) itself; a `TRYAGAIN` (a slot half-migrated) or `CLUSTERDOWN`
 //! fails the attempt, and the counter retries it with backoff.
 //!
+//! # Group commit
+//!
+//! A hot set of pages keeps many buckets busy, each with its own batch per interval. The
+//! batches of buckets one primary serves, sent within a few milliseconds of each other, go
+//! to it together (`combine`): one pipeline holding one call of the combined batch script
+//! (each batch with its own mark and its own reply) and one `WAIT`. When that call fails
+//! as a whole (a slot that moved, a node before Redis 7.0), each batch goes again on its
+//! own, as above, and the ones the call applied are answered by their marks.
+//!
 //! Reads, the ranking reads of `/stats/` and the sweeps of old marks go through the
 //! `redis` crate's cluster client (slot routing, `MOVED`/`ASK`, `TRYAGAIN` and retries),
 //! rankings on a client of their own so a large answer never delays a read.
@@ -66,10 +75,12 @@
 //! - `config`: [`ClusterConfig`].
 //! - `topology`: `CLUSTER NODES`, parsed, and [`ClusterStatus`].
 //! - `write`: batches and resets with their `WAIT`, on the primaries' pools.
+//! - `combine`: group commit of the batches of one primary's buckets.
 //! - `read`: reads and rankings through the cluster client.
 //! - `health`: the health task: pings, the slot map, sweeps of old marks.
 
 mod buckets;
+mod combine;
 mod config;
 mod health;
 mod read;
@@ -97,7 +108,7 @@ pub use config::ClusterConfig;
 pub use topology::{ClusterNodeStatus, ClusterShard, ClusterStatus};
 
 use crate::error::{Error, Result};
-use crate::layout::{BATCH_SCRIPT, Layout, TOP_SCRIPT};
+use crate::layout::{BATCH_SCRIPT, COMBINED_BATCH_SCRIPT, Layout, TOP_SCRIPT};
 use crate::lock;
 use crate::marks::SWEEP_SCRIPT;
 use crate::node::{Node, RANKING_TIMEOUT_FLOOR};
@@ -129,6 +140,13 @@ struct Shared {
     /// Ranking reads, whose answers can be large, apart from reads.
     rankings: ClusterConnection,
     script: redis::Script,
+    /// Several buckets' batches in one call (`combine`).
+    combined_script: redis::Script,
+    /// Set once a node could not run the combined script: every batch goes alone.
+    combine_unsupported: AtomicBool,
+    /// Per primary, the batches waiting for its next combined write (`combine`). A
+    /// `std::sync::Mutex`, held to queue or take them, never across an `.await`.
+    combining: Mutex<HashMap<&'static str, Vec<combine::Waiting>>>,
     top_script: redis::Script,
     sweep_script: redis::Script,
     /// The last `CLUSTER NODES` that parsed. A `std::sync::RwLock`: held to swap or clone
@@ -197,6 +215,9 @@ impl ClusterStore {
             commands: commands.get_pending_async_connection_with_config(client_config.clone()),
             rankings: rankings.get_pending_async_connection_with_config(client_config),
             script: redis::Script::new(BATCH_SCRIPT),
+            combined_script: redis::Script::new(COMBINED_BATCH_SCRIPT),
+            combine_unsupported: AtomicBool::new(false),
+            combining: Mutex::new(HashMap::new()),
             top_script: redis::Script::new(TOP_SCRIPT),
             sweep_script: redis::Script::new(SWEEP_SCRIPT),
             view: RwLock::new(Arc::new(Topology::default())),

@@ -3,17 +3,22 @@
 //! `crate::cluster`).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use redis::{ServerErrorKind, Value};
 use tally_counter::{Applied, Batch, RejectedKey, ShardId};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
 use super::buckets::Bucket;
-use super::{ClusterStore, MAX_REDIRECTS};
+use super::combine::{self, Outcome};
+use super::{ClusterStore, MAX_REDIRECTS, Shared};
 use crate::error::{Error, Result};
 use crate::layout::{
     BATCH_SCRIPT, KeySpace as _, Layout, ScriptCall, ScriptReply, fill_script_args,
 };
+use crate::node::Node;
+use deadpool_redis::Connection;
 
 /// How many `REDIS_TIMEOUT`s a write waits for a free connection of its primary before it
 /// fails (and is retried): each connection ahead of it holds a write for at most one.
@@ -87,7 +92,7 @@ impl ClusterStore {
                 batch.deltas.iter().map(|(key, _)| &**key),
                 batch.deltas.iter().map(|(_, delta)| *delta),
             );
-            let (node, reply) = self.write(bucket, "apply", Command::Script(&call)).await?;
+            let (node, reply) = self.send_batch(bucket, call).await?;
             let reply = ScriptReply::parse(reply).map_err(|detail| Error::Protocol {
                 node: node.to_owned(),
                 op: "apply",
@@ -158,6 +163,36 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// Sends a batch's script call to `bucket`'s primary: together with the other buckets'
+    /// batches for that primary (`combine`), or alone when that cannot be done.
+    async fn send_batch(&self, bucket: &Bucket, call: ScriptCall) -> Result<(&'static str, Value)> {
+        let call = Arc::new(call);
+        match combine::submit(&self.shared, bucket, Arc::clone(&call)).await {
+            Outcome::Reply(node, Value::ServerError(error)) => Err(Error::Redis {
+                node: node.to_owned(),
+                op: "apply",
+                source: error.into(),
+            }),
+            Outcome::Reply(node, reply) => Ok((node, reply)),
+            Outcome::NotReplicated {
+                node,
+                acked,
+                wanted,
+            } => Err(Error::NotReplicated {
+                node: node.to_owned(),
+                bucket: bucket.tag.clone(),
+                acked,
+                wanted: wanted as u64,
+                after: self.shared.config.wait_timeout(),
+            }),
+            Outcome::Busy(node) => Err(Error::Busy {
+                node: node.to_owned(),
+                after: self.shared.config.timeout * QUEUE_TIMEOUTS,
+            }),
+            Outcome::Alone => self.write(bucket, "apply", Command::Script(&call)).await,
+        }
+    }
+
     /// Sends `command` and its `WAIT` to `bucket`'s primary, following redirections:
     /// the node that answered and the command's reply.
     async fn write(
@@ -184,19 +219,7 @@ impl ClusterStore {
         let mut eval = false;
         for _ in 0..MAX_REDIRECTS {
             let name = shared.intern(&target);
-            let node = shared.node_for(name)?;
-            let lanes = shared.lanes(name);
-            let queue = shared.config.timeout * QUEUE_TIMEOUTS;
-            let busy = || Error::Busy {
-                node: name.to_owned(),
-                after: queue,
-            };
-            // The semaphore is never closed.
-            let _lane = tokio::time::timeout(queue, lanes.acquire())
-                .await
-                .map_err(|_| busy())?
-                .map_err(|_| busy())?;
-            let mut conn = node.checkout(op).await?;
+            let (_lane, node, mut conn) = shared.write_connection(name, op).await?;
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             if asking {
@@ -281,6 +304,35 @@ impl ClusterStore {
                 bucket.tag
             ),
         })
+    }
+}
+
+impl Shared {
+    /// A connection of the node named `name` for one write (a batch, a reset, a combined
+    /// write), with the lane permit that holds it (see `Shared::lanes`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Busy`] when no lane frees within `QUEUE_TIMEOUTS` timeouts; the errors of
+    /// making the node and of its pool.
+    pub(super) async fn write_connection(
+        &self,
+        name: &'static str,
+        op: &'static str,
+    ) -> Result<(OwnedSemaphorePermit, Arc<Node>, Connection)> {
+        let node = self.node_for(name)?;
+        let queue = self.config.timeout * QUEUE_TIMEOUTS;
+        let busy = || Error::Busy {
+            node: name.to_owned(),
+            after: queue,
+        };
+        // The semaphore is never closed.
+        let lane = tokio::time::timeout(queue, self.lanes(name).acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let conn = node.checkout(op).await?;
+        Ok((lane, node, conn))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::support::{TestResult, batch, eventually, fast_counter, redis_error};
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A store config with short timeouts; `health` sets how often every node is pinged.
-fn config(cluster: &Cluster, health: Duration) -> ClusterConfig {
+pub(crate) fn config(cluster: &Cluster, health: Duration) -> ClusterConfig {
     let mut config = ClusterConfig::from_urls(&cluster.seeds()).expect("the seeds parse");
     config.timeout = Duration::from_millis(800);
     config.retry_attempts = 1;

@@ -1,6 +1,7 @@
 //! Integration tests of tally-redis against real redis-server processes (see tally-testkit).
 
 mod cluster;
+mod cluster_combined;
 mod counter;
 mod errors;
 mod faults;
