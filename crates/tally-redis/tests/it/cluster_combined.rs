@@ -32,7 +32,14 @@ fn errors(node: &ClusterNode, prefix: &str) -> u64 {
 fn failed_scripts(node: &ClusterNode) -> u64 {
     ["evalsha", "eval"]
         .iter()
-        .map(|c| stat(node, "commandstats", &format!("cmdstat_{c}"), "failed_calls="))
+        .map(|c| {
+            stat(
+                node,
+                "commandstats",
+                &format!("cmdstat_{c}"),
+                "failed_calls=",
+            )
+        })
         .sum()
 }
 
