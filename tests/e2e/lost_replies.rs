@@ -4,7 +4,8 @@
 //! answer and hangs up. The server cannot know whether the batch was applied and
 //! sends it again, unchanged; the node's high-water mark for the instance answers the
 //! retry without applying it twice: each lost reply is followed by a replay of its own
-//! layout. Visits and request statistics are both exact, no URL is counted that no request
+//! layout. Increments by N and bulk visits sent meanwhile to pages of that node are
+//! among the batches whose replies are lost. Visits and request statistics are both exact, no URL is counted that no request
 //! named, and every visit was answered promptly.
 
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tally_testkit::{LoadSpec, Mode, RedisNode, run_load};
 
+use crate::bulk_visits::send_mixed;
 use crate::support::{
     Rig, STATS_BATCH, VISIT_BATCH, assert_answered_promptly, check_no_stray_urls, check_urls,
-    one_at_a_time, report, urls_counted,
+    one_at_a_time, report, stored_visits, urls_counted,
 };
 
 /// The node behind the proxy.
@@ -43,6 +45,21 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
     };
     let path = spec.path;
     let load = tokio::spawn(run_load(spec));
+    // Beside the single visits, increments by N and bulk visits of pages on the proxied
+    // node, sent without pause: every visit batch of that node (one per 200 ms) carries
+    // some of them, so the lost replies below cover them too.
+    let bulk_pages: Vec<String> = (0..)
+        .map(|i| format!("bulk-{i}"))
+        .filter(|page| rig.owner(page) == PROXIED)
+        .take(40)
+        .collect();
+    let bulk = tokio::spawn(send_mixed(
+        server.addr(),
+        bulk_pages,
+        u64::MAX,
+        7,
+        Some(Arc::clone(&stop)),
+    ));
 
     // Once both counters' batches flow (their scripts are loaded), lose one batch reply at
     // a time, and wait for the retry of each to be answered as a replay.
@@ -85,11 +102,24 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
     }
     stop.store(true, Ordering::Relaxed);
     let board = load.await.expect("load task");
+    let bulk = bulk.await.expect("the bulk sender");
     server.wait_flushed(Duration::from_secs(30)).await;
+    let bulk_names: Vec<String> = bulk.acked.keys().cloned().collect();
+    let bulk_stored = stored_visits(&rig.nodes(), &rig.ring, &bulk_names);
     let replays: Vec<u64> = replays_by_layout(&server, &proxy_node, &layouts).await;
     // `/stats/` writes this instance's pending statistics first.
     let _ = server.get_json("/stats/").await;
-    let counted = rig.visits_counted(&board);
+    let mut counted = rig.visits_counted(&board);
+    // The bulk sender's pages are judged against its own score below; on their owner
+    // node they are not stray.
+    counted.stray.retain(|stray| {
+        let page = stray
+            .strip_prefix("tally:v:")
+            .and_then(|rest| rest.split_once(" = "))
+            .map(|(page, _)| page);
+        !(stray.ends_with("no request named it")
+            && page.is_some_and(|page| bulk.acked.contains_key(page)))
+    });
     let urls = urls_counted(&rig.nodes(), &rig.ring);
     let output = server.stop();
     report(
@@ -114,6 +144,14 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
     }
     let totals = board.totals();
     assert_eq!(totals.rejected + totals.other, 0, "{board:?}");
+    assert!(bulk.refused.is_empty() && bulk.bulks > 0, "{bulk:?}");
+    for (page, acked) in &bulk.acked {
+        assert_eq!(
+            bulk_stored.get(page),
+            Some(acked),
+            "{page}: increments by N and bulk visits count once across lost replies"
+        );
+    }
     assert_answered_promptly(&board, PROMPT);
     assert_eq!((counted.lost, counted.doubled), (0, 0));
     counted.assert_exact(&board);
@@ -123,8 +161,19 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
         (s.answered(), s.answered() + s.unknown)
     })
     .unwrap_or_else(|wrong| panic!("{wrong}"));
-    check_no_stray_urls(&board, path, &urls, &["/api/v1/counter/metrics"])
-        .unwrap_or_else(|wrong| panic!("{wrong}"));
+    // Besides the single visits: the counter metrics the test polled, and the bulk
+    // sender's requests (also under `/api/`).
+    let mut also: Vec<String> = bulk
+        .acked
+        .keys()
+        .map(|page| format!("/api/v1/counter/visit/{page}"))
+        .collect();
+    also.extend([
+        "/api/v1/counter/metrics".to_owned(),
+        "/api/v1/counter/visits".to_owned(),
+    ]);
+    let also: Vec<&str> = also.iter().map(String::as_str).collect();
+    check_no_stray_urls(&board, path, &urls, &also).unwrap_or_else(|wrong| panic!("{wrong}"));
 }
 
 /// The replays of each layout answered by the proxied node.

@@ -15,6 +15,7 @@
 mod backlog;
 mod bad_config;
 mod bad_input;
+mod bulk_visits;
 mod cardinality;
 mod cluster;
 mod concurrent;

@@ -77,6 +77,32 @@ pub enum ApiError {
         /// `TEST_MAX_REQUESTS`.
         max: u64,
     },
+    /// 400 `invalid_count`: a visit count (`?count=N`, or an entry of a bulk) that is not a
+    /// whole number from 1 to 1,000,000.
+    #[error(
+        "invalid visit count {value:?}{}: expected a whole number from 1 to 1000000",
+        page.as_ref().map(|page| format!(" for page {page:?}")).unwrap_or_default()
+    )]
+    InvalidCount {
+        /// The count as received (cut to 64 characters), or what was wrong with it.
+        value: String,
+        /// The bulk entry's page, for a bulk.
+        page: Option<String>,
+    },
+    /// 400 `invalid_body`: a request body that is JSON of the wrong shape, or a bulk whose
+    /// entry breaks a rule (the message names the first such entry and the rule).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// 413 `payload_too_large`: a request body over the route's limit.
+    #[error("the request body is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// 415 `unsupported_media_type`: a JSON route's body sent without
+    /// `Content-Type: application/json`.
+    #[error("the request body must be JSON, sent with Content-Type: application/json")]
+    UnsupportedMediaType,
     /// 400 `invalid_query`: a bad `limit` or `offset` for `/stats/`.
     #[error(transparent)]
     InvalidQuery(tally_stats::Error),
@@ -117,6 +143,10 @@ impl ApiError {
             Self::StoreUnavailable { .. } => "store_unavailable",
             Self::InvalidRequestCount { .. } => "invalid_request_count",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::InvalidCount { .. } => "invalid_count",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TestRunning => "test_already_running",
             Self::ShuttingDown => "shutting_down",
             Self::CorruptCount { .. } => "corrupt_count",
@@ -165,7 +195,11 @@ impl ResponseError for ApiError {
             Self::InvalidPageId(_)
             | Self::BadRequest(_)
             | Self::InvalidRequestCount { .. }
-            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidQuery(_)
+            | Self::InvalidCount { .. }
+            | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TestRunning => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -31,25 +31,187 @@ struct VisitRecorded {
     message: String,
     page_id: String,
     timestamp: String,
+    count: u64,
 }
 
-/// `POST {prefix}/counter/visit/{page_id}`: counts one visit (in memory; written within
-/// `BATCH_INTERVAL_SECONDS`).
-#[tracing::instrument(name = "record_visit", level = "debug", skip(state), fields(page_id = %page_id))]
+/// `POST {prefix}/counter/visit/{page_id}[?count=N]`: counts one visit, or `N` (in
+/// memory; written within `BATCH_INTERVAL_SECONDS`).
+#[tracing::instrument(name = "record_visit", level = "debug", skip(state, req), fields(page_id = %page_id))]
 pub(crate) async fn record_visit(
     state: web::Data<AppState>,
     page_id: PageId,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let count = count_param(req.query_string())?;
     state
         .counter
-        .increment(page_id.as_str(), 1)
+        .increment(page_id.as_str(), count)
         .map_err(|e| state.counter_error(e))?;
+    let message = if count == 1 {
+        format!("Visit recorded for page {page_id}")
+    } else {
+        format!("{count} visits recorded for page {page_id}")
+    };
     Ok(HttpResponse::Ok().json(VisitRecorded {
         status: "success",
-        message: format!("Visit recorded for page {page_id}"),
+        message,
         page_id: page_id.to_string(),
         timestamp: iso_time(std::time::SystemTime::now()),
+        count,
     }))
+}
+
+/// The `count` of a visit's query string: 1 when absent. Other parameters are ignored.
+fn count_param(query: &str) -> Result<u64, ApiError> {
+    if query.is_empty() {
+        return Ok(1);
+    }
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let mut found = None;
+    for (name, value) in pairs.iter() {
+        if name == "count" {
+            if found.is_some() {
+                return Err(ApiError::InvalidCount {
+                    value: "count given twice".to_owned(),
+                    page: None,
+                });
+            }
+            found = Some(visit_count(value, None)?);
+        }
+    }
+    Ok(found.unwrap_or(1))
+}
+
+/// `text` as a visit count: a whole number from 1 to [`MAX_VISIT_COUNT`], in decimal
+/// digits only; `page` names the bulk entry it belongs to.
+fn visit_count(text: &str, page: Option<&str>) -> Result<u64, ApiError> {
+    let invalid = || ApiError::InvalidCount {
+        value: shorten(text),
+        page: page.map(shorten),
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    match text.parse::<u64>() {
+        Ok(n) if (1..=MAX_VISIT_COUNT).contains(&n) => Ok(n),
+        _ => Err(invalid()),
+    }
+}
+
+/// `text` cut to 64 characters for an error message.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Most visits one request counts for a page (`?count=`, or an entry of a bulk).
+pub(crate) const MAX_VISIT_COUNT: u64 = 1_000_000;
+/// Most pages in one bulk request.
+pub(crate) const MAX_BULK_PAGES: usize = 1_000;
+/// Largest bulk request body, in bytes.
+pub(crate) const MAX_BULK_BYTES: usize = 1 << 20;
+
+/// The body of `POST {prefix}/counter/visits`: `{"visits": {"page1": 3, ...}}`, its
+/// entries in the order sent (so an error names the first bad one), duplicates kept for
+/// the check.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkVisits {
+    visits: Entries,
+}
+
+/// A JSON object's members in order, values unparsed.
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of page ids to visit counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    if entries.len() > MAX_BULK_PAGES {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_BULK_PAGES} pages; send at most {MAX_BULK_PAGES} per request"
+                        )));
+                    }
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+#[derive(Serialize)]
+struct BulkRecorded {
+    status: &'static str,
+    recorded: u64,
+    pages: usize,
+}
+
+/// `POST {prefix}/counter/visits`: counts the visits of up to [`MAX_BULK_PAGES`] pages,
+/// all or none.
+#[tracing::instrument(name = "record_visits", level = "debug", skip_all)]
+pub(crate) async fn record_visits(
+    state: web::Data<AppState>,
+    body: web::Json<BulkVisits>,
+) -> Result<HttpResponse, ApiError> {
+    let increments = bulk_increments(&body.visits.0)?;
+    state
+        .counter
+        .increment_all(&increments)
+        .map_err(|e| state.counter_error(e))?;
+    Ok(HttpResponse::Ok().json(BulkRecorded {
+        status: "success",
+        recorded: increments.iter().map(|(_, n)| n).sum(),
+        pages: increments.len(),
+    }))
+}
+
+/// The increments of a bulk's entries, or the error of the first bad one.
+fn bulk_increments(entries: &[(String, serde_json::Value)]) -> Result<Vec<(&str, u64)>, ApiError> {
+    if entries.is_empty() || entries.len() > MAX_BULK_PAGES {
+        return Err(ApiError::InvalidBody(format!(
+            "\"visits\" has {} pages; send 1 to {MAX_BULK_PAGES}",
+            entries.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    let mut increments = Vec::with_capacity(entries.len());
+    for (index, (page, count)) in entries.iter().enumerate() {
+        PageId::parse(page.as_str()).map_err(|error| {
+            ApiError::InvalidBody(format!(
+                "\"visits\" entry {} ({:?}): {error}",
+                index + 1,
+                shorten(page)
+            ))
+        })?;
+        if !seen.insert(page.as_str()) {
+            return Err(ApiError::InvalidBody(format!(
+                "\"visits\" entry {} ({:?}): the page is listed twice",
+                index + 1,
+                shorten(page)
+            )));
+        }
+        let text = match count {
+            serde_json::Value::Number(number) => number.to_string(),
+            other => other.to_string(),
+        };
+        increments.push((page.as_str(), visit_count(&text, Some(page))?));
+    }
+    Ok(increments)
 }
 
 #[derive(Serialize)]

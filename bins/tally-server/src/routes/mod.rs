@@ -41,6 +41,11 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metri
         );
     }
     cfg.service(
+        resource(&format!("{prefix}/counter/visits"), "POST")
+            .app_data(bulk_json())
+            .route(web::post().to(counter::record_visits)),
+    );
+    cfg.service(
         resource(&format!("{prefix}/counter/metrics"), "GET")
             .route(web::get().to(counter::counter_metrics)),
     )
@@ -69,6 +74,28 @@ fn json_extractor_errors(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e)))
         .app_data(web::JsonConfig::default().error_handler(|e, _| bad_request(e)));
+}
+
+/// The JSON extractor of the bulk route: at most [`counter::MAX_BULK_BYTES`], and the
+/// API's 413, 415 and 400 for a body too large, not sent as JSON, or not parsing.
+fn bulk_json() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(counter::MAX_BULK_BYTES)
+        .error_handler(|error, _| {
+            use actix_web::error::JsonPayloadError;
+            match error {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => ApiError::PayloadTooLarge {
+                    limit: counter::MAX_BULK_BYTES,
+                },
+                JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+                JsonPayloadError::Deserialize(error) if error.is_data() => {
+                    ApiError::InvalidBody(format!("request body: {error}"))
+                }
+                other => ApiError::BadRequest(format!("request body is not valid JSON: {other}")),
+            }
+            .into()
+        })
 }
 
 /// A resource whose other methods answer 405 with `Allow: {allowed}` and a JSON body,

@@ -22,8 +22,8 @@
 //!   below the keys in its tables.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::config::{CounterConfig, PendingBytes};
 use crate::error::{Error, Result};
@@ -125,9 +125,29 @@ impl Buffer {
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {
-        // Middle bits pick the stripe: the tables inside use the low bits (bucket) and the
-        // top seven (tag) of the same hash, which must stay varied within a stripe.
-        &self.stripes[(hash >> 32) as usize % STRIPES]
+        &self.stripes[stripe_index(hash)]
+    }
+}
+
+/// The stripe of a key's hash. Middle bits pick it: the tables inside use the low bits
+/// (bucket) and the top seven (tag) of the same hash, which must stay varied within a
+/// stripe.
+fn stripe_index(hash: u64) -> usize {
+    (hash >> 32) as usize % STRIPES
+}
+
+impl Buffer {
+    /// Locks the stripes of `hashes`, each once, in index order: the only place that holds
+    /// two stripes at once, so the order rules out a deadlock. The guards come sorted by
+    /// stripe index.
+    fn lock_stripes(&self, hashes: &[u64]) -> Vec<(usize, MutexGuard<'_, Vec<PendingTable>>)> {
+        let mut stripes: Vec<usize> = hashes.iter().map(|&hash| stripe_index(hash)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| (i, lock(&self.stripes[i].tables)))
+            .collect()
     }
 }
 
@@ -146,6 +166,82 @@ impl<S: Store> Inner<S> {
         }
         self.metrics.increment_refused();
         Err(refused)
+    }
+
+    /// Records every `(shard, key, n)` of `entries`, or none of them: when a bound refuses
+    /// a key that is not waiting yet, the places taken for the others are given back and
+    /// that bound's error is returned, with nothing recorded. The bounds are those of
+    /// [`Inner::record`], key by key (a key pending only adds to its delta; a key in
+    /// flight takes a place past the bounds).
+    ///
+    /// Every stripe the keys fall in stays locked from the check to the last insert, so a
+    /// key found pending is still pending when its delta is added. Which keys are in
+    /// flight is read before (a flusher holds its shard's in-flight lock while it locks
+    /// stripes): a key that leaves the flight meanwhile takes its place past the bounds,
+    /// as if still in it.
+    /// Each key should be listed once: a key listed twice takes two places for the check.
+    pub(super) fn record_all(&self, entries: &[(ShardId, &str, u64)]) -> Result<()> {
+        let in_flight: Vec<bool> = entries
+            .iter()
+            .map(|(shard, key, _)| self.is_in_flight(*shard, key))
+            .collect();
+        let hashes: Vec<u64> = entries
+            .iter()
+            .map(|(_, key, _)| self.hash.hash_str(key))
+            .collect();
+        let mut stripes = self.buffer.lock_stripes(&hashes);
+        let position = |stripes: &[(usize, MutexGuard<'_, Vec<PendingTable>>)], hash: u64| {
+            let index = stripe_index(hash);
+            stripes
+                .binary_search_by_key(&index, |(i, _)| *i)
+                .unwrap_or_default()
+        };
+        // A place for every key not pending; the first refusal undoes them all.
+        let mut placed = vec![false; entries.len()];
+        for (i, (&(shard, key, _), &hash)) in entries.iter().zip(&hashes).enumerate() {
+            let tables = &stripes[position(&stripes, hash)].1;
+            if tables[shard].find(hash, |(k, _)| &**k == key).is_some() {
+                continue;
+            }
+            if let Err(refused) = self.take_place(shard, key.len(), in_flight[i]) {
+                for (j, &(shard, key, _)) in entries.iter().enumerate() {
+                    if placed[j] {
+                        self.give_back(shard, 1, PendingBytes::cost(key.len()));
+                    }
+                }
+                self.metrics.increment_refused();
+                return Err(refused);
+            }
+            placed[i] = true;
+        }
+        let mut full = Vec::new();
+        for (i, (&(shard, key, n), &hash)) in entries.iter().zip(&hashes).enumerate() {
+            let position = position(&stripes, hash);
+            let table = &mut stripes[position].1[shard];
+            if let Some((_, delta)) = table.find_mut(hash, |(k, _)| &**k == key) {
+                *delta += n;
+                if placed[i] {
+                    // Listed twice after all (the caller lists each key once): the first
+                    // took the place.
+                    self.give_back(shard, 1, PendingBytes::cost(key.len()));
+                }
+                continue;
+            }
+            table.insert_unique(hash, (key.into(), n), |(k, _)| self.hash.hash_str(k));
+            let pending = self.buffer.shards[shard]
+                .pending
+                .fetch_add(1, Ordering::AcqRel)
+                + 1;
+            self.metrics.keys_buffered(1);
+            if pending == self.config.batch_size_limit {
+                full.push(shard);
+            }
+        }
+        drop(stripes);
+        for shard in full {
+            self.shards[shard].wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Adds `n` to `key`'s pending delta on `shard`; for a key not pending, takes a place
@@ -220,12 +316,17 @@ impl<S: Store> Inner<S> {
     /// Gives back the places (and `bytes`, see [`PendingBytes`]) of `keys` keys that are
     /// written, dropped by a reset, or no longer held.
     pub(super) fn forget_keys(&self, shard: ShardId, keys: usize, bytes: usize) {
+        self.give_back(shard, keys, bytes);
+        self.metrics.keys_unbuffered(keys);
+    }
+
+    /// Gives back `keys` places and `bytes` taken by [`Inner::take_place`].
+    fn give_back(&self, shard: ShardId, keys: usize, bytes: usize) {
         let counts = &self.buffer.shards[shard];
         self.config.max_pending_bytes.give_back(bytes);
         counts.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.buffer.keys.fetch_sub(keys, Ordering::AcqRel);
         counts.buffered.fetch_sub(keys, Ordering::AcqRel);
-        self.metrics.keys_unbuffered(keys);
     }
 
     /// `key`'s pending delta on `shard` (0 when it has none).

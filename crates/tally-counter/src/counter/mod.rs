@@ -329,6 +329,43 @@ impl<S: Store> Counter<S> {
         inner.record(shard, key, n)
     }
 
+    /// Adds each `n` to its key, all or nothing: every increment is recorded, or (on an
+    /// error) none is. Memory only, like [`Counter::increment`]; a key listed twice gets
+    /// both increments.
+    ///
+    /// Each key is bounded as [`Counter::increment`] bounds it, and the first key a bound
+    /// refuses refuses them all. The buffer's lock stripes of all the keys are held
+    /// together while they are recorded (which briefly delays other increments of those
+    /// stripes), so a batch never takes some of them without the others being recorded.
+    ///
+    /// # Errors
+    /// As [`Counter::increment`], for the first key that fails: [`Error::Corrupt`] for a
+    /// held key (checked before any is recorded), [`Error::Overloaded`] or
+    /// [`Error::OverloadedBytes`] for a key a bound refuses, [`Error::ShutDown`].
+    pub fn increment_all(&self, increments: &[(&str, u64)]) -> Result<()> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        // One entry per key (a key listed twice takes one place), in first-listed order.
+        let mut entries: Vec<(ShardId, &str, u64)> = Vec::with_capacity(increments.len());
+        let mut seen: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(increments.len());
+        for &(key, n) in increments.iter().filter(|(_, n)| *n > 0) {
+            match seen.entry(key) {
+                std::collections::hash_map::Entry::Occupied(at) => entries[*at.get()].2 += n,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entries.len());
+                    entries.push((inner.shard_of(key), key, n));
+                }
+            }
+        }
+        for &(shard, key, _) in &entries {
+            inner.refuse_if_held(shard, key)?;
+        }
+        inner.record_all(&entries)
+    }
+
     /// The count of `key`: the stored value (from the cache, or the store on a miss) plus
     /// this instance's pending and in-flight deltas. A caller always reads its own writes.
     ///

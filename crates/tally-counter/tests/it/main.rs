@@ -1,5 +1,6 @@
 //! Integration tests of tally-counter: exactness, faults, triggers, shutdown, cache.
 
+mod bulk;
 mod cache;
 mod exactness;
 mod faults;
