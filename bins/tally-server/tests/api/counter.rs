@@ -22,7 +22,7 @@ async fn basic_flow_records_reads_and_resets_a_page() {
     assert_recent_utc(timestamp.as_str().expect("timestamp is a string"));
     assert_eq!(
         body,
-        json!({"status": "success", "message": "Visit recorded for page page1", "page_id": "page1", "timestamp": null})
+        json!({"status": "success", "message": "Visit recorded for page page1", "page_id": "page1", "timestamp": null, "count": 1})
     );
 
     let response = app.visits("page1").await;

@@ -103,7 +103,7 @@ async fn basic_flow_works_without_redis() {
     assert_recent_utc(body["timestamp"].take().as_str().unwrap());
     assert_eq!(
         body,
-        json!({"status": "success", "message": "Visit recorded for page page1", "page_id": "page1", "timestamp": null})
+        json!({"status": "success", "message": "Visit recorded for page page1", "page_id": "page1", "timestamp": null, "count": 1})
     );
     assert_eq!(app.visit("page1").await.status, 200);
 
