@@ -1,8 +1,9 @@
-//! load: the HTTP load harness. Starts three redis-server nodes (and, for `tally-cluster`,
-//! a Redis Cluster of six more) and each server under test on 127.0.0.1, drives it with a
-//! lean keep-alive client, and prints markdown tables: throughput, latency, Redis commands
-//! per 1,000 requests and CPU use per party, with the ratios against the `floor`, `naive`,
-//! `tally-memory` and `tally-redis` targets of the same run and the issue's targets.
+//! load: the HTTP load harness. Starts three redis-server nodes (and, for `tally-cluster`
+//! or the `/stats/` scale scenario on the cluster, a Redis Cluster of six more) and each
+//! server under test on 127.0.0.1, drives it with a lean keep-alive client, and prints
+//! markdown tables: throughput, latency, Redis commands per 1,000 requests and CPU use per
+//! party, with the ratios against the `floor`, `naive`, `tally-memory` and `tally-redis`
+//! targets of the same run and the issue's targets.
 //!
 //! ```text
 //! cargo run -p tally-benches --release --bin load                 # the full run
@@ -13,6 +14,7 @@
 //! cargo run -p tally-benches --release --bin load -- --targets floor,tally-redis,tally-cluster \
 //!     --stats-stores none                                         # the cluster's cost
 //! cargo run -p tally-benches --release --bin load -- --only stats   # /stats/ at 1M URLs
+//! cargo run -p tally-benches --release --bin load -- --only stats --stats-stores cluster
 //! ```
 //!
 //! Targets: `floor` (bare actix-web JSON handler), `naive` (one `INCR` per visit through
@@ -25,8 +27,8 @@
 //! selected; `REDIS_WAIT_REPLICAS` at its default, 1, so every batch waits for a replica's
 //! `WAIT`). Every server gets a fresh start per scenario. Every target runs by default and
 //! with `--quick`: the cluster adds its start (a few seconds: six nodes, `redis-cli
-//! --cluster create`, settling) and three scenarios, about half a minute of the CI run,
-//! and needs `redis-cli` besides `redis-server`.
+//! --cluster create`, settling), three scenarios and the `/stats/` scale scenario on it,
+//! about half a minute of the CI run, and needs `redis-cli` besides `redis-server`.
 //!
 //! Scenarios ([`scenario::Load`]): `floor` POST visit and GET count on the hot set (100
 //! pages); `naive` and `naive-mux` POST visit, hot; `tally-memory` and `tally-embedded`
@@ -43,12 +45,16 @@
 //!
 //! Then the `/stats/` scale scenario ([`stats_scale`]) on each store of `--stats-stores`
 //! (by default those of the targets: Redis for `tally-redis`, the embedded store for
-//! `tally-embedded`; not the cluster): the store filled with `--stats-urls` distinct URLs
-//! (default 1,000,000; 100,000 with `--quick`) through its own write path, then `GET
-//! /stats/` (top 100) and `GET /stats/?offset=100000&limit=100` timed from one client and
-//! from 8 at once, every answer checked against the ranking computed from the seed,
-//! `/health` and `/status` polled throughout. `--only stats` runs nothing else, on both
-//! stores.
+//! `tally-embedded`, the Redis Cluster for `tally-cluster`, on the cluster that target
+//! started): the store filled with `--stats-urls` distinct URLs (default 1,000,000;
+//! 100,000 with `--quick`, on every store) through its own write path (on the cluster
+//! `ClusterStore`'s, every batch waiting for a replica), then `GET /stats/` (top 100) and
+//! `GET /stats/?offset=100000&limit=100` timed from one client and from 8 at once, every
+//! answer checked against the ranking computed from the seed, `/health` and `/status`
+//! polled throughout. The cluster adds a few seconds to `--quick` (100,000 URLs seeded in
+//! under a second) and about half a minute to the full run. `--only stats` runs nothing
+//! else, on all three stores (and starts the cluster for it); `--stats-stores cluster`
+//! chooses one.
 //!
 //! Arrangement, the same for every target so ratios are fair: the servers run on their
 //! own threads (actix-web's workers, default count, plus a multi-threaded tokio runtime as
@@ -123,7 +129,8 @@ struct Setup<'a> {
     redis_urls: &'a [String],
     /// Their pids, for the CPU figures.
     redis_pids: &'a [u32],
-    /// The Redis Cluster, when `tally-cluster` runs.
+    /// The Redis Cluster, when `tally-cluster` or the `/stats/` scale scenario on the
+    /// cluster runs.
     cluster: Option<&'a Cluster>,
     /// Its seeds (every node's URL), as tally-server gets them in `REDIS_CLUSTER`.
     cluster_urls: &'a [String],
@@ -233,7 +240,7 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         .iter()
         .flat_map(|c| c.nodes().iter().filter_map(|n| n.pid()))
         .collect();
-    let cluster = if plan.iter().any(|(kind, _)| kind.uses_cluster()) {
+    let cluster = if options.uses_cluster() {
         let starting = Instant::now();
         let cluster = nodes::start_cluster()?;
         eprintln!(
@@ -304,7 +311,12 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         .map(|plan| stats_scale::run(plan, &setup).context("/stats/ at scale"))
         .transpose()?;
     let mut report = if plan.is_empty() {
-        report::render_stats_only_header(&load_before, started.elapsed(), needs_redis)
+        report::render_stats_only_header(
+            &load_before,
+            started.elapsed(),
+            needs_redis,
+            cluster.is_some(),
+        )
     } else {
         report::render(options, &rows, &load_before, started.elapsed())
     };

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Deserialize;
-use tally_testkit::{ClusterNode, RedisCluster, RedisNode};
+use tally_testkit::{ClusterNode, RedisNode};
 
-use crate::nodes;
+use crate::nodes::{self, Servers};
 
 /// Name prefix of the client runtime's threads (at most 15 bytes show in `/proc`).
 pub const CLIENT_THREAD: &str = "load-client";
@@ -275,28 +275,26 @@ pub struct NodeWork {
 }
 
 impl NodeWork {
-    /// What each node of `cluster` has done since it started.
-    pub fn read(cluster: &RedisCluster) -> anyhow::Result<Vec<NodeWork>> {
-        cluster
-            .nodes()
+    /// What each node of `servers` (on the cluster, primaries and replicas) has done since
+    /// it started, in [`Servers::command_counts`]'s order.
+    pub fn read(servers: Servers<'_>) -> anyhow::Result<Vec<NodeWork>> {
+        let cpu = servers.info_cpu()?;
+        let commands = servers.command_counts()?;
+        Ok(cpu
             .iter()
-            .map(|node| {
-                let info: String = node
-                    .query(redis::cmd("INFO").arg("cpu"))
-                    .context("INFO cpu")?;
-                Ok(NodeWork {
-                    cpu: main_thread_cpu(&info),
-                    commands: node_commands(node)?,
-                })
+            .zip(commands)
+            .map(|(info, commands)| NodeWork {
+                cpu: main_thread_cpu(info),
+                commands,
             })
-            .collect()
+            .collect())
     }
 
-    /// What each node of `cluster` did since `before` was read.
-    pub fn since(before: &[NodeWork], cluster: &RedisCluster) -> anyhow::Result<Vec<NodeWork>> {
+    /// What each node of `servers` did since `before` was read.
+    pub fn since(before: &[NodeWork], servers: Servers<'_>) -> anyhow::Result<Vec<NodeWork>> {
         Ok(before
             .iter()
-            .zip(&NodeWork::read(cluster)?)
+            .zip(&NodeWork::read(servers)?)
             .map(|(before, after)| before.until(after))
             .collect())
     }

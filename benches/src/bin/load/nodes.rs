@@ -70,6 +70,25 @@ impl Servers<'_> {
         }
     }
 
+    /// Every node's `INFO cpu`, as Redis writes it, in [`Servers::command_counts`]'s order.
+    pub fn info_cpu(self) -> anyhow::Result<Vec<String>> {
+        let mut info = redis::cmd("INFO");
+        info.arg("cpu");
+        let answers = match self {
+            Servers::Standalone(nodes) => nodes
+                .nodes()
+                .iter()
+                .map(|node| node.query(&info))
+                .collect::<Result<_, _>>(),
+            Servers::Cluster(cluster) => cluster
+                .nodes()
+                .iter()
+                .map(|node| node.query(&info))
+                .collect(),
+        };
+        answers.context("INFO cpu")
+    }
+
     /// Calls per command since start on every node, `info` left out (the harness's own
     /// reads). On the cluster that is all six nodes: a replica counts the writes it
     /// applies from its primary's stream, a primary the replicas' `REPLCONF`s.

@@ -47,10 +47,12 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --stats-urls N     URLs seeded for the /stats/ scale scenario, which runs after the
                      others on the stores of --stats-stores (default 1000000; 100000
                      with --quick; 1000 to 10000000)
-  --stats-stores LIST  comma-separated, of redis,embedded, or none: the stores the
-                     /stats/ scale scenario seeds and asks tally-server on, in that
-                     order (default: those of the targets, redis for tally-redis and
-                     embedded for tally-embedded; both with --only stats)
+  --stats-stores LIST  comma-separated, of redis,embedded,cluster, or none: the stores
+                     the /stats/ scale scenario seeds and asks tally-server on, in that
+                     order (default: those of the targets, redis for tally-redis,
+                     embedded for tally-embedded and cluster for tally-cluster; all
+                     three with --only stats; cluster starts the six-node Redis
+                     Cluster of tally-cluster, which needs redis-cli)
   --only stats       run only the /stats/ scale scenario";
 
 /// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
@@ -238,8 +240,8 @@ impl Options {
     }
 
     /// The `/stats/` scale scenario's plan, when it runs on any store: those of
-    /// `--stats-stores`; otherwise both with `--only stats`, and after the others those
-    /// whose target is among them (tally-redis, tally-embedded).
+    /// `--stats-stores`; otherwise all three with `--only stats`, and after the others
+    /// those whose target is among them (tally-redis, tally-embedded, tally-cluster).
     pub fn stats_plan(&self) -> Option<stats_scale::Plan> {
         let stores = match &self.stats_stores {
             Some(stores) => stores.clone(),
@@ -261,11 +263,21 @@ impl Options {
         }
     }
 
+    /// Whether the run needs the Redis Cluster: for the `tally-cluster` target, or the
+    /// `/stats/` scale scenario on the cluster.
+    pub fn uses_cluster(&self) -> bool {
+        self.plan().iter().any(|(kind, _)| kind.uses_cluster())
+            || self
+                .stats_plan()
+                .as_ref()
+                .is_some_and(stats_scale::Plan::uses_cluster)
+    }
+
     /// Longest the whole run can rightly take; the watchdog stops it past twice this.
     pub fn budget(&self, scenarios: usize) -> Duration {
         // Six nodes started one by one (10 s each at most), the cluster created and
         // settled (60 s at most).
-        let cluster_start = if self.plan().iter().any(|(kind, _)| kind.uses_cluster()) {
+        let cluster_start = if self.uses_cluster() {
             Duration::from_secs(120)
         } else {
             Duration::ZERO
@@ -307,7 +319,7 @@ fn stores(list: &str) -> Result<Vec<StatsStore>, String> {
                 .into_iter()
                 .find(|store| store.name() == name.trim())
                 .ok_or(format!(
-                    "--stats-stores: unknown store {name:?} (expected redis, embedded or none)"
+                    "--stats-stores: unknown store {name:?} (expected redis, embedded, cluster or none)"
                 ))
         })
         .collect()
@@ -358,6 +370,10 @@ mod tests {
             stats_stores(&["--targets", "tally-redis"]),
             Some(vec![StatsStore::Redis])
         );
+        assert_eq!(
+            stats_stores(&["--quick", "--targets", "tally-cluster"]),
+            Some(vec![StatsStore::Cluster])
+        );
     }
 
     #[test]
@@ -371,11 +387,30 @@ mod tests {
             Some(vec![StatsStore::Embedded])
         );
         assert_eq!(
-            stats_stores(&["--stats-stores", "embedded, redis"]),
+            stats_stores(&["--stats-stores", "cluster, embedded, redis"]),
             Some(StatsStore::ALL.to_vec())
+        );
+        assert_eq!(
+            stats_stores(&["--stats-stores", "embedded,redis"]),
+            Some(vec![StatsStore::Redis, StatsStore::Embedded])
         );
         assert_eq!(stats_stores(&["--stats-stores", "none"]), None);
         assert!(parse(&["--stats-stores", "memory"]).is_err());
+    }
+
+    #[test]
+    fn the_cluster_store_alone_starts_the_cluster_but_not_the_nodes() {
+        let options = parse(&["--only", "stats", "--quick", "--stats-stores", "cluster"]).unwrap();
+        let stats = options.stats_plan().unwrap();
+        assert_eq!(stats.stores, [StatsStore::Cluster]);
+        assert_eq!(stats.urls, 100_000);
+        assert!(options.uses_cluster());
+        assert!(!stats.uses_redis());
+        // The cluster's start is in the watchdog's budget.
+        let embedded =
+            parse(&["--only", "stats", "--quick", "--stats-stores", "embedded"]).unwrap();
+        assert!(!embedded.uses_cluster());
+        assert!(options.budget(0) >= embedded.budget(0) + Duration::from_secs(120));
     }
 
     #[test]
@@ -395,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn tally_cluster_runs_by_default_on_its_own_nodes_with_no_stats_scenario() {
+    fn tally_cluster_runs_by_default_on_its_own_nodes_then_stats_on_the_cluster() {
         assert!(
             parse(&["--quick"])
                 .unwrap()
@@ -412,9 +447,11 @@ mod tests {
             .map(|&(_, load)| load)
             .collect();
         assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountHot]);
-        // The standalone nodes are not started for it, nor is /stats/ at scale run.
+        // The standalone nodes are not started for it; /stats/ at scale runs on the cluster.
         assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
-        assert_eq!(options.stats_plan().map(|p| p.stores), None);
+        let stats = options.stats_plan().unwrap();
+        assert_eq!(stats.stores, [StatsStore::Cluster]);
+        assert!(!stats.uses_redis());
         // The cluster's start is in the watchdog's budget.
         let without = parse(&["--targets", "floor"]).unwrap();
         assert!(

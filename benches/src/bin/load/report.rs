@@ -25,16 +25,26 @@ pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Durat
 }
 
 /// The header alone, with the setting of the only scenario run, for `--only stats`;
-/// `redis` when the nodes ran.
-pub fn render_stats_only_header(load_before: &str, elapsed: Duration, redis: bool) -> String {
+/// `redis` when the nodes ran, `cluster` when the Redis Cluster did.
+pub fn render_stats_only_header(
+    load_before: &str,
+    elapsed: Duration,
+    redis: bool,
+    cluster: bool,
+) -> String {
     render_header(
         load_before,
         elapsed,
         &format!(
-            "; {} build;{} server and client in this process, on their own tokio runtimes",
+            "; {} build;{}{} server and client in this process, on their own tokio runtimes",
             build_profile(),
             if redis {
                 " 3 local redis-server nodes (no persistence);"
+            } else {
+                ""
+            },
+            if cluster {
+                " a local Redis Cluster of 6 redis-server nodes (3 primaries, a replica each, no persistence);"
             } else {
                 ""
             }

@@ -284,55 +284,6 @@ async fn a_batch_short_of_its_replicas_fails_and_its_retry_counts_once() -> Test
     Ok(())
 }
 
-/// Measures `/stats/`'s read at 1,000,000 URLs over [`STATS_BUCKETS`] sorted sets: the
-/// top 100 of every bucket, merged, as the tracker reads it. Run with `cargo test
-/// --release -p tally-redis --test it -- --ignored --nocapture top_100`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: seeds 1,000,000 URLs"]
-async fn measure_top_100_of_a_million_urls() -> TestResult {
-    let cluster = Cluster::start()?;
-    let stats = ClusterStore::connect(config(&cluster, Duration::from_secs(5)))
-        .await?
-        .with_layout(Layout::SortedSet);
-    let mut by_bucket: Vec<Vec<(std::sync::Arc<str>, u64)>> = vec![Vec::new(); STATS_BUCKETS];
-    for i in 0..1_000_000_u64 {
-        let url = format!("/api/items/{i:07}/");
-        let count = 1 + (i * 7_919) % 5_000;
-        by_bucket[stats.shard_of(&url)].push((url.into(), count));
-    }
-    for (bucket, deltas) in by_bucket.into_iter().enumerate() {
-        for (seq, chunk) in deltas.chunks(5_000).enumerate() {
-            let batch = tally_counter::Batch {
-                id: tally_counter::BatchId {
-                    instance: InstanceId::from_u64(1),
-                    seq: seq as u64 + 1,
-                },
-                deltas: chunk.to_vec(),
-            };
-            stats.apply(bucket, &batch).await?;
-        }
-    }
-    let mut times = Vec::new();
-    for _ in 0..50 {
-        let started = Instant::now();
-        let heads = futures::future::join_all((0..STATS_BUCKETS).map(|b| stats.top(b, 100))).await;
-        let mut merged: Vec<(String, u64)> = Vec::new();
-        for head in heads {
-            merged.extend(head?);
-        }
-        merged.sort_by(tally_counter::rank_order);
-        merged.truncate(100);
-        times.push(started.elapsed());
-        assert_eq!(merged.len(), 100);
-    }
-    times.sort();
-    println!(
-        "top 100 of 1,000,000 URLs over {STATS_BUCKETS} buckets: p50 {:?}, p90 {:?}, max {:?}",
-        times[25], times[45], times[49]
-    );
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_standalone_node_in_redis_cluster_is_a_configuration_error() -> TestResult {
     let node = tally_testkit::RedisNode::start()?;

@@ -15,6 +15,7 @@ use super::seed::Expected;
 use super::{PAGE, Plan, Ranked};
 use crate::Setup;
 use crate::measure::NodeWork;
+use crate::nodes::Servers;
 
 /// The baseline's parts, each timed `reps` times.
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ pub fn measure(
         alone: vec![Vec::new(); shards],
         ..Breakdown::default()
     };
-    let before = NodeWork::read(cluster)?;
+    let before = NodeWork::read(Servers::Standalone(cluster))?;
     setup.client_rt.block_on(async {
         for _ in 0..reps {
             for (shard, times) in out.alone.iter_mut().enumerate() {
@@ -60,7 +61,7 @@ pub fn measure(
         }
         anyhow::Ok(())
     })?;
-    out.alone_redis = NodeWork::since(&before, cluster)?;
+    out.alone_redis = NodeWork::since(&before, Servers::Standalone(cluster))?;
     setup.client_rt.block_on(fetch_and_merge(
         store,
         wanted,

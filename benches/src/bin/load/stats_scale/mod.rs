@@ -2,8 +2,8 @@
 //! through its own write path, then `GET /stats/` (the top 100) and a deep page
 //! (`GET /stats/?offset=100000&limit=100`) timed over HTTP against tally-server on
 //! 127.0.0.1, first from one client, then from [`CLIENTS`] at once; for each store of the
-//! [`Plan`] in turn ([`StatsStore`]: the three Redis nodes, then the embedded store), the
-//! same seed, the same expected ranking, the same phases and checks.
+//! [`Plan`] in turn ([`StatsStore`]: the three Redis nodes, the embedded store, then the
+//! Redis Cluster), the same seed, the same expected ranking, the same phases and checks.
 //!
 //! - Seeding, Redis: every URL is written by [`RedisStore::apply`] in the sorted-set
 //!   layout on the node the ring gives it, [`SEED_BATCH`] keys a batch, so the sets hold
@@ -17,6 +17,13 @@
 //!   each one durable write transaction. The view must hold N keys afterwards. The store
 //!   is then dropped, which closes the file (one opener holds it, locked), and
 //!   tally-server is started with that directory as its `DATA_DIR` and no `REDIS_NODES`.
+//! - Seeding, Redis Cluster: the cluster of the `tally-cluster` target (`crate::nodes`,
+//!   three primaries with a replica each), its primaries flushed, then every URL written
+//!   by [`ClusterStore::apply`] on a [`ClusterStore::with_layout`]`(Layout::SortedSet)`
+//!   view, on its bucket (one of [`STATS_BUCKETS`], each a shard, as tally-server's request
+//!   statistics write them), [`SEED_BATCH`] keys a batch, each confirmed by `WAIT` on a
+//!   replica as tally-server's are. The buckets' sets must hold N URLs afterwards, and
+//!   tally-server is started with `REDIS_CLUSTER` set to the six nodes' URLs.
 //! - Counts: URL `i` (0-based) gets `max(1, 1,000,000 / (i + 1))`, a long tail of ties (the
 //!   deep page lands inside a run of about 11,000 URLs with the same count, the last half
 //!   million all count 1), so the tie-break (url ascending) is exercised where it is
@@ -28,9 +35,10 @@
 //!   were not `healthy`, nodes seen down and nodes with failing batches are reported. On
 //!   the embedded store `/health` is always `healthy` and `/status` lists no nodes, so
 //!   there only failing batches (`"embedded"`) and unanswered polls can show.
-//! - Redis only: Redis CPU and commands per answer around each phase, and the deep page
-//!   by the baseline method ([`breakdown`]); the embedded store has no separate process
-//!   to measure (its work is the server's CPU column).
+//! - Redis and the cluster: Redis CPU and commands per answer around each phase (on the
+//!   cluster, of all six nodes); standalone Redis only: the deep page by the baseline
+//!   method ([`breakdown`]); the embedded store has no separate process to measure (its
+//!   work is the server's CPU column).
 //! - A `503` (the server refusing a merge it has no room for) is a legitimate answer: it
 //!   is counted apart from errors, and its client waits its `Retry-After` (at most
 //!   [`RETRY_AFTER_CAP`]) before the next request. Latency percentiles are of `200`
@@ -51,6 +59,9 @@
 //! - [`report`]: what was measured, and its markdown section.
 //!
 //! [`RedisStore::apply`]: tally_redis::RedisStore::apply
+//! [`ClusterStore::apply`]: tally_redis::ClusterStore::apply
+//! [`ClusterStore::with_layout`]: tally_redis::ClusterStore::with_layout
+//! [`STATS_BUCKETS`]: tally_redis::STATS_BUCKETS
 //! [`EmbeddedStore::open`]: tally_embedded::EmbeddedStore::open
 //! [`EmbeddedStore::apply`]: tally_embedded::EmbeddedStore::apply
 //! [`EmbeddedStore::ranked`]: tally_embedded::EmbeddedStore::ranked
@@ -74,7 +85,8 @@ use serde::Deserialize;
 
 use crate::Setup;
 use crate::measure;
-use crate::targets::{self, Kind};
+use crate::nodes::Servers;
+use crate::targets::{self, Kind, Running};
 
 pub use report::Report;
 
@@ -96,17 +108,21 @@ pub enum StatsStore {
     Redis,
     /// The embedded store (one redb file), tally-server's default without `REDIS_NODES`.
     Embedded,
+    /// The Redis Cluster of six nodes (`REDIS_CLUSTER`; tally-redis's `ClusterStore`, the
+    /// sorted-set layout in 16 buckets).
+    Cluster,
 }
 
 impl StatsStore {
     /// Every store, in the order they run.
-    pub const ALL: [StatsStore; 2] = [StatsStore::Redis, StatsStore::Embedded];
+    pub const ALL: [StatsStore; 3] = [StatsStore::Redis, StatsStore::Embedded, StatsStore::Cluster];
 
     /// The name used on the command line (`--stats-stores`) and in the tables.
     pub fn name(self) -> &'static str {
         match self {
             StatsStore::Redis => "redis",
             StatsStore::Embedded => "embedded",
+            StatsStore::Cluster => "cluster",
         }
     }
 
@@ -116,6 +132,26 @@ impl StatsStore {
         match self {
             StatsStore::Redis => Kind::TallyRedis,
             StatsStore::Embedded => Kind::TallyEmbedded,
+            StatsStore::Cluster => Kind::TallyCluster,
+        }
+    }
+
+    /// The redis-servers tally-server answers from on this store, whose work the phases
+    /// read: none on the embedded store.
+    fn servers<'a>(self, setup: &Setup<'a>) -> Option<Servers<'a>> {
+        match self {
+            StatsStore::Redis => setup.nodes.map(Servers::Standalone),
+            StatsStore::Embedded => None,
+            StatsStore::Cluster => setup.cluster.map(Servers::Cluster),
+        }
+    }
+
+    /// Pids of the CPU figures' `redis` column: the cluster's six nodes on the cluster,
+    /// otherwise the standalone nodes (idle on the embedded store).
+    fn redis_pids<'a>(self, setup: &Setup<'a>) -> &'a [u32] {
+        match self {
+            StatsStore::Redis | StatsStore::Embedded => setup.redis_pids,
+            StatsStore::Cluster => setup.cluster_pids,
         }
     }
 }
@@ -174,9 +210,14 @@ impl Plan {
         DEEP_OFFSET.min(self.urls.saturating_sub(PAGE))
     }
 
-    /// Whether the scenario runs on Redis (and so needs the nodes).
+    /// Whether the scenario runs on Redis (and so needs the three standalone nodes).
     pub fn uses_redis(&self) -> bool {
         self.stores.contains(&StatsStore::Redis)
+    }
+
+    /// Whether the scenario runs on the Redis Cluster (and so needs it started).
+    pub fn uses_cluster(&self) -> bool {
+        self.stores.contains(&StatsStore::Cluster)
     }
 
     /// Longest the scenario can rightly take (debug build included): the expected
@@ -236,6 +277,7 @@ pub fn run(plan: &Plan, setup: &Setup<'_>) -> anyhow::Result<Report> {
         let run = match store {
             StatsStore::Redis => run_redis(plan, setup, &urls, &expected),
             StatsStore::Embedded => run_embedded(plan, setup, &urls, &expected),
+            StatsStore::Cluster => run_cluster(plan, setup, &urls, &expected),
         };
         runs.push(run.with_context(|| format!("on the {store} store"))?);
     }
@@ -256,34 +298,22 @@ fn run_redis(
     expected: &seed::Expected,
 ) -> anyhow::Result<StoreRun> {
     let cluster = setup.nodes.context("the Redis nodes were not started")?;
-    crate::nodes::Servers::Standalone(cluster)
+    Servers::Standalone(cluster)
         .flush()
         .context("cannot flush a node before seeding")?;
     let (store, seeded) = seed::write_redis(setup, cluster, urls)?;
 
-    measure::settle(setup.redis_pids, setup.quiet_wait);
+    measure::settle(StatsStore::Redis.redis_pids(setup), setup.quiet_wait);
     let server = setup.server_rt.block_on(targets::start(
         Kind::TallyRedis,
         setup.redis_urls,
         setup.metrics,
     ))?;
-    // The server is stopped whatever the phases gave.
-    let measured = phases::measure(
-        plan,
-        setup,
-        StatsStore::Redis,
-        Some(cluster),
-        server.address,
-        expected,
-    )
-    .and_then(|phases| {
-        let breakdown = breakdown::measure(plan, setup, cluster, &store, expected)?;
-        Ok((phases, breakdown))
-    });
-    // Nothing counts visits here: any left unwritten is a fault.
-    setup.server_rt.block_on(server.stop())?.all_written()?;
+    let (phases, breakdown) =
+        measure_and_stop(plan, setup, StatsStore::Redis, server, expected, || {
+            breakdown::measure(plan, setup, cluster, &store, expected)
+        })?;
     drop(store);
-    let (phases, breakdown) = measured?;
     Ok(StoreRun {
         store: StatsStore::Redis,
         seeded,
@@ -302,26 +332,78 @@ fn run_embedded(
     let data = tempfile::tempdir().context("a temporary DATA_DIR")?;
     let seeded = seed::write_embedded(setup, data.path(), urls)?;
 
-    measure::settle(setup.redis_pids, setup.quiet_wait);
+    measure::settle(StatsStore::Embedded.redis_pids(setup), setup.quiet_wait);
     // The directory goes with the server, and is removed once it has stopped.
     let server = setup
         .server_rt
         .block_on(targets::start_tally_embedded(data, setup.metrics))?;
-    let measured = phases::measure(
-        plan,
-        setup,
-        StatsStore::Embedded,
-        None,
-        server.address,
-        expected,
-    );
-    setup.server_rt.block_on(server.stop())?.all_written()?;
+    let (phases, ()) =
+        measure_and_stop(plan, setup, StatsStore::Embedded, server, expected, || {
+            Ok(())
+        })?;
     Ok(StoreRun {
         store: StatsStore::Embedded,
         seeded,
-        phases: measured?,
+        phases,
         breakdown: None,
     })
+}
+
+/// The Redis Cluster's primaries flushed and its buckets seeded, tally-server on it
+/// (`REDIS_CLUSTER`), the phases.
+fn run_cluster(
+    plan: &Plan,
+    setup: &Setup<'_>,
+    urls: &[std::sync::Arc<str>],
+    expected: &seed::Expected,
+) -> anyhow::Result<StoreRun> {
+    let cluster = setup.cluster.context("the Redis Cluster was not started")?;
+    Servers::Cluster(cluster)
+        .flush()
+        .context("cannot flush a primary before seeding")?;
+    let seeded = seed::write_cluster(setup, cluster, urls)?;
+
+    measure::settle(StatsStore::Cluster.redis_pids(setup), setup.quiet_wait);
+    let server = setup.server_rt.block_on(targets::start(
+        Kind::TallyCluster,
+        setup.cluster_urls,
+        setup.metrics,
+    ))?;
+    let (phases, ()) = measure_and_stop(
+        plan,
+        setup,
+        StatsStore::Cluster,
+        server,
+        expected,
+        || Ok(()),
+    )?;
+    Ok(StoreRun {
+        store: StatsStore::Cluster,
+        seeded,
+        phases,
+        breakdown: None,
+    })
+}
+
+/// The four phases against `server` on `store`, then `also` while the server is still up,
+/// then the server stopped whatever they gave.
+///
+/// # Errors
+///
+/// A phase or `also` failed, or the server could not stop or left visits unwritten:
+/// nothing counts visits here, so any left is a fault.
+fn measure_and_stop<T>(
+    plan: &Plan,
+    setup: &Setup<'_>,
+    store: StatsStore,
+    server: Running,
+    expected: &seed::Expected,
+    also: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<phases::PhaseResult>, T)> {
+    let measured = phases::measure(plan, setup, store, server.address, expected)
+        .and_then(|phases| Ok((phases, also()?)));
+    setup.server_rt.block_on(server.stop())?.all_written()?;
+    measured
 }
 
 #[cfg(test)]
@@ -336,19 +418,21 @@ mod tests {
 
     #[test]
     fn each_store_runs_once_in_order_and_adds_to_the_budget() {
-        let both = Plan::new(
+        let all = Plan::new(
             100_000,
             true,
             vec![
+                StatsStore::Cluster,
                 StatsStore::Embedded,
                 StatsStore::Redis,
                 StatsStore::Embedded,
             ],
         );
-        assert_eq!(both.stores, StatsStore::ALL);
-        assert!(both.uses_redis());
+        assert_eq!(all.stores, StatsStore::ALL);
+        assert!(all.uses_redis() && all.uses_cluster());
         let embedded = Plan::new(100_000, true, vec![StatsStore::Embedded]);
-        assert!(!embedded.uses_redis());
-        assert!(embedded.budget() < both.budget());
+        assert!(!embedded.uses_redis() && !embedded.uses_cluster());
+        let two = Plan::new(100_000, true, vec![StatsStore::Redis, StatsStore::Embedded]);
+        assert!(embedded.budget() < two.budget() && two.budget() < all.budget());
     }
 }

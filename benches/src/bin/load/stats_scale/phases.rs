@@ -1,14 +1,13 @@
 //! The measured phases: a warm-up, then each page from one client and from [`CLIENTS`]
 //! at once, a fixed number of requests each, every `200` answer checked against the
-//! [`Expected`] ranking; `/health` and `/status` polled meanwhile, CPU (and on Redis, the
-//! nodes' work) read around each phase.
+//! [`Expected`] ranking; `/health` and `/status` polled meanwhile, CPU (and on Redis and
+//! the cluster, the nodes' work) read around each phase.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tally_testkit::RedisCluster;
 use tokio::sync::oneshot;
 
 use super::poll::{self, Polls};
@@ -98,16 +97,16 @@ impl Answers {
     }
 }
 
-/// Warm-up, then the four phases against the server at `address`; with `cluster` (the
-/// server counts there) the nodes' work is read around each phase.
+/// Warm-up, then the four phases against the server at `address`, which answers from
+/// `store`; on Redis and the cluster the nodes' work is read around each phase.
 pub fn measure(
     plan: &Plan,
     setup: &Setup<'_>,
     store: StatsStore,
-    cluster: Option<&RedisCluster>,
     address: SocketAddr,
     expected: &Expected,
 ) -> anyhow::Result<Vec<PhaseResult>> {
+    let (servers, pids) = (store.servers(setup), store.redis_pids(setup));
     let offset = plan.deep_offset();
     let path = |which| match which {
         Which::Top => "/stats/".to_owned(),
@@ -136,8 +135,8 @@ pub fn measure(
     ];
     let mut results = Vec::with_capacity(phases.len());
     for (which, clients, per_client) in phases {
-        let redis_before = cluster.map(NodeWork::read).transpose()?;
-        let cpu_before = CpuSnapshot::take(setup.redis_pids);
+        let redis_before = servers.map(NodeWork::read).transpose()?;
+        let cpu_before = CpuSnapshot::take(pids);
         let (answers, polls) = setup.client_rt.block_on(async {
             let (stop, stopped) = oneshot::channel();
             let poller = tokio::spawn(poll::run(address, stopped));
@@ -146,9 +145,9 @@ pub fn measure(
             let polls = poller.await.context("the /health poller panicked")?;
             anyhow::Ok((answers?, polls))
         })?;
-        let cpu = cpu_before.until(&CpuSnapshot::take(setup.redis_pids));
-        let redis = match (cluster, redis_before) {
-            (Some(cluster), Some(before)) => NodeWork::since(&before, cluster)?,
+        let cpu = cpu_before.until(&CpuSnapshot::take(pids));
+        let redis = match (servers, redis_before) {
+            (Some(servers), Some(before)) => NodeWork::since(&before, servers)?,
             _ => Vec::new(),
         };
         let result = PhaseResult {

@@ -1,12 +1,12 @@
 //! What the scenario measured ([`Report`]), whether it passed, and its markdown section:
-//! the setup, the phases table of every store, the issue's targets, the deep page's
+//! the setup, the phases table of every store, the issues' targets, the deep page's
 //! breakdown on Redis.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use tally_redis::URLS_KEY;
+use tally_redis::{STATS_BUCKETS, URLS_KEY};
 
 use super::breakdown::Breakdown;
 use super::phases::{PhaseResult, RETRY_AFTER_CAP};
@@ -25,6 +25,11 @@ const DEEP_P50_TARGET_MS: f64 = 50.0;
 /// Target of issue 17 (for 1,000,000 URLs on the embedded store): p50 in ms of the top
 /// page.
 const EMBEDDED_TOP_P50_TARGET_MS: f64 = 20.0;
+/// p50 in ms of the top page on the Redis Cluster, 1,000,000 URLs. No issue sets one: this
+/// is the embedded store's bound, since issue 15's 5 ms was set for three standalone
+/// nodes, where the cluster merges the heads of 16 buckets. Its deep page is held to issue
+/// 15's [`DEEP_P50_TARGET_MS`], as on standalone Redis.
+const CLUSTER_TOP_P50_TARGET_MS: f64 = 20.0;
 
 /// What the scenario measured.
 #[derive(Debug)]
@@ -116,6 +121,19 @@ impl Report {
                         seeded.file_bytes.unwrap_or(0) as f64 / 1e6,
                     );
                 }
+                StatsStore::Cluster => {
+                    let _ = writeln!(
+                        out,
+                        "- Redis Cluster (3 primaries, a replica each): seeded with `ClusterStore::apply` on a `with_layout(Layout::SortedSet)` view, each URL on its bucket (`tally:urls:{{bNNNN}}`, {STATS_BUCKETS} buckets, as tally-server's request statistics), {} keys a batch, each confirmed by `WAIT` on {} replica(s), in {:.1} s ({} URLs/s); URLs per primary {} (the buckets' `ZCARD`s, sum checked); tally-server started with `REDIS_CLUSTER` set to the six nodes' URLs",
+                        thousands(SEED_BATCH as u64),
+                        seeded
+                            .wait_replicas
+                            .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                        seeded.seeding.as_secs_f64(),
+                        per_second,
+                        per_node(&seeded.per_node, |n| thousands(*n)),
+                    );
+                }
             }
         }
         let _ = writeln!(
@@ -127,7 +145,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- tally-server: default config, fresh start after seeding; client: reqwest, one keep-alive connection per client, requests back to back, timed until the whole body is in; every 200 answer checked entry by entry against the seed's ranking; a 503 waits its `Retry-After` (at most {} s); percentiles are of 200 answers; `/health` and `/status` polled every {} ms in every phase (on the embedded store `/health` is always healthy and `/status` lists no nodes: only failing batches and unanswered polls can show there); Redis CPU and commands are of the nodes, so `-` on the embedded store, whose work is in the server column of CPU\n",
+            "- tally-server: default config, fresh start after seeding; client: reqwest, one keep-alive connection per client, requests back to back, timed until the whole body is in; every 200 answer checked entry by entry against the seed's ranking; a 503 waits its `Retry-After` (at most {} s); percentiles are of 200 answers; `/health` and `/status` polled every {} ms in every phase (on the embedded store `/health` is always healthy and `/status` lists no nodes: only failing batches and unanswered polls can show there); Redis CPU and commands are of the nodes (on the cluster all six, primaries and replicas), so `-` on the embedded store, whose work is in the server column of CPU\n",
             RETRY_AFTER_CAP.as_secs(),
             POLL_EVERY.as_millis()
         );
@@ -275,6 +293,7 @@ fn store_title(store: StatsStore) -> &'static str {
     match store {
         StatsStore::Redis => "3 Redis nodes",
         StatsStore::Embedded => "the embedded store",
+        StatsStore::Cluster => "a Redis Cluster of 6 nodes",
     }
 }
 
@@ -283,6 +302,7 @@ fn store_name(store: StatsStore) -> &'static str {
     match store {
         StatsStore::Redis => "Redis",
         StatsStore::Embedded => "embedded",
+        StatsStore::Cluster => "Redis Cluster",
     }
 }
 
@@ -297,6 +317,10 @@ fn p50_targets(store: StatsStore) -> [(Which, &'static str, Option<f64>); 2] {
         StatsStore::Embedded => [
             (Which::Top, "top 100", Some(EMBEDDED_TOP_P50_TARGET_MS)),
             (Which::Deep, "deep page", None),
+        ],
+        StatsStore::Cluster => [
+            (Which::Top, "top 100", Some(CLUSTER_TOP_P50_TARGET_MS)),
+            (Which::Deep, "deep page", Some(DEEP_P50_TARGET_MS)),
         ],
     }
 }
@@ -421,6 +445,7 @@ mod tests {
                 seeding: Duration::from_secs(1),
                 per_node: vec![1_000_000],
                 file_bytes: None,
+                wait_replicas: None,
             },
             phases: vec![
                 phase(Which::Top, 1, top_p50_ms, 0),
@@ -489,6 +514,42 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("Redis"), "{out}");
+    }
+
+    #[test]
+    fn the_cluster_gets_the_rows_of_redis_with_its_own_top_page_target() {
+        let cluster = report(vec![
+            run(StatsStore::Redis, 7, 0),
+            run(StatsStore::Cluster, 7, 0),
+        ]);
+        let mut out = String::new();
+        cluster.render_targets(&mut out);
+        assert!(
+            out.contains("| Redis Cluster, top 100, p50 ms (1 client) | 7.00 | <= 20 | yes |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| Redis Cluster, deep page, p50 ms (1 client) | 3.00 | <= 50 | yes |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| Redis Cluster, 8 concurrent deep clients: nodes seen down"),
+            "{out}"
+        );
+        let mut out = String::new();
+        cluster.render_phases(&mut out);
+        assert_eq!(
+            out.matches("\n| cluster | 1,000,000 | ").count(),
+            4,
+            "{out}"
+        );
+
+        let bad = report(vec![run(StatsStore::Cluster, 1, 1)]);
+        assert!(!bad.passed());
+        assert_eq!(
+            bad.first_problem().as_deref(),
+            Some("cluster store: /stats/: entry 3 differs")
+        );
     }
 
     #[test]

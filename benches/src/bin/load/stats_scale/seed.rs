@@ -1,7 +1,9 @@
 //! The seed: which URLs, with which counts ([`url`], [`count`]), written to the Redis
-//! nodes or to an embedded store through the store's own write path and counted back, and
-//! the ranking the server must answer, computed from the seed alone ([`Expected`]).
+//! nodes, an embedded store or the Redis Cluster through the store's own write path and
+//! counted back, and the ranking the server must answer, computed from the seed alone
+//! ([`Expected`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tally_counter::{Batch, BatchId, InstanceId, Store};
 use tally_embedded::{EmbeddedConfig, EmbeddedStore};
-use tally_redis::{Layout, RedisConfig, RedisStore, URLS_KEY};
-use tally_testkit::RedisCluster;
+use tally_redis::{ClusterConfig, ClusterStore, Layout, RedisConfig, RedisStore, URLS_KEY};
+use tally_testkit::{Cluster, RedisCluster};
 
 use super::report::{self, thousands};
 use super::{PAGE, Plan, Ranked};
 use crate::Setup;
 
-/// Keys per seeding batch, per shard (node).
+/// Keys per seeding batch, per shard (node, or bucket on the cluster).
 pub const SEED_BATCH: usize = 5_000;
 
 /// The `i`-th seeded URL: an API path of 29 to 52 bytes.
@@ -52,8 +54,11 @@ pub struct Seeded {
     /// How long writing took (opening the store and its last commit included).
     pub seeding: Duration,
     /// URLs the store holds afterwards: per node `ZCARD tally:urls` on Redis, the ranked
-    /// view's length on the embedded store.
+    /// view's length on the embedded store, per primary the `ZCARD`s of its buckets' sets
+    /// on the cluster.
     pub per_node: Vec<u64>,
+    /// On the cluster: the replicas each seeding batch waited for (`WAIT`).
+    pub wait_replicas: Option<usize>,
     /// Size of the embedded store's file after seeding.
     pub file_bytes: Option<u64>,
 }
@@ -105,6 +110,7 @@ pub fn write_redis(
             seeding,
             per_node,
             file_bytes: None,
+            wait_replicas: None,
         },
     ))
 }
@@ -151,6 +157,65 @@ pub fn write_embedded(setup: &Setup<'_>, dir: &Path, urls: &[Arc<str>]) -> anyho
         seeding,
         per_node: vec![held],
         file_bytes: Some(file_bytes),
+        wait_replicas: None,
+    })
+}
+
+/// Writes `urls` with their counts on the (flushed) Redis Cluster, each on its bucket as
+/// tally-server's request statistics write them (a [`ClusterStore`] view in the sorted-set
+/// layout, every batch confirmed by its replica), then checks that the buckets hold them
+/// all. The store is dropped (its connections closed) before tally-server starts.
+pub fn write_cluster(
+    setup: &Setup<'_>,
+    cluster: &Cluster,
+    urls: &[Arc<str>],
+) -> anyhow::Result<Seeded> {
+    eprintln!(
+        "load: /stats/ scale: seeding {} URLs into a Redis Cluster of {} nodes",
+        thousands(urls.len() as u64),
+        cluster.nodes().len()
+    );
+    let config = ClusterConfig::from_urls(&setup.cluster_urls.join(","))
+        .context("the cluster's URLs as REDIS_CLUSTER")?;
+    let started = Instant::now();
+    let (seeding, per_primary, wait_replicas) = setup.client_rt.block_on(async {
+        let stats = ClusterStore::connect(config)
+            .await
+            .context("cannot connect the seeding store")?
+            .with_layout(Layout::SortedSet);
+        write_batches(&stats, urls).await?;
+        let seeding = started.elapsed();
+        // Counted per primary, the buckets in the order of their primaries' addresses.
+        let mut per_primary = BTreeMap::<String, u64>::new();
+        for bucket in 0..stats.bucket_count() {
+            let held = stats
+                .len(bucket)
+                .await
+                .with_context(|| format!("ZCARD of bucket {bucket} after seeding"))?;
+            let primary = stats
+                .primary_of(bucket)
+                .unwrap_or_else(|| "no primary".to_owned());
+            *per_primary.entry(primary).or_default() += held;
+        }
+        anyhow::Ok((seeding, per_primary, stats.wait_replicas()))
+    })?;
+    let per_node: Vec<u64> = per_primary.into_values().collect();
+    let total: u64 = per_node.iter().sum();
+    anyhow::ensure!(
+        total == urls.len() as u64,
+        "after seeding the cluster's buckets hold {total} URLs, not {}",
+        urls.len()
+    );
+    eprintln!(
+        "load: /stats/ scale: seeded in {:.1} s ({} per primary)",
+        seeding.as_secs_f64(),
+        report::per_node(&per_node, |n| thousands(*n))
+    );
+    Ok(Seeded {
+        seeding,
+        per_node,
+        file_bytes: None,
+        wait_replicas,
     })
 }
 
