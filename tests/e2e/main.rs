@@ -12,6 +12,7 @@
 //! `cargo test -p tally-tests -- --skip slow_` leaves them out while iterating. Set
 //! `TEST_LOG=1` to see the servers' output.
 
+mod admin_token;
 mod backlog;
 mod bad_config;
 mod bad_input;

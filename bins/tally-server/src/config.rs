@@ -10,7 +10,7 @@
 //! [`Config::SETTINGS`], against which tests hold the README's configuration table and
 //! `docker/.env.example`. Each parser is given its variable's name, so every message has the
 //! same shape and no value is printed before it is made safe to show (node URLs lose their
-//! passwords, `REDIS_PASSWORD` is never printed).
+//! passwords, `REDIS_PASSWORD` and `ADMIN_TOKEN` are never printed).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -108,7 +108,7 @@ settings! {
     /// parsing), or [`Config::default`] plus field updates (tests that start the app). The
     /// defaults are listed by [`Config::SETTINGS`] and the README. Durations are parsed from
     /// the `*_SECONDS`-style variables, which accept fractions (`0.5`). `Debug` never shows a
-    /// password: node URLs print redacted and [`Secret`] prints `***`.
+    /// password or the admin token: node URLs print redacted and [`Secret`] prints `***`.
     #[derive(Clone, Debug)]
     pub struct Config {
         /// The Redis nodes, in order; none means the store `STORE` names.
@@ -198,6 +198,8 @@ settings! {
         pub test_max_requests: u64 = 100_000, from "TEST_MAX_REQUESTS" as Whole(1, 10_000_000);
         /// Serve `/test/{n}/`.
         pub test_endpoint_enabled: bool = true, from "TEST_ENDPOINT_ENABLED" as FLAG;
+        /// Bearer token that resets and `/test/{n}/` runs require; unset, they are open.
+        pub admin_token: Option<Secret> = None, from "ADMIN_TOKEN" as BearerToken;
     }
 }
 
@@ -316,12 +318,13 @@ impl Config {
     {
         // Only our variables, spelled exactly, the last value of a name winning (as `.env`
         // then the environment); empty values count as unset (the seed's `.env` has
-        // `REDIS_PASSWORD=`).
+        // `REDIS_PASSWORD=`), except where unset means open (`BLANK_IS_REFUSED`).
         let vars: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .filter(|(k, v): &(String, String)| {
-                KNOWN_VARIABLES.contains(&k.as_str()) && !v.trim().is_empty()
+                KNOWN_VARIABLES.contains(&k.as_str())
+                    && (!v.trim().is_empty() || BLANK_IS_REFUSED.contains(&k.as_str()))
             })
             .collect();
         let config = Self::read(&vars)?;
@@ -924,6 +927,69 @@ impl Parser for Password {
     }
 }
 
+/// Variables whose empty (or blank) value is refused rather than read as unset: unset
+/// `ADMIN_TOKEN` leaves the admin routes open, so a blank one (a variable meant to be
+/// filled and left empty) must not quietly do the same.
+const BLANK_IS_REFUSED: &[&str] = &["ADMIN_TOKEN"];
+
+/// Shortest `ADMIN_TOKEN`: 16 random characters are beyond guessing over HTTP.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Longest `ADMIN_TOKEN`: far beyond any generated token, well within a request header.
+const MAX_ADMIN_TOKEN_LEN: usize = 1024;
+
+/// `ADMIN_TOKEN`: kept as it is, never shown, not even in its own errors. From
+/// [`MIN_ADMIN_TOKEN_LEN`] to [`MAX_ADMIN_TOKEN_LEN`] visible ASCII characters: what an
+/// `Authorization` header carries unchanged (a header value's surrounding blanks are
+/// stripped, and other bytes are not text a client sends as it is), so a token the server
+/// accepts is one a client can present.
+struct BearerToken;
+
+impl BearerToken {
+    /// What is wrong with `token`, if anything; says nothing of what it holds.
+    fn problem(token: &str) -> Option<String> {
+        let problem = if token.trim().is_empty() {
+            "is blank (unset it to leave resets and /test/ runs open to anyone)"
+        } else if token.trim() != token {
+            "starts or ends with a blank or a line break"
+        } else if !token.chars().all(|c| c.is_ascii_graphic()) {
+            "holds a blank, a control character or a non-ASCII character"
+        } else if token.len() < MIN_ADMIN_TOKEN_LEN {
+            "is too short"
+        } else if token.len() > MAX_ADMIN_TOKEN_LEN {
+            "is too long"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{problem}; expected {MIN_ADMIN_TOKEN_LEN} to {MAX_ADMIN_TOKEN_LEN} visible ASCII characters (no blanks), such as the output of `openssl rand -hex 32`"
+        ))
+    }
+}
+
+impl Parser for BearerToken {
+    type Value = Option<Secret>;
+
+    fn parse(&self, variable: &str, text: &str) -> Result<Option<Secret>, ConfigError> {
+        let token = Some(Secret::new(text));
+        self.check(variable, &token)?;
+        Ok(token)
+    }
+
+    fn show(&self, value: &Option<Secret>) -> Option<String> {
+        value.as_ref().map(ToString::to_string)
+    }
+
+    fn check(&self, variable: &str, value: &Option<Secret>) -> Result<(), ConfigError> {
+        match value
+            .as_ref()
+            .and_then(|token| Self::problem(token.expose()))
+        {
+            Some(problem) => Err(ConfigError::new(variable, None, problem)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `REDIS_NODES`: comma-separated `redis://` URLs, each `host:port` once.
 struct NodeList;
 
@@ -1507,6 +1573,77 @@ mod tests {
             config.redis_config().unwrap().password.unwrap().expose(),
             "envsecret"
         );
+    }
+
+    #[test]
+    fn the_admin_token_is_unset_by_default_and_kept_exactly_as_given() {
+        assert!(parse(&[]).unwrap().admin_token.is_none());
+        let token = "Zx9-token_with.all~sorts+of/chars=";
+        let config = parse(&[("ADMIN_TOKEN", token)]).unwrap();
+
+        assert_eq!(config.admin_token.as_ref().map(Secret::expose), Some(token));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(shown.contains("admin_token: Some(***)"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_admin_token_is_refused_naming_the_variable_but_never_its_value() {
+        let cases = [
+            ("", "is blank (unset it"),
+            ("   \t ", "is blank (unset it"),
+            (" Kq7vLead-Mx2wQ9zz", "starts or ends with a blank"),
+            ("Kq7vTrail-Mx2wQ9zz\n", "starts or ends with a blank"),
+            ("Kq7v Inner-Mx2wQ9zz", "holds a blank, a control character"),
+            (
+                "Kq7v\u{7f}Ctrl-Mx2wQ9zz",
+                "holds a blank, a control character",
+            ),
+            (
+                "Kq7v\u{f6}Nonascii-Mx2wQ9zz",
+                "holds a blank, a control character",
+            ),
+            ("Kq7vShort", "is too short"),
+            (&"L0ng".repeat(257), "is too long"),
+        ];
+        for (token, problem) in cases {
+            let message = error(&[("ADMIN_TOKEN", token)]);
+
+            assert!(
+                message.starts_with(&format!("ADMIN_TOKEN: {problem}")),
+                "{token:?}: {message}"
+            );
+            assert!(
+                message.contains("expected 16 to 1024 visible ASCII characters"),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+            for part in token.split(|c: char| !c.is_ascii_alphanumeric()) {
+                assert!(
+                    part.len() < 4 || !message.contains(part),
+                    "{part:?} shows in: {message}"
+                );
+            }
+        }
+        let sixteen = "0123456789abcdef";
+        assert!(parse(&[("ADMIN_TOKEN", sixteen)]).is_ok());
+        assert!(parse(&[("ADMIN_TOKEN", &"x".repeat(1024))]).is_ok());
+    }
+
+    #[test]
+    fn validate_catches_an_admin_token_set_in_code() {
+        let config = Config {
+            admin_token: Some(Secret::new("s3cr3t")),
+            ..Config::default()
+        };
+
+        let err = config.validate().unwrap_err();
+
+        assert_eq!(
+            (err.variable.as_str(), err.value.as_deref()),
+            ("ADMIN_TOKEN", None)
+        );
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     #[test]

@@ -7,13 +7,15 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::auth::Refusal;
 use crate::page_id::PageIdError;
 
 /// An error answered to an API client as
 /// `{"status":"error","error":{"code":"...","message":"..."}}`.
 ///
-/// 503s carry `Retry-After` (seconds), 405s carry `Allow`. A 500 logs its cause chain and
-/// shows the client only `internal server error`. `Debug` prints the whole cause chain.
+/// 503s carry `Retry-After` (seconds), 405s carry `Allow`, 401s `WWW-Authenticate`. A 500
+/// logs its cause chain and shows the client only `internal server error`. `Debug` prints
+/// the whole cause chain.
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
@@ -106,6 +108,11 @@ pub enum ApiError {
     /// 400 `invalid_query`: a bad `limit` or `offset` for `/stats/`.
     #[error(transparent)]
     InvalidQuery(tally_stats::Error),
+    /// 401 `unauthorized`: an admin route (a reset, a `/test/{n}/` run) without the bearer
+    /// token `ADMIN_TOKEN` sets, with `WWW-Authenticate: Bearer realm="tally"` (and
+    /// `error="invalid_token"` when a token was presented but not accepted).
+    #[error("{}", .0.message())]
+    Unauthorized(Refusal),
     /// 429 `test_already_running`: one `/test/{n}/` run at a time.
     #[error("a test run is already going; one runs at a time, retry when it ends")]
     TestRunning,
@@ -147,6 +154,7 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized(_) => "unauthorized",
             Self::TestRunning => "test_already_running",
             Self::ShuttingDown => "shutting_down",
             Self::CorruptCount { .. } => "corrupt_count",
@@ -200,6 +208,7 @@ impl ResponseError for ApiError {
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TestRunning => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -228,6 +237,14 @@ impl ResponseError for ApiError {
         }
         if let Self::MethodNotAllowed { allowed, .. } = self {
             response.insert_header((header::ALLOW, *allowed));
+        }
+        if let Self::Unauthorized(refusal) = self {
+            // RFC 6750: no error code for a request that presented no token.
+            let challenge = match refusal {
+                Refusal::Missing => "Bearer realm=\"tally\"",
+                _ => "Bearer realm=\"tally\", error=\"invalid_token\"",
+            };
+            response.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
         response.json(ErrorBody {
             status: "error",

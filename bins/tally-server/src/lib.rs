@@ -31,10 +31,17 @@
 //!
 //! # Decisions
 //!
-//! - `HOST` defaults to `127.0.0.1`: the API has no authentication (anyone who reaches it
-//!   can count, reset and start `/test/` runs), so a bare `cargo run` does not offer it to
-//!   the network. The container image and the compose file set `HOST=0.0.0.0`, which a
-//!   port mapping needs (the original's Docker service listened there).
+//! - `HOST` defaults to `127.0.0.1`: without `ADMIN_TOKEN` (unset by default, as the
+//!   original had no authentication) anyone who reaches the API can count, reset and start
+//!   `/test/` runs, so a bare `cargo run` does not offer it to the network. The container
+//!   image and the compose file set `HOST=0.0.0.0`, which a port mapping needs (the
+//!   original's Docker service listened there); a server listening beyond loopback without
+//!   `ADMIN_TOKEN` says so in a warning at start.
+//! - `ADMIN_TOKEN` guards only resets and `/test/{n}/` runs (`Authorization: Bearer`,
+//!   401 `unauthorized` otherwise, checked before anything else the handler does); visits,
+//!   reads, `/stats/`, `/status`, `/health` and `/metrics` stay open, as the original's. A
+//!   set but blank token, or one a header cannot carry unchanged, is a configuration error
+//!   (exit 2), since unset means open.
 //! - `/test/{n}/` stays on by default (the original's, and the walkthrough's), bounded: one
 //!   run at a time, at most `TEST_MAX_REQUESTS` requests, cancelled when its client goes
 //!   away, and at most 1,092 distinct URLs a run (three strings, one to six segments). It
@@ -70,6 +77,8 @@
 //!   [`StoreKind`].
 //! - `page_id`: [`PageId`], the validated page id, and [`PageIdError`].
 //! - `error`: [`ApiError`], every error answer as JSON.
+//! - `auth`: the `ADMIN_TOKEN` check of the admin routes (resets, `/test/{n}/` runs), an
+//!   extractor their handlers take, and [`Refusal`], why a request got 401.
 //! - `startup`: [`run`], [`App`], [`shutdown_signal`].
 //! - [`cli`]: [`cli::main`], the whole binary (config, logs, runtime, exit code), public so
 //!   other binaries (the end-to-end tests') run the same code.
@@ -81,6 +90,7 @@
 //!   or Redis store; `telemetry`: logs and the Prometheus recorder.
 #![deny(missing_docs)]
 
+mod auth;
 pub mod cli;
 mod config;
 mod error;
@@ -93,6 +103,7 @@ mod state;
 mod store;
 pub mod telemetry;
 
+pub use auth::Refusal;
 pub use config::{Config, ConfigError, KNOWN_VARIABLES, LogFormat, Setting, StoreKind};
 pub use error::ApiError;
 pub use page_id::{PageId, PageIdError};

@@ -20,6 +20,7 @@ use tally_redis::{ClusterStore, Layout, RedisStore};
 use tally_stats::{SingleRun, StatsTracker};
 use tokio::task::JoinHandle;
 
+use crate::auth::AdminToken;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::state::{AppState, Deadline, TestEndpoint};
 use crate::store::AppStore;
@@ -91,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
         store = counter.store().kind(),
         "listening on {address}"
     );
+    log_admin_access(&config, address);
     Ok(App {
         server,
         address,
@@ -264,6 +266,26 @@ fn bind(config: &Config) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
+/// Says at start who may reset counts and start `/test/{n}/` runs: with `ADMIN_TOKEN`,
+/// holders of the token (never logged); without it, anyone who can reach the server, which
+/// is a warning when it listens beyond loopback (`HOST=0.0.0.0`, as in the container).
+fn log_admin_access(config: &Config, address: SocketAddr) {
+    let routes = if config.test_endpoint_enabled {
+        "resets and /test/ runs"
+    } else {
+        "resets"
+    };
+    if config.admin_token.is_some() {
+        tracing::info!("{routes} require the bearer token ADMIN_TOKEN sets");
+    } else if !address.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            %address,
+            "ADMIN_TOKEN is unset and the server listens on {}, not loopback: {routes} are open to anyone who can reach it; set ADMIN_TOKEN to require a bearer token",
+            address.ip()
+        );
+    }
+}
+
 /// Where `/test/{n}/` runs send their requests: this server's own `address`, on loopback
 /// when it listens on every interface (`0.0.0.0` or `::`), since a wildcard address is not
 /// one to connect to.
@@ -332,6 +354,7 @@ fn build_state(
         store_deadline: store_deadline(config),
         ranking_deadline: ranking_deadline(config),
         overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
+        admin_token: config.admin_token.clone().map(AdminToken::new),
     }))
 }
 

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tally_counter::{Counter, Store as _};
 use tally_stats::{Page, SingleRun, StatsTracker, UrlCount};
 
+use crate::auth::AdminToken;
 use crate::error::ApiError;
 use crate::store::AppStore;
 
@@ -43,6 +44,9 @@ pub(crate) struct AppState {
     pub(crate) ranking_deadline: Deadline,
     /// `Retry-After` for an overloaded counter: one batch interval, rounded up.
     pub(crate) overload_retry_after: u64,
+    /// `ADMIN_TOKEN`, which resets and `/test/{n}/` runs require when set (see
+    /// [`crate::auth::Admin`]).
+    pub(crate) admin_token: Option<AdminToken>,
 }
 
 /// How long a store call may take before the answer is 503, and what sets that bound (for

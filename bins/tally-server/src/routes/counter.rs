@@ -258,6 +258,7 @@ struct CounterReset {
 /// `DELETE {prefix}/counter/visits/{page_id}`: sets the page's count to zero on its node.
 #[tracing::instrument(name = "reset_visits", level = "debug", skip(state), fields(page_id = %page_id))]
 pub(crate) async fn reset_visits(
+    _admin: crate::auth::Admin,
     state: web::Data<AppState>,
     page_id: PageId,
 ) -> Result<HttpResponse, ApiError> {

@@ -89,6 +89,7 @@ struct TestRun {
 /// and answers when they are done. One run at a time (429 otherwise); off (404) when
 /// `TEST_ENDPOINT_ENABLED=false`.
 pub(crate) async fn test_run(
+    _admin: crate::auth::Admin,
     req: HttpRequest,
     state: web::Data<AppState>,
     n: web::Path<String>,
