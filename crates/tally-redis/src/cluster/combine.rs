@@ -1,5 +1,5 @@
-//! Group commit: the batches of buckets one primary serves, sent within [`LINGER`] of each
-//! other, go to it together as one pipeline on one connection: a call of the combined
+//! Group commit: the batches of buckets one primary serves, sent within [`LINGER`] of one
+//! another, go to it together as one pipeline on one connection: a call of the combined
 //! batch script per [`MAX_KEYS`] keys, then one `WAIT`.
 //!
 //! Each bucket has its own flusher (a shard of the counter) and sends a batch every batch
@@ -20,7 +20,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ServerErrorKind, Value};
 use tokio::sync::oneshot;
@@ -31,10 +31,22 @@ use crate::error::Error;
 use crate::layout::{COMBINED_BATCH_SCRIPT, ScriptCall};
 use crate::lock;
 
-/// How long the first batch for a primary waits for others before they go together. A
-/// batch's write is not on any visit's path (visits are answered from memory), so a few
-/// milliseconds cost nothing a client sees.
-pub(super) const LINGER: Duration = Duration::from_millis(3);
+/// The batches for a primary go once none has come for this long (or [`MAX_LINGER`] after
+/// the first). A batch's write is not on any visit's path (visits are answered from
+/// memory), so milliseconds here cost nothing a client sees; long enough that a flusher
+/// descheduled on a busy machine still joins its primary's write.
+pub(super) const LINGER: Duration = Duration::from_millis(10);
+
+/// Longest a batch waits for others, however many keep coming.
+const MAX_LINGER: Duration = Duration::from_millis(50);
+
+/// The batches waiting for one primary's next combined write.
+#[derive(Default)]
+pub(super) struct Queue {
+    waiting: Vec<Waiting>,
+    /// When the last of them came.
+    last: Option<Instant>,
+}
 
 /// Keys per combined call at most. A script blocks the node while it runs; past this, the
 /// batches go as several calls in the same pipeline, under the same `WAIT`.
@@ -92,8 +104,9 @@ pub(super) async fn submit(
     let first = {
         let mut queues = lock(&shared.combining);
         let queue = queues.entry(name).or_default();
-        queue.push(Waiting { call, reply });
-        queue.len() == 1
+        queue.waiting.push(Waiting { call, reply });
+        queue.last = Some(Instant::now());
+        queue.waiting.len() == 1
     };
     if first {
         // A task of its own: the batches of others must not depend on this caller staying.
@@ -102,10 +115,26 @@ pub(super) async fn submit(
     outcome.await.unwrap_or(Outcome::Alone)
 }
 
-/// After [`LINGER`], sends every batch queued for `name` and answers each.
+/// Once no batch for `name` has come for [`LINGER`] (or [`MAX_LINGER`] after the first),
+/// sends every batch queued for it and answers each.
 async fn send_together(shared: Arc<Shared>, name: &'static str, wait: usize) {
-    tokio::time::sleep(LINGER).await;
-    let waiting = lock(&shared.combining).remove(name).unwrap_or_default();
+    let started = Instant::now();
+    let mut pause = LINGER;
+    loop {
+        tokio::time::sleep(pause).await;
+        let last = lock(&shared.combining)
+            .get(name)
+            .and_then(|queue| queue.last);
+        let quiet = last.map_or(LINGER, |last| last.elapsed());
+        if quiet >= LINGER || started.elapsed() >= MAX_LINGER {
+            break;
+        }
+        pause = LINGER - quiet;
+    }
+    let waiting = lock(&shared.combining)
+        .remove(name)
+        .map(|queue| queue.waiting)
+        .unwrap_or_default();
     let outcomes = if waiting.len() < 2 {
         // Nothing to combine with: the single-bucket path costs the same.
         waiting.iter().map(|_| Outcome::Alone).collect()

@@ -146,7 +146,7 @@ struct Shared {
     combine_unsupported: AtomicBool,
     /// Per primary, the batches waiting for its next combined write (`combine`). A
     /// `std::sync::Mutex`, held to queue or take them, never across an `.await`.
-    combining: Mutex<HashMap<&'static str, Vec<combine::Waiting>>>,
+    combining: Mutex<HashMap<&'static str, combine::Queue>>,
     top_script: redis::Script,
     sweep_script: redis::Script,
     /// The last `CLUSTER NODES` that parsed. A `std::sync::RwLock`: held to swap or clone
