@@ -235,9 +235,10 @@ async fn counts_and_bulks_are_exact_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_refused_for_overload_counts_none_of_its_pages() {
     let _serial = one_at_a_time().await;
-    // One node, paused: nothing drains, and 50 pages may wait.
+    // One node, paused: nothing drains, and 100 keys may wait: 50 pages, each with its
+    // day count.
     let rig = Rig::start(1);
-    let server = rig.server(&[("MAX_PENDING_KEYS", "50")]);
+    let server = rig.server(&[("MAX_PENDING_KEYS", "100")]);
     let node = &rig.nodes()[0];
     node.pause().expect("SIGSTOP");
     let mut conn = HttpConnection::connect(&server.addr())
@@ -252,13 +253,13 @@ async fn a_bulk_refused_for_overload_counts_none_of_its_pages() {
 
     let first = post_json(&mut conn, &server.addr(), target, &bulk(0)).await;
     assert_eq!(first.status, 200, "{}", first.text());
-    // 30 more new pages where 20 places are left: refused whole.
+    // 30 more new pages (60 places) where 40 places are left: refused whole.
     let second = post_json(&mut conn, &server.addr(), target, &bulk(30)).await;
     assert_eq!(second.status, 503, "{}", second.text());
     assert_eq!(json(&second)["error"]["code"], "overloaded");
     assert!(second.header("retry-after").is_some());
-    // The places the refused bulk took before its 21st page were given back: 20 new
-    // pages still fit, the 21st does not.
+    // The places the refused bulk took before it met the bound were given back: 20 new
+    // pages (40 places) still fit, the 21st does not.
     for i in 100..120 {
         let response = conn
             .send("POST", &format!("/api/v1/counter/visit/p{i}"))

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use tally_testkit::{Cluster, LoadSpec, Scoreboard, run_load};
 
-use crate::support::{Counted, Server, json, one_at_a_time, report};
+use crate::support::{
+    Counted, DAY_SEPARATOR, Server, day_count_problems, json, one_at_a_time, report,
+};
 
 /// Buckets of the visits and of the request statistics: the frozen layout.
 const VISIT_BUCKETS: u64 = 1024;
@@ -46,6 +48,7 @@ fn visits_counted(cluster: &Cluster, board: &Scoreboard) -> Counted {
 fn visits_counted_of(cluster: &Cluster, board: &Scoreboard, prefix: &str) -> Counted {
     let mut counts = HashMap::new();
     let mut stray = Vec::new();
+    let mut days = Vec::new();
     for primary in cluster
         .primaries()
         .expect("the cluster lists its primaries")
@@ -69,6 +72,14 @@ fn visits_counted_of(cluster: &Cluster, board: &Scoreboard, prefix: &str) -> Cou
             if !page.starts_with(prefix) {
                 continue;
             }
+            if let Some((page, day)) = page.split_once(DAY_SEPARATOR) {
+                // A day count: under its page's bucket, judged with the page below.
+                if key_tag != tag(page, VISIT_BUCKETS) {
+                    stray.push(format!("{key} = {value}: not under its page's bucket tag"));
+                }
+                days.push((page.to_owned(), day.to_owned(), 0, value));
+                continue;
+            }
             if key_tag != tag(page, VISIT_BUCKETS) {
                 stray.push(format!("{key} = {value}: not under its bucket's tag"));
             } else if !board.keys.contains_key(page) {
@@ -78,6 +89,8 @@ fn visits_counted_of(cluster: &Cluster, board: &Scoreboard, prefix: &str) -> Cou
             }
         }
     }
+    // Node placement was checked by tag above; here, that the days add up.
+    stray.extend(day_count_problems(&days, &counts, |_| 0));
     Counted::new(board, counts, stray)
 }
 

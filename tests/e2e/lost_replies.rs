@@ -16,8 +16,8 @@ use tally_testkit::{LoadSpec, Mode, RedisNode, run_load};
 
 use crate::bulk_visits::send_mixed;
 use crate::support::{
-    Rig, STATS_BATCH, VISIT_BATCH, assert_answered_promptly, check_no_stray_urls, check_urls,
-    one_at_a_time, report, stored_visits, urls_counted,
+    Rig, STATS_BATCH, VISIT_BATCH, all_day_keys, assert_answered_promptly, check_no_stray_urls,
+    check_urls, day_count_problems, one_at_a_time, report, stored_visits, urls_counted,
 };
 
 /// The node behind the proxy.
@@ -113,13 +113,31 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
     // The bulk sender's pages are judged against its own score below; on their owner
     // node they are not stray.
     counted.stray.retain(|stray| {
-        let page = stray
+        let total = stray
             .strip_prefix("tally:v:")
             .and_then(|rest| rest.split_once(" = "))
             .map(|(page, _)| page);
-        !(stray.ends_with("no request named it")
-            && page.is_some_and(|page| bulk.acked.contains_key(page)))
+        let day = stray
+            .strip_prefix("day ")
+            .and_then(|rest| rest.split_once(" of "))
+            .and_then(|(_, rest)| rest.split_once(" = "))
+            .map(|(page, _)| page);
+        let named =
+            stray.ends_with("no request named it") || stray.ends_with("no request named the page");
+        !(named
+            && total
+                .or(day)
+                .is_some_and(|page| bulk.acked.contains_key(page)))
     });
+    // The bulk pages' days add up to their totals, on their pages' nodes.
+    let bulk_days: Vec<_> = all_day_keys(&rig.nodes())
+        .into_iter()
+        .filter(|(page, ..)| bulk.acked.contains_key(page))
+        .collect();
+    let day_problems = day_count_problems(&bulk_days, &bulk_stored, |page| {
+        rig.ring.lookup_index(page.as_bytes())
+    });
+    assert!(day_problems.is_empty(), "{day_problems:?}");
     let urls = urls_counted(&rig.nodes(), &rig.ring);
     let output = server.stop();
     report(

@@ -20,6 +20,7 @@ mod bulk_visits;
 mod cardinality;
 mod cluster;
 mod concurrent;
+mod daily;
 mod deep_stats;
 mod embedded;
 mod full_disk;

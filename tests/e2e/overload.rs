@@ -12,12 +12,13 @@ use crate::support::{Rig, one_at_a_time, report};
 
 const PAUSED: usize = 1;
 /// `MAX_PENDING_KEYS`: with three nodes, each node's keys may hold 100 places. The other
-/// nodes' batches go out as soon as 10 keys wait (`BATCH_SIZE_LIMIT`), so their keys stay
+/// nodes' batches go out as soon as 10 keys (5 pages) wait (`BATCH_SIZE_LIMIT`), so their keys stay
 /// far below that share however fast requests come: a refusal of theirs would be the
 /// paused node's doing.
 const MAX_PENDING_KEYS: &str = "300";
-/// Each node's share of it.
-const SHARE: u64 = 100;
+/// Each node's share of it, in pages: a page waits as two keys, its total and its day
+/// count, so 100 places hold 50 pages.
+const SHARE: u64 = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_server_refuses_with_retry_after_counts_nothing_refused_and_serves_the_rest()

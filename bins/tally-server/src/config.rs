@@ -198,6 +198,10 @@ settings! {
         pub test_max_requests: u64 = 100_000, from "TEST_MAX_REQUESTS" as Whole(1, 10_000_000);
         /// Serve `/test/{n}/`.
         pub test_endpoint_enabled: bool = true, from "TEST_ENDPOINT_ENABLED" as FLAG;
+        /// Days a page's daily counts are kept (`GET .../visits/{page}/daily`); older days
+        /// expire (a TTL on Redis, an hourly sweep on the embedded and memory stores). 0
+        /// turns daily counts off: a visit is then one key, not two.
+        pub daily_retention_days: u32 = 400, from "DAILY_RETENTION_DAYS" as Whole(0, 3_660);
         /// Bearer token that resets and `/test/{n}/` runs require; unset, they are open.
         pub admin_token: Option<Secret> = None, from "ADMIN_TOKEN" as BearerToken;
     }
@@ -446,6 +450,7 @@ impl Config {
         config.marks_retention = self.marks_retention;
         config.vnodes = self.vnodes;
         config.layout = Layout::Counters;
+        config.subkey_ttl = self.daily_retention();
         Some(config)
     }
 
@@ -466,7 +471,15 @@ impl Config {
         config.wait_replicas = self.redis_wait_replicas;
         config.marks_retention = self.marks_retention;
         config.layout = Layout::Counters;
+        config.subkey_ttl = self.daily_retention();
         Some(config)
+    }
+
+    /// `DAILY_RETENTION_DAYS` as a duration: how long a day's count key lives on Redis;
+    /// `None` while daily counts are off.
+    pub fn daily_retention(&self) -> Option<Duration> {
+        (self.daily_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.daily_retention_days) * 24 * 3600))
     }
 
     /// The visit counter's tuning, named `visits` in metrics.

@@ -91,6 +91,18 @@ pub enum ApiError {
         /// The bulk entry's page, for a bulk.
         page: Option<String>,
     },
+    /// 400 `invalid_days`: `?days=` of a daily read that is not a whole number from 1 to
+    /// `max`.
+    #[error("invalid days {value:?}: expected a whole number from 1 to {max}")]
+    InvalidDays {
+        /// The value as received (cut to 64 characters), or what was wrong with it.
+        value: String,
+        /// The most days one read answers.
+        max: u32,
+    },
+    /// 404 `daily_counts_off`: a daily read while `DAILY_RETENTION_DAYS=0`.
+    #[error("daily counts are off on this server (DAILY_RETENTION_DAYS=0)")]
+    DailyOff,
     /// 400 `invalid_body`: a request body that is JSON of the wrong shape, or a bulk whose
     /// entry breaks a rule (the message names the first such entry and the rule).
     #[error("{0}")]
@@ -151,6 +163,8 @@ impl ApiError {
             Self::InvalidRequestCount { .. } => "invalid_request_count",
             Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidCount { .. } => "invalid_count",
+            Self::InvalidDays { .. } => "invalid_days",
+            Self::DailyOff => "daily_counts_off",
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -205,12 +219,13 @@ impl ResponseError for ApiError {
             | Self::InvalidRequestCount { .. }
             | Self::InvalidQuery(_)
             | Self::InvalidCount { .. }
+            | Self::InvalidDays { .. }
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TestRunning => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::DailyOff => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded { .. }
             | Self::RankingBusy { .. }

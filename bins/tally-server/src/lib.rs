@@ -93,6 +93,7 @@
 mod auth;
 pub mod cli;
 mod config;
+mod daily;
 mod error;
 mod middleware;
 mod page_id;

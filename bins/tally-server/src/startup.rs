@@ -36,6 +36,8 @@ pub struct App {
     shutdown_timeout: Duration,
     drain_timeout: Duration,
     summary: JoinHandle<()>,
+    /// Removes day counts past `DAILY_RETENTION_DAYS` (embedded and memory stores).
+    daily_sweep: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for App {
@@ -86,6 +88,10 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
     let server = http_server(listener, state, &config.api_prefix, drain_timeout)?;
 
     let summary = tokio::spawn(log_summaries(counter.clone(), config.metrics_interval));
+    let daily_sweep = tokio::spawn(crate::daily::sweep_old_days(
+        counter.clone(),
+        config.daily_retention_days,
+    ));
     tracing::info!(
         project = %config.project_name,
         version = env!("CARGO_PKG_VERSION"),
@@ -101,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<App> {
         shutdown_timeout: config.shutdown_timeout,
         drain_timeout,
         summary,
+        daily_sweep,
     })
 }
 
@@ -355,6 +362,7 @@ fn build_state(
         ranking_deadline: ranking_deadline(config),
         overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
         admin_token: config.admin_token.clone().map(AdminToken::new),
+        daily_retention_days: config.daily_retention_days,
     }))
 }
 
@@ -415,6 +423,7 @@ impl App {
             shutdown_timeout,
             drain_timeout,
             summary,
+            daily_sweep,
             ..
         } = self;
         let handle = server.handle();
@@ -445,6 +454,8 @@ impl App {
         // the server.
         summary.abort();
         let _ = summary.await;
+        daily_sweep.abort();
+        let _ = daily_sweep.await;
         let remaining = deadline.saturating_duration_since(Instant::now());
         tracing::info!(?remaining, "flushing pending visits");
         // The Redis nodes' lease (which keeps a reshard from running) is released once
@@ -494,14 +505,24 @@ const STATS_FLUSH: FlushLines = FlushLines {
 /// Logs what a counter's flush at shutdown wrote: `info` when it wrote everything,
 /// `error` with what it could not write otherwise.
 fn log_flush(report: &ShutdownReport, lines: &FlushLines) {
-    if report.keys_unwritten == 0 {
+    if report.keys_unwritten == 0 && report.subkeys_unwritten == 0 {
         tracing::info!(keys_written = report.keys_written, "{}", lines.all_written);
     } else {
+        // A visit's day count waits beside its total: the line counts visits, and names
+        // the days apart.
+        let days = match report.subkeys_unwritten {
+            0 => String::new(),
+            n => format!(
+                " (their day counts too: {} on {n} page days)",
+                report.subkey_increments_unwritten
+            ),
+        };
         tracing::error!(
             keys_written = report.keys_written,
             keys_unwritten = report.keys_unwritten,
             increments_unwritten = report.increments_unwritten,
-            "{} {} {} to {} {} could not be written",
+            subkeys_unwritten = report.subkeys_unwritten,
+            "{} {} {} to {} {} could not be written{days}",
             lines.start,
             report.increments_unwritten,
             lines.increments,

@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     /// `ADMIN_TOKEN`, which resets and `/test/{n}/` runs require when set (see
     /// [`crate::auth::Admin`]).
     pub(crate) admin_token: Option<AdminToken>,
+    /// `DAILY_RETENTION_DAYS`: how far back a reset looks for a page's day counts.
+    pub(crate) daily_retention_days: u32,
 }
 
 /// How long a store call may take before the answer is 503, and what sets that bound (for

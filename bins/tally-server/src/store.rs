@@ -52,6 +52,17 @@ impl AppStore {
         }
     }
 
+    /// Removes the day counts (sub-keys, see [`tally_counter::routing_key`]) before
+    /// `cutoff` (`YYYY-MM-DD`) from the embedded or memory store; on Redis, where each
+    /// day's key expires by its own TTL, nothing. Returns how many were removed.
+    pub(crate) async fn remove_subkeys_before(&self, cutoff: &str) -> anyhow::Result<u64> {
+        match self {
+            Self::Embedded { store } => Ok(store.remove_subkeys_before(cutoff).await?),
+            Self::Memory(store) => Ok(store.remove_subkeys_before(cutoff)),
+            Self::Redis { .. } | Self::Cluster { .. } => Ok(0),
+        }
+    }
+
     /// The Redis store, when counting in Redis (for releasing its lease at shutdown).
     pub(crate) fn redis(&self) -> Option<&RedisStore> {
         match self {

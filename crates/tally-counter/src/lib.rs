@@ -132,8 +132,8 @@ pub use counter::{Count, Counter, ServedVia, ShutdownReport, Snapshot};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use store::{
-    Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store,
-    StoreError, StoredValues, Window, WindowRead, rank_order,
+    Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, SUBKEY_SEPARATOR, ShardHealth,
+    ShardId, Store, StoreError, StoredValues, Window, WindowRead, rank_order, routing_key,
 };
 pub use task::restart_on_panic;
 

@@ -113,6 +113,24 @@ impl MemoryStore {
         store
     }
 
+    /// Removes the sub-keys (`{key}\u{1f}{sub}`, see [`crate::routing_key`]) whose sub part
+    /// sorts before `cutoff` in byte order; returns how many were removed.
+    pub fn remove_subkeys_before(&self, cutoff: &str) -> u64 {
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut state = shard.state();
+            let before = state.values.len();
+            state
+                .values
+                .retain(|key, _| match key.split_once(crate::SUBKEY_SEPARATOR) {
+                    Some((_, sub)) => sub >= cutoff,
+                    None => true,
+                });
+            removed += (before - state.values.len()) as u64;
+        }
+        removed
+    }
+
     /// Every stored `(key, value)` pair, in no particular order (for tests and tools).
     pub fn entries(&self) -> Vec<(String, u64)> {
         self.shards
@@ -166,7 +184,7 @@ impl Store for MemoryStore {
     }
 
     fn shard_of(&self, key: &str) -> ShardId {
-        (xxh3_64(key.as_bytes()) % self.shards.len() as u64) as ShardId
+        (xxh3_64(crate::routing_key(key).as_bytes()) % self.shards.len() as u64) as ShardId
     }
 
     fn shard_name(&self, shard: ShardId) -> &str {
@@ -278,6 +296,23 @@ mod tests {
             },
             deltas: deltas.iter().map(|(k, d)| ((*k).into(), *d)).collect(),
         }
+    }
+
+    #[tokio::test]
+    async fn sub_keys_before_the_cutoff_are_removed_and_nothing_else() {
+        let store = MemoryStore::with_shards(3);
+        for (seq, key) in (1..).zip(["p", "p\u{1f}2026-01-01", "p\u{1f}2026-06-01"]) {
+            let shard = store.shard_of(key);
+            assert_eq!(shard, store.shard_of("p"), "a sub-key lives with its key");
+            store
+                .apply(shard, &batch(1, seq, &[(key, 1)]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.remove_subkeys_before("2026-03-01"), 1);
+        let mut left: Vec<String> = store.entries().into_iter().map(|(k, _)| k).collect();
+        left.sort();
+        assert_eq!(left, ["p", "p\u{1f}2026-06-01"]);
     }
 
     #[tokio::test]

@@ -117,6 +117,29 @@ pub struct ShardHealth {
 
 /// A backend the counter writes batches to and reads totals from.
 ///
+/// Separates a key from a sub-key of it: `page1\u{1f}2026-12-01` is page1's count on that
+/// day. U+001F (unit separator) is a control character, which no page id or URL path the
+/// server accepts contains, so the split is never ambiguous.
+pub const SUBKEY_SEPARATOR: char = '\u{1f}';
+
+/// The part of `key` that chooses its shard: everything before the first
+/// [`SUBKEY_SEPARATOR`] (the whole key when it has none). Every [`Store::shard_of`] hashes
+/// this, so a key and its sub-keys live together (one node, one bucket): read with one
+/// store call, reset together.
+///
+/// ```
+/// use tally_counter::routing_key;
+///
+/// assert_eq!(routing_key("page1\u{1f}2026-12-01"), "page1");
+/// assert_eq!(routing_key("page1"), "page1");
+/// ```
+pub fn routing_key(key: &str) -> &str {
+    match key.find(SUBKEY_SEPARATOR) {
+        Some(at) => &key[..at],
+        None => key,
+    }
+}
+
 /// Implementations must honour one rule for exactness: [`Store::apply`] applies a batch id
 /// at most once. If the batch's `seq` is not above the highest sequence already applied for
 /// `(batch.id.instance, shard)`, the store must not apply it again and must answer with the
@@ -128,7 +151,8 @@ pub trait Store: Send + Sync + 'static {
     /// Number of shards; shard ids are `0..shard_count()`. At least 1.
     fn shard_count(&self) -> usize;
 
-    /// The shard that owns `key`. Must be a pure function of the key for the store's life.
+    /// The shard that owns `key`. Must be a pure function of the key for the store's life,
+    /// and of its [`routing_key`] only, so a key's sub-keys share its shard.
     fn shard_of(&self, key: &str) -> ShardId;
 
     /// Credential-free display name of a shard (for Redis nodes, `host:port`).

@@ -273,6 +273,23 @@ impl EmbeddedStore {
             .await
     }
 
+    /// Removes the sub-keys (`{key}\u{1f}{sub}`, see [`tally_counter::routing_key`]) of the
+    /// counters whose sub part sorts before `cutoff` in byte order: a page's day counts
+    /// (`page\u{1f}2026-12-01`) before a date, as `DAILY_RETENTION_DAYS` wants. One scan of
+    /// the counters in one write transaction (which batches wait behind): run it now and
+    /// then, not per request. Returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Engine`], and the storage errors of a write.
+    pub async fn remove_subkeys_before(&self, cutoff: &str) -> Result<u64> {
+        let cutoff = cutoff.to_owned();
+        self.blocking("remove_subkeys_before", move |shared| {
+            txn::remove_subkeys_before(&shared.db, &cutoff)
+        })
+        .await
+    }
+
     /// Number of keys this layout holds.
     ///
     /// # Errors

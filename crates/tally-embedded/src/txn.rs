@@ -250,6 +250,29 @@ pub(crate) fn reset(db: &redb::Database, layout: Layout, key: &str) -> Result<()
     Ok(())
 }
 
+/// Removes the sub-keys of [`Layout::Counters`] (`{key}\u{1f}{sub}`) whose sub part sorts
+/// before `cutoff` (byte order): one scan of the table, in one write transaction.
+pub(crate) fn remove_subkeys_before(db: &redb::Database, cutoff: &str) -> Result<u64, TxError> {
+    let txn = begin_write(db)?;
+    let removed = {
+        let mut values = txn.open_table(Layout::Counters.values())?;
+        let before = values.len()?;
+        values.retain(
+            |key, _| match key.split_once(tally_counter::SUBKEY_SEPARATOR) {
+                Some((_, sub)) => sub >= cutoff,
+                None => true,
+            },
+        )?;
+        before - values.len()?
+    };
+    if removed == 0 {
+        txn.abort()?;
+    } else {
+        txn.commit()?;
+    }
+    Ok(removed)
+}
+
 /// Number of keys of `layout`.
 pub(crate) fn len(db: &redb::Database, layout: Layout) -> Result<u64, TxError> {
     let txn = db.begin_read()?;
@@ -436,6 +459,53 @@ mod tests {
         assert_eq!(
             top(&db, 10).unwrap(),
             [("a".to_owned(), 300), ("c".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn sub_keys_before_the_cutoff_are_removed_and_nothing_else() {
+        let db = memory_db();
+        let keys = [
+            "p",
+            "p\u{1f}2026-01-01",
+            "p\u{1f}2026-06-01",
+            "q\u{1f}2025-12-31",
+        ];
+        let deltas: Vec<(&str, u64)> = keys.iter().map(|k| (*k, 1)).collect();
+        apply(
+            &db,
+            Layout::Counters,
+            0,
+            &batch(1, &deltas),
+            Path::new("memory"),
+        )
+        .unwrap();
+        apply(
+            &db,
+            Layout::Ranked,
+            0,
+            &batch(1, &[("u\u{1f}2020-01-01", 1)]),
+            Path::new("memory"),
+        )
+        .unwrap();
+
+        assert_eq!(remove_subkeys_before(&db, "2026-03-01").unwrap(), 2);
+        assert_eq!(remove_subkeys_before(&db, "2026-03-01").unwrap(), 0);
+
+        let left = |layout: Layout| -> Vec<String> {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(layout.values()).unwrap();
+            table
+                .iter()
+                .unwrap()
+                .map(|e| e.unwrap().0.value().to_owned())
+                .collect()
+        };
+        assert_eq!(left(Layout::Counters), ["p", "p\u{1f}2026-06-01"]);
+        assert_eq!(
+            left(Layout::Ranked),
+            ["u\u{1f}2020-01-01"],
+            "only the counters"
         );
     }
 

@@ -340,6 +340,11 @@ pub struct RedisConfig {
     pub marks_retention: Duration,
     /// Which keys the store writes: visit counters or the request-stats sorted set.
     pub layout: Layout,
+    /// Sub-keys of a key (`page1\u{1f}2026-12-01`, see [`tally_counter::routing_key`])
+    /// that a batch creates in [`Layout::Counters`] expire after this long (`EXPIRE`, set
+    /// once at creation; a page's day counts, `DAILY_RETENTION_DAYS`). `None`: they do
+    /// not expire.
+    pub subkey_ttl: Option<Duration>,
 }
 
 impl RedisConfig {
@@ -356,6 +361,7 @@ impl RedisConfig {
             vnodes: DEFAULT_VNODES,
             marks_retention: DEFAULT_MARKS_RETENTION,
             layout: Layout::Counters,
+            subkey_ttl: None,
         }
     }
 
@@ -441,6 +447,7 @@ impl fmt::Debug for RedisConfig {
             .field("vnodes", &self.vnodes)
             .field("marks_retention", &self.marks_retention)
             .field("layout", &self.layout)
+            .field("subkey_ttl", &self.subkey_ttl)
             .finish()
     }
 }

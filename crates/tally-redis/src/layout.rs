@@ -151,7 +151,8 @@ local now
 -- KEYS[1]  hash of high-water marks (field '{instance}:{shard}', value '{seq}:{unix ms}')
 -- KEYS[2..] layout 'c': the n counter keys; layout 'z': the sorted set
 -- ARGV[1]  mark field, ARGV[2] batch seq (0 = read only), ARGV[3] layout 'c' or 'z',
--- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading).
+-- ARGV[4]  n; layout 'z' then has n members; then n deltas (absent when reading); then,
+--          optionally, the seconds after which new sub-keys expire (layout 'c').
 -- Keys are distinct within a batch (checked by the caller).
 local function batch(KEYS, ARGV)
   local CHUNK = 500
@@ -273,6 +274,16 @@ local function batch(KEYS, ARGV)
     if j > 0 then
       if zset then redis.call('ZADD', KEYS[2], unpack(args))
       else redis.call('MSET', unpack(args)) end
+    end
+  end
+  -- Sub-keys ('{key}\31{sub}': a page's count on a day) that this batch creates expire
+  -- after ARGV[d + n + 1] seconds, when given: set once, when the key is new.
+  local ttl = tonumber(ARGV[d + n + 1])
+  if ttl and not zset then
+    for i = 1, n do
+      if not bad[i] and not current[i] and string.find(KEYS[1 + i], '\31', 1, true) then
+        redis.call('EXPIRE', KEYS[1 + i], ttl)
+      end
     end
   end
   -- The mark carries the node's time of this write, so marks of instances that stopped
@@ -460,7 +471,9 @@ impl ScriptCall {
 }
 
 /// Fills the script's keys (named by `space`) and arguments for `keys` of one shard.
-/// `seq` 0 with no deltas reads; a batch passes its seq and one delta per key.
+/// `seq` 0 with no deltas reads; a batch passes its seq and one delta per key, and
+/// `subkey_ttl` (layout [`Layout::Counters`]) for the sub-keys it creates to expire after
+/// (see [`tally_counter::routing_key`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fill_script_args<'k>(
     sink: &mut impl ScriptArgs,
@@ -471,6 +484,7 @@ pub(crate) fn fill_script_args<'k>(
     seq: u64,
     keys: impl Iterator<Item = &'k str> + Clone,
     deltas: impl Iterator<Item = u64>,
+    subkey_ttl: Option<std::time::Duration>,
 ) {
     let n = keys.clone().count();
     sink.key(space.marks_key(layout));
@@ -493,6 +507,9 @@ pub(crate) fn fill_script_args<'k>(
     }
     for delta in deltas {
         sink.arg(delta);
+    }
+    if let Some(ttl) = subkey_ttl.filter(|_| layout == Layout::Counters && seq > 0) {
+        sink.arg(ttl.as_secs().max(1));
     }
 }
 

@@ -61,6 +61,8 @@ struct Shared {
     top_script: redis::Script,
     sweep_script: redis::Script,
     marks_retention: Duration,
+    /// [`RedisConfig::subkey_ttl`].
+    subkey_ttl: Option<Duration>,
     /// The ring record, the lease and their scripts.
     ring_check: RingCheck,
     /// Never sent: dropping it (with the last store handle) tells the health task to stop.
@@ -119,6 +121,7 @@ impl RedisStore {
             top_script: redis::Script::new(TOP_SCRIPT),
             sweep_script: redis::Script::new(SWEEP_SCRIPT),
             marks_retention: config.marks_retention,
+            subkey_ttl: config.subkey_ttl,
             ring_check: RingCheck::new(&config),
             _stop: stop,
         });
@@ -336,6 +339,7 @@ impl RedisStore {
                 batch.id.seq,
                 batch.deltas.iter().map(|(key, _)| &**key),
                 batch.deltas.iter().map(|(_, delta)| *delta),
+                self.shared.subkey_ttl,
             );
             let reply = node.run("apply", &invocation).await?;
             let reply = ScriptReply::parse(reply).map_err(|d| protocol(node, "apply", d))?;
@@ -406,6 +410,7 @@ impl RedisStore {
             0,
             keys.iter().copied(),
             std::iter::empty(),
+            None,
         );
         let reply = node.run("get", &invocation).await?;
         stored_values(reply, node.name(), keys, |key| self.layout.stored_as(key))
@@ -460,7 +465,9 @@ impl Store for RedisStore {
     }
 
     fn shard_of(&self, key: &str) -> ShardId {
-        self.shared.ring.lookup_index(key.as_bytes())
+        self.shared
+            .ring
+            .lookup_index(tally_counter::routing_key(key).as_bytes())
     }
 
     fn shard_name(&self, shard: ShardId) -> &str {

@@ -159,9 +159,66 @@ pub fn stored_visits(
     counts
 }
 
-/// Every visit counter on every node: `(page, node index, count)`. Used to prove nothing
-/// was counted under a key no test sent, or on a node that does not own it.
+/// Every page total on every node: `(page, node index, count)`, day counts
+/// (`tally:v:{page}\u{1f}{day}`) left out ([`all_day_keys`] has them). Used to prove
+/// nothing was counted under a key no test sent, or on a node that does not own it.
 pub fn all_visit_keys(nodes: &[&RedisNode]) -> Vec<(String, usize, u64)> {
+    every_visit_key(nodes)
+        .into_iter()
+        .filter(|(key, _, _)| !key.contains(DAY_SEPARATOR))
+        .collect()
+}
+
+/// Separates a page from its day in a day count's key.
+pub const DAY_SEPARATOR: char = '\u{1f}';
+
+/// Every day count on every node: `(page, day, node index, count)`.
+pub fn all_day_keys(nodes: &[&RedisNode]) -> Vec<(String, String, usize, u64)> {
+    every_visit_key(nodes)
+        .into_iter()
+        .filter_map(|(key, node, count)| {
+            let (page, day) = key.split_once(DAY_SEPARATOR)?;
+            Some((page.to_owned(), day.to_owned(), node, count))
+        })
+        .collect()
+}
+
+/// What is wrong with the day counts beside page totals `counts` (of the pages a score
+/// names): a day count on a node the ring does not give its page, of a page no request
+/// named, or days that do not add up to their page's total (every visit of a run counts
+/// on its day too). Each a description, for [`Counted::stray`].
+pub fn day_count_problems(
+    days: &[(String, String, usize, u64)],
+    counts: &HashMap<String, u64>,
+    owner: impl Fn(&str) -> usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut sums: HashMap<&str, u64> = HashMap::new();
+    for (page, day, node, count) in days {
+        if !counts.contains_key(page) {
+            problems.push(format!(
+                "day {day} of {page} = {count}: no request named the page"
+            ));
+        } else if owner(page) != *node {
+            problems.push(format!(
+                "day {day} of {page} = {count} on node {node}, which does not own the page"
+            ));
+        }
+        *sums.entry(page.as_str()).or_default() += count;
+    }
+    for (page, total) in counts {
+        let days = sums.get(page.as_str()).copied().unwrap_or(0);
+        if days != *total {
+            problems.push(format!(
+                "the days of {page} add up to {days}, its total is {total}"
+            ));
+        }
+    }
+    problems
+}
+
+/// Every key under `tally:v:` on every node, prefix removed: `(key, node index, count)`.
+fn every_visit_key(nodes: &[&RedisNode]) -> Vec<(String, usize, u64)> {
     let mut all = Vec::new();
     for (index, node) in nodes.iter().enumerate() {
         let keys = node.keys("tally:v:*").expect("KEYS answers");
@@ -366,7 +423,11 @@ pub fn visits_counted(nodes: &[&RedisNode], ring: &Ring<String>, board: &Scorebo
                 None
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut stray = stray;
+    stray.extend(day_count_problems(&all_day_keys(nodes), &counts, |page| {
+        ring.lookup_index(page.as_bytes())
+    }));
     Counted::new(board, counts, stray)
 }
 

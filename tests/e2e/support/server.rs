@@ -274,6 +274,20 @@ impl Server {
         }
     }
 
+    /// Waits (up to `within`) until the server has printed a line containing `needle`;
+    /// panics, showing its output, when it does not.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.output().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} within {within:?}:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `/status` reports the node at `url` (`redis://host:port`) up or down, as
     /// `up` says: the server has seen the fault (or the recovery). Panics after 30 s.
     pub async fn wait_for_node(&self, url: &str, up: bool) {

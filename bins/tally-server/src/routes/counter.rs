@@ -7,6 +7,7 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
+use crate::daily;
 use crate::error::ApiError;
 use crate::page_id::PageId;
 use crate::routes::{NodeStatus, iso_time, node_status};
@@ -43,10 +44,15 @@ pub(crate) async fn record_visit(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let count = count_param(req.query_string())?;
-    state
-        .counter
-        .increment(page_id.as_str(), count)
-        .map_err(|e| state.counter_error(e))?;
+    if state.daily_retention_days == 0 {
+        state.counter.increment(page_id.as_str(), count)
+    } else {
+        let day = daily::day_key(page_id.as_str(), daily::today());
+        state
+            .counter
+            .increment_all(&[(page_id.as_str(), count), (&day, count)])
+    }
+    .map_err(|e| state.counter_error(e))?;
     let message = if count == 1 {
         format!("Visit recorded for page {page_id}")
     } else {
@@ -169,9 +175,21 @@ pub(crate) async fn record_visits(
     body: web::Json<BulkVisits>,
 ) -> Result<HttpResponse, ApiError> {
     let increments = bulk_increments(&body.visits.0)?;
+    let today = daily::today();
+    let days: Vec<String> = increments
+        .iter()
+        .filter(|_| state.daily_retention_days > 0)
+        .map(|(page, _)| daily::day_key(page, today))
+        .collect();
+    let mut all = increments.clone();
+    all.extend(
+        days.iter()
+            .zip(&increments)
+            .map(|(day, (_, n))| (day.as_str(), *n)),
+    );
     state
         .counter
-        .increment_all(&increments)
+        .increment_all(&all)
         .map_err(|e| state.counter_error(e))?;
     Ok(HttpResponse::Ok().json(BulkRecorded {
         status: "success",
@@ -255,22 +273,99 @@ struct CounterReset {
     page_id: String,
 }
 
-/// `DELETE {prefix}/counter/visits/{page_id}`: sets the page's count to zero on its node.
+/// `DELETE {prefix}/counter/visits/{page_id}`: sets the page's count, and its daily
+/// counts, to zero on its node.
 #[tracing::instrument(name = "reset_visits", level = "debug", skip(state), fields(page_id = %page_id))]
 pub(crate) async fn reset_visits(
     _admin: crate::auth::Admin,
     state: web::Data<AppState>,
     page_id: PageId,
 ) -> Result<HttpResponse, ApiError> {
+    let retention = state.daily_retention_days;
     state
-        .store_call(page_id.as_str(), |counter, key| async move {
-            counter.reset(&key).await
+        .store_call(page_id.as_str(), move |counter, key| async move {
+            counter.reset(&key).await?;
+            if retention == 0 {
+                return Ok(());
+            }
+            // Its days too: those of the retention that count anything (read in one call
+            // on the page's node), reset one by one.
+            let days: Vec<String> = daily::days_ending(daily::today(), retention.saturating_add(1))
+                .into_iter()
+                .map(|day| daily::day_key(&key, day))
+                .collect();
+            let refs: Vec<&str> = days.iter().map(String::as_str).collect();
+            let counts = counter.get_many(&refs).await?;
+            for (day, count) in refs.into_iter().zip(counts) {
+                if count > 0 {
+                    counter.reset(day).await?;
+                }
+            }
+            Ok(())
         })
         .await?;
     Ok(HttpResponse::Ok().json(CounterReset {
         status: "success",
         message: format!("Counter reset for page {page_id}"),
         page_id: page_id.to_string(),
+    }))
+}
+
+#[derive(Serialize)]
+struct DailyVisits {
+    page_id: String,
+    days: Vec<DayVisits>,
+}
+
+#[derive(Serialize)]
+struct DayVisits {
+    date: String,
+    visits: u64,
+}
+
+/// `GET {prefix}/counter/visits/{page_id}/daily[?days=N]`: the page's visits per UTC day,
+/// the last `N` days (default 30, at most 366) oldest first, today's including this
+/// instance's visits not written yet; days without visits count 0.
+#[tracing::instrument(name = "get_daily", level = "debug", skip_all)]
+pub(crate) async fn get_daily(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    // The page id is the segment before `/daily`, decoded as the other routes decode it.
+    let path = req.uri().path();
+    let segment = path
+        .strip_suffix("/daily")
+        .and_then(|rest| rest.rsplit('/').next())
+        .unwrap_or_default();
+    let page_id = PageId::from_path_segment(segment)?;
+    if state.daily_retention_days == 0 {
+        return Err(ApiError::DailyOff);
+    }
+    let days = daily::days_param(req.query_string()).map_err(|value| ApiError::InvalidDays {
+        value,
+        max: daily::MAX_DAYS,
+    })?;
+    let dates = daily::days_ending(daily::today(), days);
+    let keys: Vec<String> = dates
+        .iter()
+        .map(|day| daily::day_key(page_id.as_str(), *day))
+        .collect();
+    let counts = state
+        .store_call(page_id.as_str(), move |counter, _| async move {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            counter.get_many(&refs).await
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(DailyVisits {
+        page_id: page_id.to_string(),
+        days: dates
+            .iter()
+            .zip(counts)
+            .map(|(day, visits)| DayVisits {
+                date: day.format("%Y-%m-%d").to_string(),
+                visits,
+            })
+            .collect(),
     }))
 }
 

@@ -33,6 +33,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metri
     for path in [format!("{visit}{{page_id}}"), visit] {
         cfg.service(resource(&path, "POST").route(web::post().to(counter::record_visit)));
     }
+    cfg.service(
+        resource(&format!("{visits}{{page_id}}/daily"), "GET")
+            .route(web::get().to(counter::get_daily)),
+    );
     for path in [format!("{visits}{{page_id}}"), visits] {
         cfg.service(
             resource(&path, "GET, DELETE")

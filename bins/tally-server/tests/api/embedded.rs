@@ -161,7 +161,8 @@ async fn visits_survive_a_flush_into_the_embedded_store() {
 #[tokio::test]
 async fn an_overloaded_counter_answers_503_with_retry_after() {
     let mut config = test_config();
-    config.max_pending_keys = 2;
+    // Two pages, each with its day count.
+    config.max_pending_keys = 4;
     config.batch_interval = std::time::Duration::from_secs(60);
     let app = spawn_app_with(config).await;
     assert_eq!(app.visit("a").await.status, 200);

@@ -55,8 +55,9 @@ async fn status_reports_nodes_counter_requests_and_version() {
             "total_requests": 3,
             "store": {"kind": "redis"},
             "redis_status": {"nodes": 3, "healthy_nodes": 3, "node_status": node_map(&cluster, &[true, true, true])},
-            // Each waiting key costs its length plus 64 bytes (PendingBytes::KEY_OVERHEAD).
-            "counter_status": {"cache_size": 1, "write_buffer_size": 1, "write_buffer_bytes": "page1".len() + 64, "quarantined_keys": 0, "failing_nodes": {}},
+            // Each waiting key costs its length plus 64 bytes (PendingBytes::KEY_OVERHEAD):
+            // the page and its day count.
+            "counter_status": {"cache_size": 1, "write_buffer_size": 2, "write_buffer_bytes": "page1".len() + 64 + "page1\u{1f}YYYY-MM-DD".len() + 64, "quarantined_keys": 0, "failing_nodes": {}},
             // The visit and the read, both under /api/, wait to be written (60 s batches).
             "stats_status": {"pending_urls": 2, "pending_bytes": "/api/v1/counter/visit/page1".len() + "/api/v1/counter/visits/page1".len() + 2 * 64, "quarantined_keys": 0, "failing_nodes": {}, "requests_written": 0, "batches_ok": 0, "batches_failed": 0},
             "version": env!("CARGO_PKG_VERSION"),
@@ -107,7 +108,8 @@ async fn counter_metrics_report_cache_buffer_nodes_and_last_write() {
     );
     assert_eq!(
         body["metrics"],
-        json!({"cache_hits": 1, "cache_misses": 1, "cache_size": 2, "write_buffer_size": 0})
+        // Cached: page1 and its day (the written batch's totals), and page2 (the miss).
+        json!({"cache_hits": 1, "cache_misses": 1, "cache_size": 3, "write_buffer_size": 0})
     );
 }
 

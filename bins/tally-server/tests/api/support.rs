@@ -317,7 +317,8 @@ pub fn stored(node: &RedisNode, page: &str) -> Option<u64> {
         .expect("redis answers")
 }
 
-/// Sum of every visit counter on every node.
+/// Sum of every page total on every node (day counts, `tally:v:{page}\u{1f}{day}`, left
+/// out).
 pub fn stored_total(cluster: &RedisCluster) -> u64 {
     cluster
         .nodes()
@@ -326,6 +327,7 @@ pub fn stored_total(cluster: &RedisCluster) -> u64 {
             node.keys("tally:v:*")
                 .expect("redis answers")
                 .into_iter()
+                .filter(|key| !key.contains('\u{1f}'))
                 .map(|key| node.get_u64(&key).expect("redis answers").unwrap_or(0))
         })
         .sum()

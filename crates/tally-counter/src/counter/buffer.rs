@@ -112,16 +112,16 @@ impl Buffer {
     }
 
     /// Keys pending in every shard, and the sum of their deltas.
-    pub(super) fn pending_totals(&self) -> (usize, u64) {
-        let mut keys = 0;
-        let mut sum = 0;
+    pub(super) fn pending_totals(&self) -> super::Unwritten {
+        let mut totals = super::Unwritten::default();
         for stripe in self.stripes.iter() {
             for table in lock(&stripe.tables).iter() {
-                keys += table.len();
-                sum += table.iter().map(|(_, delta)| delta).sum::<u64>();
+                for (key, delta) in table.iter() {
+                    totals.add(key, *delta);
+                }
             }
         }
-        (keys, sum)
+        totals
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {

@@ -124,10 +124,15 @@ pub struct Snapshot {
 pub struct ShutdownReport {
     /// `(key, delta)` pairs written during the shutdown flush.
     pub keys_written: u64,
-    /// Distinct keys still pending or in flight at the deadline (0 in the normal case).
+    /// Distinct keys still pending or in flight at the deadline (0 in the normal case),
+    /// sub-keys ([`crate::routing_key`]) apart.
     pub keys_unwritten: usize,
     /// Sum of their deltas: increments acknowledged to callers but not stored.
     pub increments_unwritten: u64,
+    /// Distinct sub-keys (a page's day counts) still pending or in flight at the deadline.
+    pub subkeys_unwritten: usize,
+    /// Sum of their deltas.
+    pub subkey_increments_unwritten: u64,
 }
 
 /// A batched, cache-through counter over a [`Store`].
@@ -347,15 +352,22 @@ impl<S: Store> Counter<S> {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        // One entry per key (a key listed twice takes one place), in first-listed order.
+        // One entry per key (a key listed twice takes one place), in first-listed order:
+        // looked up by scanning for a few keys (a visit and its day), by a map past that.
         let mut entries: Vec<(ShardId, &str, u64)> = Vec::with_capacity(increments.len());
-        let mut seen: std::collections::HashMap<&str, usize> =
-            std::collections::HashMap::with_capacity(increments.len());
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for &(key, n) in increments.iter().filter(|(_, n)| *n > 0) {
-            match seen.entry(key) {
-                std::collections::hash_map::Entry::Occupied(at) => entries[*at.get()].2 += n,
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(entries.len());
+            let found = if increments.len() <= 8 {
+                entries.iter().position(|(_, k, _)| *k == key)
+            } else {
+                seen.get(key).copied()
+            };
+            match found {
+                Some(at) => entries[at].2 += n,
+                None => {
+                    if increments.len() > 8 {
+                        seen.insert(key, entries.len());
+                    }
                     entries.push((inner.shard_of(key), key, n));
                 }
             }
@@ -384,6 +396,44 @@ impl<S: Store> Counter<S> {
             value,
             served_via: ServedVia::Store(shard),
         })
+    }
+
+    /// The counts of `keys`, in order, as [`Counter::get`] answers each: cached values
+    /// where there are, and one store read per shard for the rest (not shared with other
+    /// reads of those keys). For a family of keys in one shard, such as a page's days
+    /// ([`routing_key`](crate::routing_key)), that is one read.
+    ///
+    /// # Errors
+    /// As [`Counter::get`], for the first key that fails.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<u64>> {
+        let inner = &*self.inner;
+        let mut counts = vec![0; keys.len()];
+        let mut misses: Vec<(ShardId, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let shard = inner.shard_of(key);
+            inner.refuse_if_held(shard, key)?;
+            match inner.cached_count(shard, key) {
+                Some(value) => {
+                    inner.metrics.cache_hit();
+                    counts[i] = value;
+                }
+                None => {
+                    inner.metrics.cache_miss();
+                    match misses.iter_mut().find(|(s, _)| *s == shard) {
+                        Some((_, at)) => at.push(i),
+                        None => misses.push((shard, vec![i])),
+                    }
+                }
+            }
+        }
+        for (shard, at) in misses {
+            let wanted: Vec<&str> = at.iter().map(|&i| keys[i]).collect();
+            let values = inner.read_through_many(shard, &wanted).await?;
+            for (i, value) in at.into_iter().zip(values) {
+                counts[i] = value;
+            }
+        }
+        Ok(counts)
     }
 
     /// The count of `key` when its stored value is cached, without awaiting anything:
@@ -482,19 +532,23 @@ impl<S: Store> Counter<S> {
         .await;
         inner.log_held();
         let keys_written = inner.metrics.keys_written() - written_before;
-        let (keys_unwritten, increments_unwritten) = inner.unwritten();
-        if keys_unwritten > 0 {
+        let unwritten = inner.unwritten();
+        if unwritten.keys + unwritten.subkeys > 0 {
             tracing::error!(
                 counter = %inner.config.name,
-                keys_unwritten,
-                increments_unwritten,
+                keys_unwritten = unwritten.keys,
+                increments_unwritten = unwritten.increments,
+                subkeys_unwritten = unwritten.subkeys,
+                subkey_increments_unwritten = unwritten.subkey_increments,
                 "counter shut down with deltas the store did not take"
             );
         }
         ShutdownReport {
             keys_written,
-            keys_unwritten,
-            increments_unwritten,
+            keys_unwritten: unwritten.keys,
+            increments_unwritten: unwritten.increments,
+            subkeys_unwritten: unwritten.subkeys,
+            subkey_increments_unwritten: unwritten.subkey_increments,
         }
     }
 
@@ -551,20 +605,46 @@ impl<S: Store> Inner<S> {
     }
 
     /// Keys and increment sum still pending, in flight or held.
-    fn unwritten(&self) -> (usize, u64) {
-        let mut keys = 0;
-        let mut sum = 0;
+    fn unwritten(&self) -> Unwritten {
+        let mut totals = self.buffer.pending_totals();
         for (shard, state) in self.shards.iter().enumerate() {
             let in_flight = state.in_flight();
             if let Some(map) = &in_flight.deltas {
-                keys += map.len();
-                sum += map.values().sum::<u64>();
+                for (key, delta) in map {
+                    totals.add(key, *delta);
+                }
             }
-            let (held_keys, held_sum) = self.held_totals(shard);
-            keys += held_keys;
-            sum += held_sum;
+            totals.merge(&self.held_totals(shard));
         }
-        let (pending_keys, pending_sum) = self.buffer.pending_totals();
-        (keys + pending_keys, sum + pending_sum)
+        totals
+    }
+}
+
+/// Keys not written and the sum of their deltas, keys and sub-keys
+/// ([`crate::routing_key`]) apart.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Unwritten {
+    keys: usize,
+    increments: u64,
+    subkeys: usize,
+    subkey_increments: u64,
+}
+
+impl Unwritten {
+    fn add(&mut self, key: &str, delta: u64) {
+        if key.contains(crate::SUBKEY_SEPARATOR) {
+            self.subkeys += 1;
+            self.subkey_increments += delta;
+        } else {
+            self.keys += 1;
+            self.increments += delta;
+        }
+    }
+
+    fn merge(&mut self, other: &Unwritten) {
+        self.keys += other.keys;
+        self.increments += other.increments;
+        self.subkeys += other.subkeys;
+        self.subkey_increments += other.subkey_increments;
     }
 }

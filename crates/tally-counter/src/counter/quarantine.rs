@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::store::{RejectedKey, ShardId, Store};
 use crate::sync::lock;
 
-use super::{Inner, KeyMap};
+use super::{Inner, KeyMap, Unwritten};
 
 /// Increments held for a key the store rejected (its value is not a count).
 pub(super) struct Held {
@@ -165,9 +165,12 @@ impl<S: Store> Inner<S> {
     }
 
     /// Keys held on `shard`, and the sum of their held increments.
-    pub(super) fn held_totals(&self, shard: ShardId) -> (usize, u64) {
-        let held = lock(&self.shards[shard].quarantine);
-        (held.len(), held.values().map(|held| held.delta).sum())
+    pub(super) fn held_totals(&self, shard: ShardId) -> Unwritten {
+        let mut totals = Unwritten::default();
+        for (key, held) in lock(&self.shards[shard].quarantine).iter() {
+            totals.add(key, held.delta);
+        }
+        totals
     }
 
     /// Logs every held key with the increments it could not write (for an operator to

@@ -110,16 +110,26 @@ impl<S: Store> Inner<S> {
 
     /// Reads the stored value, caches it and adds what the store does not include yet.
     async fn read_through(&self, shard: ShardId, key: &str) -> Result<u64> {
+        let counts = self.read_through_many(shard, &[key]).await?;
+        Ok(counts.first().copied().unwrap_or(0))
+    }
+
+    /// [`Inner::read_through`] of several keys of `shard` in one store read.
+    pub(super) async fn read_through_many(
+        &self,
+        shard: ShardId,
+        keys: &[&str],
+    ) -> Result<Vec<u64>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let resets = self.shards[shard].in_flight().resets;
             let read = self
                 .store
-                .get(shard, self.instance, &[key])
+                .get(shard, self.instance, keys)
                 .await
                 .map_err(|source| self.store_error(shard, source))?;
-            let stored = read.values.first().copied().unwrap_or(0);
+            let stored = |i: usize| read.values.get(i).copied().unwrap_or(0);
             let in_flight = self.shards[shard].in_flight();
             if in_flight.acked_seq > read.applied_seq {
                 if attempt < READ_ATTEMPTS {
@@ -129,32 +139,45 @@ impl<S: Store> Inner<S> {
                 }
                 // Batches keep landing under our reads: give up on a consistent read and
                 // answer without caching. A batch acknowledged since the read cached the
-                // totals of its keys; when it held this key, that count is the fresher.
-                let fresher = self
-                    .cache
-                    .get(key)
-                    .filter(|entry| entry.seq > read.applied_seq);
-                let (value, included_seq) =
-                    fresher.map_or((stored, read.applied_seq), |entry| (entry.value, entry.seq));
-                return Ok(value
-                    + in_flight.delta(key, included_seq)
-                    + self.pending_delta(shard, key));
+                // totals of its keys; when it held a key, that count is the fresher.
+                return Ok(keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| {
+                        let fresher = self
+                            .cache
+                            .get(*key)
+                            .filter(|entry| entry.seq > read.applied_seq);
+                        let (value, included_seq) = fresher
+                            .map_or((stored(i), read.applied_seq), |entry| {
+                                (entry.value, entry.seq)
+                            });
+                        value + in_flight.delta(key, included_seq) + self.pending_delta(shard, key)
+                    })
+                    .collect());
             }
             // A reset during the read: answer (the read was concurrent with it, so either
             // side is right), but do not cache what may be the value before the reset
             // over the reset's zero.
-            if in_flight.resets == resets {
-                self.cache.insert(
-                    key.into(),
-                    CacheEntry {
-                        value: stored,
-                        seq: read.applied_seq,
-                    },
-                );
-            }
-            return Ok(stored
-                + in_flight.delta(key, read.applied_seq)
-                + self.pending_delta(shard, key));
+            let cache = in_flight.resets == resets;
+            return Ok(keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    if cache {
+                        self.cache.insert(
+                            (*key).into(),
+                            CacheEntry {
+                                value: stored(i),
+                                seq: read.applied_seq,
+                            },
+                        );
+                    }
+                    stored(i)
+                        + in_flight.delta(key, read.applied_seq)
+                        + self.pending_delta(shard, key)
+                })
+                .collect());
         }
     }
 }

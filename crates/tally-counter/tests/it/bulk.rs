@@ -79,6 +79,16 @@ async fn a_key_listed_twice_gets_both_increments_and_one_place() {
         (3, 4)
     );
     assert_eq!(counter.snapshot().write_buffer_size, 0);
+
+    // A long list (looked up by a map, not by scanning): the same.
+    let counter = bounded(11);
+    let keys: Vec<String> = (0..11).map(|i| format!("k{i}")).collect();
+    let mut list: Vec<(&str, u64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    list.push(("k3", 5));
+    counter.increment_all(&list).unwrap();
+    assert_eq!(counter.snapshot().write_buffer_size, 11);
+    counter.flush().await;
+    assert_eq!(counter.store().value("k3"), 6);
 }
 
 #[tokio::test(start_paused = true)]

@@ -40,7 +40,8 @@ pub fn bucket_count(layout: Layout) -> usize {
     }
 }
 
-/// The bucket of `key` in `layout`: `xxh3_64(key) mod` [`bucket_count`].
+/// The bucket of `key` in `layout`: `xxh3_64` of its [`tally_counter::routing_key`] `mod`
+/// [`bucket_count`] (a page's day counts share its bucket).
 ///
 /// ```
 /// use tally_redis::{Layout, bucket_of};
@@ -50,6 +51,7 @@ pub fn bucket_count(layout: Layout) -> usize {
 /// ```
 pub fn bucket_of(layout: Layout, key: &str) -> usize {
     let buckets = bucket_count(layout) as u64;
+    let key = tally_counter::routing_key(key);
     (tally_ring::key_hash(key.as_bytes()) % buckets) as usize
 }
 

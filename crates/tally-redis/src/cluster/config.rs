@@ -46,6 +46,11 @@ pub struct ClusterConfig {
     pub marks_retention: Duration,
     /// Which keys the store writes: visit counters or the request-stats sorted sets.
     pub layout: Layout,
+    /// Sub-keys of a key (`page1\u{1f}2026-12-01`, see [`tally_counter::routing_key`])
+    /// that a batch creates in [`Layout::Counters`] expire after this long (`EXPIRE`, set
+    /// once at creation; a page's day counts, `DAILY_RETENTION_DAYS`). `None`: they do
+    /// not expire.
+    pub subkey_ttl: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -61,6 +66,7 @@ impl ClusterConfig {
             wait_replicas: None,
             marks_retention: DEFAULT_MARKS_RETENTION,
             layout: Layout::Counters,
+            subkey_ttl: None,
         }
     }
 
@@ -161,6 +167,7 @@ impl ClusterConfig {
         config.health_check_interval = self.health_check_interval;
         config.marks_retention = self.marks_retention;
         config.layout = self.layout;
+        config.subkey_ttl = self.subkey_ttl;
         Ok((url, config))
     }
 
@@ -210,6 +217,7 @@ impl fmt::Debug for ClusterConfig {
             .field("wait_replicas", &self.wait_replicas)
             .field("marks_retention", &self.marks_retention)
             .field("layout", &self.layout)
+            .field("subkey_ttl", &self.subkey_ttl)
             .finish()
     }
 }

@@ -56,6 +56,7 @@ impl ClusterStore {
             0,
             keys.iter().copied(),
             std::iter::empty(),
+            None,
         );
         let script = &self.shared.script;
         let reply: Value = self

@@ -91,6 +91,7 @@ impl ClusterStore {
                 batch.id.seq,
                 batch.deltas.iter().map(|(key, _)| &**key),
                 batch.deltas.iter().map(|(_, delta)| *delta),
+                self.shared.config.subkey_ttl,
             );
             let (node, reply) = self.send_batch(bucket, call).await?;
             let reply = ScriptReply::parse(reply).map_err(|detail| Error::Protocol {

@@ -100,6 +100,18 @@ for first = 1, #todo, CHUNK do
   if zset then redis.call('ZADD', KEYS[2], unpack(values))
   else redis.call('MSET', unpack(values)) end
 end
+-- Layout 'c', optionally ARGV[3+2n]: the seconds after which a sub-key ('{page}\31{day}')
+-- this chunk creates here expires (a day count's DAILY_RETENTION_DAYS, in full again).
+if not zset then
+  local ttl = tonumber(ARGV[C + n + 1])
+  if ttl then
+    for _, i in ipairs(todo) do
+      if not current[i] and string.find(KEYS[1 + i], '\31', 1, true) then
+        redis.call('EXPIRE', KEYS[1 + i], ttl)
+      end
+    end
+  end
+end
 return {1, #todo}
 ";
 
@@ -134,7 +146,7 @@ for i = 1, n do
     if value and value > moved and value % 1 == 0 then
       local rest = string.format('%d', value - moved)
       if zset then redis.call('ZADD', KEYS[1], rest, ARGV[M + i])
-      else redis.call('SET', KEYS[i], rest) end
+      else redis.call('SET', KEYS[i], rest, 'KEEPTTL') end
     end
     changed[#changed + 1] = i
     if text then
@@ -160,13 +172,17 @@ return changed
 pub(super) struct Scripts {
     receive: redis::Script,
     release: redis::Script,
+    /// The new list's [`RedisConfig::subkey_ttl`](crate::RedisConfig::subkey_ttl): a day
+    /// count moved to a node that did not have it expires this long after the move.
+    subkey_ttl: Option<std::time::Duration>,
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(subkey_ttl: Option<std::time::Duration>) -> Self {
         Self {
             receive: redis::Script::new(RECEIVE_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
+            subkey_ttl,
         }
     }
 }
@@ -329,9 +345,16 @@ pub(super) async fn receive(
     for entry in entries {
         invocation.arg(entry.count);
     }
-    if layout == Layout::SortedSet {
-        for entry in entries {
-            invocation.arg(&entry.key);
+    match layout {
+        Layout::SortedSet => {
+            for entry in entries {
+                invocation.arg(&entry.key);
+            }
+        }
+        Layout::Counters => {
+            if let Some(ttl) = scripts.subkey_ttl {
+                invocation.arg(ttl.as_secs().max(1));
+            }
         }
     }
     let reply: redis::Value = dest.run("reshard receive", &invocation).await?;

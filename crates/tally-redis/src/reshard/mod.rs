@@ -245,15 +245,24 @@ impl Nodes {
             nodes,
             ring,
             owners,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(to.subkey_ttl),
         };
         nodes.check_identities().await?;
         Ok(nodes)
     }
 
-    /// Index in `nodes` of `key`'s owner in the new ring.
+    /// Index in `nodes` of `key`'s owner in the new ring: the owner of its routing key (a
+    /// page's day counts go where the page goes; see [`tally_counter::routing_key`]).
     fn owner(&self, key: &[u8]) -> usize {
-        self.owners[self.ring.lookup_index(key)]
+        let mut separator = [0; 4];
+        let separator = tally_counter::SUBKEY_SEPARATOR
+            .encode_utf8(&mut separator)
+            .as_bytes();
+        let routed = key
+            .iter()
+            .position(|b| separator.first() == Some(b))
+            .map_or(key, |at| &key[..at]);
+        self.owners[self.ring.lookup_index(routed)]
     }
 
     /// Asks every node for its id ([`NODE_ID_KEY`], read only): two names holding one id

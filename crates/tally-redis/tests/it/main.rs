@@ -12,4 +12,5 @@ mod marks;
 mod reshard;
 mod sorted_set;
 mod store;
+mod subkeys;
 mod support;

@@ -567,3 +567,54 @@ fn the_seed_has_distinct_counts() {
     let counts: BTreeSet<u64> = (0..KEYS).map(page_count).collect();
     assert_eq!(counts.len(), KEYS);
 }
+
+/// Day counts (`page\u{1f}day`) move with their page, and a day moved to a node that did
+/// not have it expires there after the new list's `subkey_ttl` (its TTL would otherwise be
+/// lost with the move), while a day that stays keeps its own.
+#[tokio::test]
+async fn day_counts_move_with_their_page_and_keep_expiring() -> TestResult {
+    let cluster = RedisCluster::start(2)?;
+    let one = [cluster.node(0)];
+    let both = [cluster.node(0), cluster.node(1)];
+    for i in 0..200 {
+        let day = format!("tally:v:page-{i}\u{1f}2026-12-01");
+        cluster
+            .node(0)
+            .query::<()>(redis::cmd("SET").arg(&day).arg(i + 1).arg("EX").arg(50_000))?;
+        cluster.node(0).query::<()>(
+            redis::cmd("SET")
+                .arg(format!("tally:v:page-{i}"))
+                .arg(i + 1),
+        )?;
+    }
+    let mut to = config(&both);
+    to.subkey_ttl = Some(Duration::from_secs(90_000));
+    let plan = reshard::plan(&config(&one), &to).await?;
+    reshard::apply(&plan, |_| {}).await?;
+
+    let (_, ring) = names_and_ring(&both);
+    let mut moved = 0;
+    for i in 0..200 {
+        let owner = ring.lookup_index(format!("page-{i}").as_bytes());
+        let node = cluster.node(owner);
+        let day = format!("tally:v:page-{i}\u{1f}2026-12-01");
+        let value: Option<u64> = node.query(redis::cmd("GET").arg(&day))?;
+        let total: Option<u64> = node.query(redis::cmd("GET").arg(format!("tally:v:page-{i}")))?;
+        assert_eq!(
+            (value, total),
+            (Some(i + 1), Some(i + 1)),
+            "page-{i} on node {owner}"
+        );
+        let ttl: i64 = node.query(redis::cmd("TTL").arg(&day))?;
+        if owner == 1 {
+            moved += 1;
+            assert!((89_000..=90_000).contains(&ttl), "{day} moved: TTL {ttl}");
+        } else {
+            assert!((49_000..=50_000).contains(&ttl), "{day} stayed: TTL {ttl}");
+        }
+        let total_ttl: i64 = node.query(redis::cmd("TTL").arg(format!("tally:v:page-{i}")))?;
+        assert_eq!(total_ttl, -1, "a total never expires");
+    }
+    assert!(moved > 20, "{moved} days moved");
+    Ok(())
+}
