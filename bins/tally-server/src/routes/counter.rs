@@ -105,6 +105,29 @@ fn visit_count(text: &str, page: Option<&str>) -> Result<u64, ApiError> {
     }
 }
 
+/// A bulk entry's count: a JSON number whose value is a whole number from 1 to
+/// [`MAX_VISIT_COUNT`]. JSON does not tell integers from other numbers, so `3.0` and `3e0`
+/// are the count 3, as for any JSON reader (and as JSON Schema's `integer` says);
+/// `2.5`, `"3"` and `null` are not counts.
+fn bulk_count(count: &serde_json::Value, page: &str) -> Result<u64, ApiError> {
+    let whole = match count {
+        serde_json::Value::Number(number) => number.as_u64().or_else(|| {
+            number
+                .as_f64()
+                .filter(|n| n.fract() == 0.0 && (1.0..=MAX_VISIT_COUNT as f64).contains(n))
+                .map(|n| n as u64)
+        }),
+        _ => None,
+    };
+    match whole {
+        Some(n) => visit_count(&n.to_string(), Some(page)),
+        None => Err(ApiError::InvalidCount {
+            value: shorten(&count.to_string()),
+            page: Some(shorten(page)),
+        }),
+    }
+}
+
 /// `text` cut to 64 characters for an error message.
 fn shorten(text: &str) -> String {
     match text.char_indices().nth(64) {
@@ -223,11 +246,7 @@ fn bulk_increments(entries: &[(String, serde_json::Value)]) -> Result<Vec<(&str,
                 shorten(page)
             )));
         }
-        let text = match count {
-            serde_json::Value::Number(number) => number.to_string(),
-            other => other.to_string(),
-        };
-        increments.push((page.as_str(), visit_count(&text, Some(page))?));
+        increments.push((page.as_str(), bulk_count(count, page)?));
     }
     Ok(increments)
 }
@@ -400,4 +419,32 @@ pub(crate) async fn counter_metrics(state: web::Data<AppState>) -> HttpResponse 
         redis_nodes: nodes,
         last_batch_write: snapshot.last_batch_at.map(iso_time),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_bulk_count_is_any_json_number_of_whole_value_in_range() {
+        for (count, expected) in [(json!(3), 3), (json!(3.0), 3), (json!(1e6), 1_000_000)] {
+            assert_eq!(bulk_count(&count, "p").ok(), Some(expected), "{count}");
+        }
+        for count in [
+            json!(0),
+            json!(0.0),
+            json!(-1),
+            json!(2.5),
+            json!(1000001),
+            json!(1e300),
+            json!("3"),
+            json!(null),
+            json!([1]),
+        ] {
+            let error = bulk_count(&count, "p").expect_err("not a count");
+            assert_eq!(error.code(), "invalid_count", "{count}");
+        }
+    }
 }
