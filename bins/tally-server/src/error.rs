@@ -151,6 +151,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Every `code` an error body can carry, as the OpenAPI document lists them.
+    pub(crate) const CODES: [&'static str; 19] = [
+        "invalid_page_id",
+        "bad_request",
+        "not_found",
+        "method_not_allowed",
+        "overloaded",
+        "store_unavailable",
+        "invalid_request_count",
+        "invalid_query",
+        "invalid_count",
+        "invalid_days",
+        "daily_counts_off",
+        "invalid_body",
+        "payload_too_large",
+        "unsupported_media_type",
+        "unauthorized",
+        "test_already_running",
+        "shutting_down",
+        "corrupt_count",
+        "internal_error",
+    ];
+
     /// The stable `code` field of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -199,15 +222,22 @@ impl fmt::Debug for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error answer: `{"status":"error","error":{"code":"...","message":"..."}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    /// Always `error`.
+    #[schema(schema_with = crate::routes::openapi::error_status)]
     status: &'static str,
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
 struct ErrorDetail<'a> {
+    /// Stable, for programs: one of the codes each answer's description lists.
+    #[schema(schema_with = crate::routes::openapi::error_code)]
     code: &'a str,
+    /// For people: says what was wrong with the request, or what to do.
     message: &'a str,
 }
 

@@ -363,6 +363,7 @@ fn build_state(
         overload_retry_after: config.batch_interval.as_secs_f64().ceil().max(1.0) as u64,
         admin_token: config.admin_token.clone().map(AdminToken::new),
         daily_retention_days: config.daily_retention_days,
+        openapi: crate::routes::openapi::json(config)?,
     }))
 }
 

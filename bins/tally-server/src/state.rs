@@ -49,6 +49,8 @@ pub(crate) struct AppState {
     pub(crate) admin_token: Option<AdminToken>,
     /// `DAILY_RETENTION_DAYS`: how far back a reset looks for a page's day counts.
     pub(crate) daily_retention_days: u32,
+    /// The OpenAPI document `GET /openapi.json` serves, as JSON (built at start).
+    pub(crate) openapi: actix_web::web::Bytes,
 }
 
 /// How long a store call may take before the answer is 503, and what sets that bound (for

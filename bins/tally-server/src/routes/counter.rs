@@ -8,8 +8,9 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use crate::daily;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::page_id::PageId;
+use crate::routes::openapi::{self, DaysParam, PageIdParam, VisitCountParam};
 use crate::routes::{NodeStatus, iso_time, node_status};
 use crate::state::AppState;
 
@@ -26,17 +27,46 @@ impl FromRequest for PageId {
     }
 }
 
-#[derive(Serialize)]
-struct VisitRecorded {
+/// A visit, or `count` of them, counted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct VisitRecorded {
+    #[schema(schema_with = openapi::success)]
     status: &'static str,
+    /// `Visit recorded for page {page_id}`, or `{count} visits recorded for page {page_id}`.
     message: String,
+    /// The page id, percent-decoded.
     page_id: String,
+    /// When the server counted it: ISO 8601 in UTC, with microseconds.
+    #[schema(format = DateTime)]
     timestamp: String,
+    /// Visits counted.
+    #[schema(minimum = 1, maximum = 1000000)]
     count: u64,
 }
 
 /// `POST {prefix}/counter/visit/{page_id}[?count=N]`: counts one visit, or `N` (in
 /// memory; written within `BATCH_INTERVAL_SECONDS`).
+#[utoipa::path(
+    post,
+    path = "/counter/visit/{page_id}",
+    tag = "visit-counter",
+    summary = "Record a visit, or `count` visits",
+    description = "Counts the visits in memory at once; they are written to the store within \
+        `BATCH_INTERVAL_SECONDS`, and are counted even while the page's Redis node is down. \
+        Other query parameters are ignored. `POST {API_PREFIX}/counter/visit/` (an empty \
+        id) answers 400 `invalid_page_id`.",
+    params(
+        ("page_id" = inline(PageIdParam), Path, description = "The page."),
+        ("count" = inline(Option<VisitCountParam>), Query, description = "Visits to count: 1 to 1,000,000, 1 when absent."),
+    ),
+    responses(
+        (status = 200, description = "Counted.", body = VisitRecorded),
+        (status = 400, description = "`invalid_page_id` (the page id breaks a rule), `invalid_count` (`count` is not a whole number from 1 to 1,000,000, or is given twice) or `bad_request` (the query string cannot be read). Nothing counted.", body = ErrorBody),
+        (status = 500, description = "`corrupt_count`: the page's stored count is not a count; its visits are held until it is repaired or reset, this one not counted.", body = ErrorBody),
+        (status = 503, description = "`overloaded`: too many pages wait to be written (`MAX_PENDING_KEYS`, or the page's node's share of it), or (under `/api/`) too many paths for the request statistics; `shutting_down`: the server is stopping. Nothing counted.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 #[tracing::instrument(name = "record_visit", level = "debug", skip(state, req), fields(page_id = %page_id))]
 pub(crate) async fn record_visit(
     state: web::Data<AppState>,
@@ -146,9 +176,11 @@ pub(crate) const MAX_BULK_BYTES: usize = 1 << 20;
 /// The body of `POST {prefix}/counter/visits`: `{"visits": {"page1": 3, ...}}`, its
 /// entries in the order sent (so an error names the first bad one), duplicates kept for
 /// the check.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "`{\"visits\": {\"page1\": 3, \"page2\": 1}}`: the visits of each page.")]
 pub(crate) struct BulkVisits {
+    #[schema(schema_with = openapi::bulk_visits_schema)]
     visits: Entries,
 }
 
@@ -183,15 +215,40 @@ impl<'de> serde::Deserialize<'de> for Entries {
     }
 }
 
-#[derive(Serialize)]
-struct BulkRecorded {
+/// A bulk of visits, counted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BulkRecorded {
+    #[schema(schema_with = openapi::success)]
     status: &'static str,
+    /// The sum of the counts.
+    #[schema(minimum = 1)]
     recorded: u64,
+    /// Pages counted.
+    #[schema(minimum = 1, maximum = 1000)]
     pages: usize,
 }
 
 /// `POST {prefix}/counter/visits`: counts the visits of up to [`MAX_BULK_PAGES`] pages,
 /// all or none.
+#[utoipa::path(
+    post,
+    path = "/counter/visits",
+    tag = "visit-counter",
+    summary = "Record visits of many pages, all or none",
+    description = "Counts the visits of 1 to 1,000 pages at once: every page is counted, or \
+        none is. The body (at most 1 MiB, `Content-Type: application/json`) is checked whole \
+        first; an error names its first bad entry.",
+    request_body(content = BulkVisits, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every page counted.", body = BulkRecorded),
+        (status = 400, description = "`bad_request` (the body is not JSON), `invalid_body` (JSON of another shape, 0 or over 1,000 pages, a bad page id, a page listed twice) or `invalid_count` (a count not from 1 to 1,000,000). Nothing counted.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB. Nothing counted.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body was not sent as `application/json`. Nothing counted.", body = ErrorBody),
+        (status = 500, description = "`corrupt_count`: a page's stored count is not a count. Nothing counted.", body = ErrorBody),
+        (status = 503, description = "`overloaded`: the pending bounds refuse a page not already waiting (or, under `/api/`, the request statistics have no room); `shutting_down`: the server is stopping. Nothing counted.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 #[tracing::instrument(name = "record_visits", level = "debug", skip_all)]
 pub(crate) async fn record_visits(
     state: web::Data<AppState>,
@@ -251,15 +308,39 @@ fn bulk_increments(entries: &[(String, serde_json::Value)]) -> Result<Vec<(&str,
     Ok(increments)
 }
 
-#[derive(Serialize)]
-struct Visits {
+/// A page's count.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Visits {
+    /// The stored count plus this server's visits not written yet.
+    #[schema(minimum = 0)]
     visits: u64,
+    /// `in_memory` when the stored part came from the read cache (always, on the embedded
+    /// and memory stores), `redis_{port}` when it was read from the page's node.
+    #[schema(pattern = "^(in_memory|redis|redis_[0-9]+)$")]
     served_via: String,
+    /// The page's node, `host:port` (`embedded` or `memory` for those stores).
     node: String,
 }
 
 /// `GET {prefix}/counter/visits/{page_id}`: the page's count, including this instance's
 /// visits not written yet.
+#[utoipa::path(
+    get,
+    path = "/counter/visits/{page_id}",
+    tag = "visit-counter",
+    summary = "Read a page's count",
+    description = "The stored count plus this server's visits not written yet, so a client \
+        reads its own visits. `GET {API_PREFIX}/counter/visits/` (an empty id) answers 400 \
+        `invalid_page_id`.",
+    params(("page_id" = inline(PageIdParam), Path, description = "The page.")),
+    responses(
+        (status = 200, description = "The count.", body = Visits),
+        (status = 400, description = "`invalid_page_id`: the page id breaks a rule.", body = ErrorBody),
+        (status = 500, description = "`corrupt_count`: the page's stored count is not a count.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the page is not cached and its node did not answer in time; `shutting_down`; `overloaded` (under `/api/`: the request statistics have no room).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 #[tracing::instrument(name = "get_visits", level = "debug", skip(state), fields(page_id = %page_id))]
 pub(crate) async fn get_visits(
     state: web::Data<AppState>,
@@ -285,15 +366,40 @@ pub(crate) async fn get_visits(
     }))
 }
 
-#[derive(Serialize)]
-struct CounterReset {
+/// A page's count reset.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CounterReset {
+    #[schema(schema_with = openapi::success)]
     status: &'static str,
+    /// `Counter reset for page {page_id}`.
     message: String,
+    /// The page id, percent-decoded.
     page_id: String,
 }
 
 /// `DELETE {prefix}/counter/visits/{page_id}`: sets the page's count, and its daily
 /// counts, to zero on its node.
+#[utoipa::path(
+    delete,
+    path = "/counter/visits/{page_id}",
+    tag = "visit-counter",
+    summary = "Reset a page's count and its daily counts",
+    description = "Sets the page's count and its daily counts to zero, ordered with the \
+        page's batches, and drops this server's unwritten visits of the page. When the \
+        server's `ADMIN_TOKEN` is set it needs `Authorization: Bearer <ADMIN_TOKEN>`, checked \
+        before anything else (without `ADMIN_TOKEN` it is open). `DELETE \
+        {API_PREFIX}/counter/visits/` (an empty id) answers 400 `invalid_page_id`.",
+    params(("page_id" = inline(PageIdParam), Path, description = "The page.")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Reset.", body = CounterReset),
+        (status = 400, description = "`invalid_page_id`: the page id breaks a rule.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: `ADMIN_TOKEN` is set and the request did not carry it as a bearer token. Nothing reset.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"tally\"`, with `error=\"invalid_token\"` when a token was presented but not accepted."))),
+        (status = 503, description = "`store_unavailable`: the page's node did not answer in time; `shutting_down`; `overloaded` (under `/api/`: the request statistics have no room).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 #[tracing::instrument(name = "reset_visits", level = "debug", skip(state), fields(page_id = %page_id))]
 pub(crate) async fn reset_visits(
     _admin: crate::auth::Admin,
@@ -330,21 +436,51 @@ pub(crate) async fn reset_visits(
     }))
 }
 
-#[derive(Serialize)]
-struct DailyVisits {
+/// A page's visits per UTC day.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DailyVisits {
+    /// The page id, percent-decoded.
     page_id: String,
+    /// The days asked for, oldest first, today last; days without visits count 0.
+    #[schema(min_items = 1, max_items = 366)]
     days: Vec<DayVisits>,
 }
 
-#[derive(Serialize)]
-struct DayVisits {
+/// One UTC day's visits of a page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DayVisits {
+    /// The day, `YYYY-MM-DD` in UTC.
+    #[schema(format = Date)]
     date: String,
+    /// Visits received that day (today's include this server's unwritten visits).
+    #[schema(minimum = 0)]
     visits: u64,
 }
 
 /// `GET {prefix}/counter/visits/{page_id}/daily[?days=N]`: the page's visits per UTC day,
 /// the last `N` days (default 30, at most 366) oldest first, today's including this
 /// instance's visits not written yet; days without visits count 0.
+#[utoipa::path(
+    get,
+    path = "/counter/visits/{page_id}/daily",
+    tag = "visit-counter",
+    summary = "Read a page's visits per UTC day",
+    description = "The last `days` days, oldest first, today last; days without visits are \
+        there with 0, and today's count includes this server's unwritten visits. Days are \
+        kept for `DAILY_RETENTION_DAYS` (400 by default; 0 turns daily counts off).",
+    params(
+        ("page_id" = inline(PageIdParam), Path, description = "The page."),
+        ("days" = inline(Option<DaysParam>), Query, description = "Days to answer: 1 to 366, 30 when absent."),
+    ),
+    responses(
+        (status = 200, description = "The days.", body = DailyVisits),
+        (status = 400, description = "`invalid_page_id` (the page id breaks a rule) or `invalid_days` (`days` is not a whole number from 1 to 366, or is given twice).", body = ErrorBody),
+        (status = 404, description = "`daily_counts_off`: the server runs with `DAILY_RETENTION_DAYS=0`.", body = ErrorBody),
+        (status = 500, description = "`corrupt_count`: a day's stored count is not a count.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the page's node did not answer in time; `shutting_down`; `overloaded` (under `/api/`: the request statistics have no room).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 #[tracing::instrument(name = "get_daily", level = "debug", skip_all)]
 pub(crate) async fn get_daily(
     state: web::Data<AppState>,
@@ -388,23 +524,46 @@ pub(crate) async fn get_daily(
     }))
 }
 
-#[derive(Serialize)]
-struct CounterMetrics {
+/// The counter's figures.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CounterMetrics {
+    /// As `/status` says it.
+    #[schema(schema_with = openapi::health_state)]
     status: &'static str,
     metrics: CacheFigures,
+    /// `redis://host:port` of each node → whether it is up; empty on the embedded and
+    /// memory stores.
     redis_nodes: std::collections::BTreeMap<String, bool>,
+    /// When the last batch was written (ISO 8601, UTC); null until the first.
+    #[schema(format = DateTime)]
     last_batch_write: Option<String>,
 }
 
-#[derive(Serialize)]
-struct CacheFigures {
+/// The read cache and the write buffer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CacheFigures {
     cache_hits: u64,
     cache_misses: u64,
+    /// Pages in the read cache.
     cache_size: u64,
+    /// Keys with visits not written yet: pages, and their days while daily counts are on.
     write_buffer_size: usize,
 }
 
 /// `GET {prefix}/counter/metrics`: cache and buffer figures, node health, last write.
+#[utoipa::path(
+    get,
+    path = "/counter/metrics",
+    tag = "visit-counter",
+    summary = "Read the counter's figures",
+    description = "Read-cache and write-buffer figures, node health as of the last check, \
+        and the time of the last batch written.",
+    responses(
+        (status = 200, description = "The figures.", body = CounterMetrics),
+        (status = 503, description = "Under `/api/` only: `overloaded` (the request statistics have no room) or `shutting_down`.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
+    ),
+)]
 pub(crate) async fn counter_metrics(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = state.counter.snapshot();
     let NodeStatus { status, nodes, .. } = node_status(state.counter.store());

@@ -11,6 +11,18 @@ use crate::state::AppState;
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`, registered only when `ENABLE_METRICS` is on.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    summary = "Read the Prometheus metrics",
+    description = "The Prometheus text exposition (format 0.0.4) of the server's metrics: \
+        requests by route pattern, method and status, the counters' and the stores' figures. \
+        Served only when `ENABLE_METRICS` is on (the default); this document lists it only then.",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain"),
+    ),
+)]
 pub(crate) async fn prometheus(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -3,6 +3,7 @@
 
 mod counter;
 mod metrics;
+pub(crate) mod openapi;
 mod stats;
 mod status;
 
@@ -17,55 +18,130 @@ use crate::error::ApiError;
 use crate::middleware::RouteLabel;
 use crate::store::AppStore;
 
-/// Registers every route. `prefix` is `API_PREFIX` (no trailing slash, maybe empty).
+/// Registers every route of [`table`]. `prefix` is `API_PREFIX` (no trailing slash, maybe
+/// empty).
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metrics: bool) {
+    json_extractor_errors(cfg);
+    for route in table(prefix, enable_metrics) {
+        cfg.service((route.handlers)(resource(&route.path, route.methods)));
+    }
+}
+
+/// One route: a path pattern, the methods it takes and the handlers of those methods. The
+/// OpenAPI document ([`openapi`]) lists each route under its own path, except a spelling
+/// of another one, which names that route in `alias_of`; its unit tests hold the two to
+/// each other, so a route added here without documentation fails them.
+pub(crate) struct Route {
+    /// The actix pattern (`/api/v1/counter/visit/{page_id}`, `/api/{tail:.*}`).
+    pub(crate) path: String,
+    /// The methods, as its 405's `Allow` lists them (`GET, DELETE`).
+    pub(crate) methods: &'static str,
+    /// For another spelling of a documented route (`/stats` for `/stats/`, a page route
+    /// with nothing after the slash), that route's pattern: documented there, not apart.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by the OpenAPI document's tests")
+    )]
+    pub(crate) alias_of: Option<String>,
+    /// Adds the handlers of `methods` (and any data of their own) to the resource.
+    handlers: fn(Resource) -> Resource,
+}
+
+impl Route {
+    fn new(path: String, methods: &'static str, handlers: fn(Resource) -> Resource) -> Self {
+        Self {
+            path,
+            methods,
+            alias_of: None,
+            handlers,
+        }
+    }
+
+    /// This route under another spelling, `path`, answered by the same handlers.
+    fn alias(&self, path: String) -> Self {
+        Self {
+            path,
+            methods: self.methods,
+            alias_of: Some(self.path.clone()),
+            handlers: self.handlers,
+        }
+    }
+}
+
+/// Every route, in the order actix tries them.
 ///
 /// Routes are full-path resources rather than a scope on the prefix, so a path under the
 /// prefix that no resource takes falls through to later routes. The request-statistics
 /// routes (`GET /api/{anything}`, `GET /stats/`, `POST /test/{n}/`) go after these: actix
 /// tries resources in registration order, so the counter API keeps its paths even though
 /// `/api/v1/...` also matches `/api/{anything}`.
-pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metrics: bool) {
-    json_extractor_errors(cfg);
-    let visit = format!("{prefix}/counter/visit/");
-    let visits = format!("{prefix}/counter/visits/");
+pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
+    let mut routes = Vec::new();
     // Each page route is registered twice: with `{page_id}`, and with nothing after the
     // slash so an empty id gets 400 `invalid_page_id` rather than 404.
-    for path in [format!("{visit}{{page_id}}"), visit] {
-        cfg.service(resource(&path, "POST").route(web::post().to(counter::record_visit)));
-    }
-    cfg.service(
-        resource(&format!("{visits}{{page_id}}/daily"), "GET")
-            .route(web::get().to(counter::get_daily)),
+    let visit = Route::new(format!("{prefix}/counter/visit/{{page_id}}"), "POST", |r| {
+        r.route(web::post().to(counter::record_visit))
+    });
+    let empty_id = visit.alias(format!("{prefix}/counter/visit/"));
+    routes.extend([visit, empty_id]);
+    routes.push(Route::new(
+        format!("{prefix}/counter/visits/{{page_id}}/daily"),
+        "GET",
+        |r| r.route(web::get().to(counter::get_daily)),
+    ));
+    let visits = Route::new(
+        format!("{prefix}/counter/visits/{{page_id}}"),
+        "GET, DELETE",
+        |r| {
+            r.route(web::get().to(counter::get_visits))
+                .route(web::delete().to(counter::reset_visits))
+        },
     );
-    for path in [format!("{visits}{{page_id}}"), visits] {
-        cfg.service(
-            resource(&path, "GET, DELETE")
-                .route(web::get().to(counter::get_visits))
-                .route(web::delete().to(counter::reset_visits)),
-        );
-    }
-    cfg.service(
-        resource(&format!("{prefix}/counter/visits"), "POST")
-            .app_data(bulk_json())
-            .route(web::post().to(counter::record_visits)),
-    );
-    cfg.service(
-        resource(&format!("{prefix}/counter/metrics"), "GET")
-            .route(web::get().to(counter::counter_metrics)),
-    )
-    .service(resource("/status", "GET").route(web::get().to(status::status)))
-    .service(resource("/health", "GET").route(web::get().to(status::health)));
+    let empty_id = visits.alias(format!("{prefix}/counter/visits/"));
+    routes.extend([visits, empty_id]);
+    routes.push(Route::new(
+        format!("{prefix}/counter/visits"),
+        "POST",
+        |r| {
+            r.app_data(bulk_json())
+                .route(web::post().to(counter::record_visits))
+        },
+    ));
+    routes.push(Route::new(
+        format!("{prefix}/counter/metrics"),
+        "GET",
+        |r| r.route(web::get().to(counter::counter_metrics)),
+    ));
+    routes.push(Route::new("/status".into(), "GET", |r| {
+        r.route(web::get().to(status::status))
+    }));
+    routes.push(Route::new("/health".into(), "GET", |r| {
+        r.route(web::get().to(status::health))
+    }));
     if enable_metrics {
-        cfg.service(resource("/metrics", "GET").route(web::get().to(metrics::prometheus)));
+        routes.push(Route::new("/metrics".into(), "GET", |r| {
+            r.route(web::get().to(metrics::prometheus))
+        }));
     }
+    routes.push(Route::new("/openapi.json".into(), "GET", |r| {
+        r.route(web::get().to(openapi::serve))
+    }));
     // Request statistics, after the counter API: `/api/{tail}` also matches its paths.
-    for path in ["/stats/", "/stats"] {
-        cfg.service(resource(path, "GET").route(web::get().to(stats::stats)));
-    }
-    for path in ["/test/{n}/", "/test/{n}"] {
-        cfg.service(resource(path, "POST").route(web::post().to(stats::test_run)));
-    }
-    cfg.service(resource("/api/{tail:.*}", "GET").route(web::get().to(stats::api_echo)));
+    let stats = Route::new("/stats/".into(), "GET", |r| {
+        r.route(web::get().to(stats::stats))
+    });
+    let test_run = Route::new("/test/{n}/".into(), "POST", |r| {
+        r.route(web::post().to(stats::test_run))
+    });
+    let (stats_alias, test_run_alias) = (
+        stats.alias("/stats".into()),
+        test_run.alias("/test/{n}".into()),
+    );
+    routes.extend([stats, stats_alias, test_run, test_run_alias]);
+    routes.push(Route::new("/api/{tail:.*}".into(), "GET", |r| {
+        r.route(web::get().to(stats::api_echo))
+    }));
+    routes
 }
 
 /// Makes actix's own extractors (path parameters, query strings, JSON bodies) answer with

@@ -6,13 +6,21 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
+use crate::routes::openapi;
 use crate::routes::{NodeStatus, format_uptime, node_status};
 use crate::state::AppState;
 
-#[derive(Serialize)]
-struct Status {
+/// The service's state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Status {
+    /// `healthy` (every node up), `degraded` (some down) or `unhealthy` (none up; on the
+    /// embedded store, a write to its file failed).
+    #[schema(schema_with = openapi::health_state)]
     status: &'static str,
+    /// Time since start, `H:MM:SS.ffffff`.
+    #[schema(pattern = "^[0-9]+:[0-5][0-9]:[0-5][0-9]\\.[0-9]{6}$")]
     uptime: String,
+    /// Requests received since start, this one included.
     total_requests: u64,
     store: StoreStatus,
     redis_status: RedisStatus,
@@ -21,25 +29,35 @@ struct Status {
     cluster: Option<ClusterStatus>,
     counter_status: CounterStatus,
     stats_status: StatsStatus,
+    /// The server's version.
     version: &'static str,
+    /// `DEBUG`.
     debug_mode: bool,
 }
 
 /// Which store the server counts in, and where the embedded store's file is.
-#[derive(Serialize)]
-struct StoreStatus {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StoreStatus {
     /// `embedded`, `memory`, `redis` or `redis-cluster`.
+    #[schema(schema_with = store_kind)]
     kind: &'static str,
     /// The embedded store's database file; absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
 }
 
+/// The kinds of store `StoreStatus::kind` names.
+fn store_kind() -> utoipa::openapi::schema::Object {
+    openapi::one_of(&["embedded", "memory", "redis", "redis-cluster"])
+}
+
 /// A Redis Cluster as the store last saw it (`tally_redis::ClusterStatus`).
-#[derive(Serialize)]
-struct ClusterStatus {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(description = "A Redis Cluster as the server last saw it.")]
+pub(crate) struct ClusterStatus {
     /// `healthy`, `degraded` (a slot without a reachable primary, a node down, or a
     /// primary short of the replicas its batches wait for) or `unhealthy`.
+    #[schema(schema_with = openapi::health_state)]
     state: &'static str,
     /// Hash slots no reachable primary serves: their buckets' visits wait in memory.
     slots_without_primary: u32,
@@ -53,22 +71,25 @@ struct ClusterStatus {
     shards: Vec<ShardStatus>,
 }
 
-#[derive(Serialize)]
-struct BucketCounts {
+/// Buckets (shards) of a Redis Cluster.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BucketCounts {
     visits: usize,
     stats: usize,
 }
 
-#[derive(Serialize)]
-struct ShardStatus {
+/// A primary of a Redis Cluster, its slots and its replicas.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ShardStatus {
     primary: ClusterNode,
     /// Inclusive ranges, `"0-5460"`.
     slots: Vec<String>,
     replicas: Vec<ClusterNode>,
 }
 
-#[derive(Serialize)]
-struct ClusterNode {
+/// A node of a Redis Cluster.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ClusterNode {
     /// `host:port`.
     node: String,
     id: String,
@@ -119,16 +140,21 @@ impl ClusterStatus {
     }
 }
 
-#[derive(Serialize)]
-struct RedisStatus {
+/// The Redis nodes (none on the embedded and memory stores).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RedisStatus {
     nodes: usize,
     healthy_nodes: usize,
+    /// `redis://host:port` → up, as of the last check.
     node_status: BTreeMap<String, bool>,
 }
 
-#[derive(Serialize)]
-struct CounterStatus {
+/// The visit counter: its read cache and the pages waiting to be written.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CounterStatus {
+    /// Pages in the read cache.
     cache_size: u64,
+    /// Keys with visits not written yet: pages, and their days while daily counts are on.
     write_buffer_size: usize,
     /// What the waiting page ids cost, in bytes of `MAX_PENDING_BYTES`.
     write_buffer_bytes: usize,
@@ -139,8 +165,8 @@ struct CounterStatus {
 }
 
 /// The request-statistics counter: paths waiting to be written and its batches.
-#[derive(Serialize)]
-struct StatsStatus {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsStatus {
     pending_urls: usize,
     /// What the waiting paths cost, in bytes of `MAX_PENDING_BYTES`.
     pending_bytes: usize,
@@ -156,6 +182,16 @@ struct StatsStatus {
 /// `GET /status`: uptime, requests served, the store (and the embedded store's file), node
 /// health, buffer sizes, version. Always 200;
 /// `status` says `healthy`, `degraded` or `unhealthy`.
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "service",
+    summary = "Read the service's status",
+    description = "Uptime, requests served, the store, node health as of the last check, \
+        buffer sizes and version. Always 200: `status` says `healthy`, `degraded` or \
+        `unhealthy`.",
+    responses((status = 200, description = "The status.", body = Status)),
+)]
 pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
     let NodeStatus {
         status,
@@ -203,10 +239,21 @@ pub(crate) async fn status(state: web::Data<AppState>) -> HttpResponse {
     })
 }
 
-#[derive(Serialize)]
-struct Health {
+/// Whether the service can count.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `healthy`, `degraded` (some nodes down) or `unhealthy`.
+    #[schema(schema_with = openapi::health_state)]
     status: &'static str,
+    /// `connected` or `disconnected` on Redis, `embedded` on the embedded and memory
+    /// stores.
+    #[schema(schema_with = redis_state)]
     redis: &'static str,
+}
+
+/// The values of `Health::redis`.
+fn redis_state() -> utoipa::openapi::schema::Object {
+    openapi::one_of(&["connected", "disconnected", "embedded"])
 }
 
 /// `GET /health`: 200 while at least one node answers (`redis: connected`; `status` is
@@ -216,6 +263,20 @@ struct Health {
 /// and memory stores answer `redis: embedded` (`/status` tells them apart): 200, or 503
 /// with `status: unhealthy` once a write to the embedded store's file failed (a full or
 /// failing disk; the file takes writes again only after a restart).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    summary = "Check the service's health",
+    description = "For load balancers: 200 while the store can take writes (at least one \
+        Redis node answers; on a Redis Cluster, some slot has a reachable primary; the \
+        embedded store's last write succeeded), 503 otherwise. Node health is as of the \
+        last check.",
+    responses(
+        (status = 200, description = "`healthy` or `degraded`.", body = Health),
+        (status = 503, description = "`unhealthy`: no node answers (`disconnected`), or a write to the embedded store's file failed (`embedded`).", body = Health),
+    ),
+)]
 pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let store = state.counter.store();
     let NodeStatus {

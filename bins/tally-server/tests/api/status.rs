@@ -1,5 +1,5 @@
-//! `/status`, `/health`, `{prefix}/counter/metrics`, and what clients see while nodes are
-//! down.
+//! `/status`, `/health`, `{prefix}/counter/metrics`, `/openapi.json`, and what clients see
+//! while nodes are down.
 
 use std::time::Duration;
 
@@ -7,8 +7,8 @@ use serde_json::json;
 use tally_testkit::{RedisCluster, free_port, keys_on};
 
 use crate::support::{
-    assert_recent_utc, config_with_nodes, eventually, redis_config, spawn_app, spawn_app_with,
-    stored,
+    assert_recent_utc, config_with_nodes, eventually, memory_config, redis_config, spawn_app,
+    spawn_app_with, stored,
 };
 
 fn node_map(cluster: &RedisCluster, up: &[bool]) -> serde_json::Value {
@@ -227,4 +227,54 @@ async fn the_embedded_store_reports_no_nodes() {
     assert_eq!(status["debug_mode"], false);
     let metrics = app.counter_metrics().await.json();
     assert_eq!(metrics["redis_nodes"], json!({}));
+}
+
+#[tokio::test]
+async fn the_openapi_document_carries_the_servers_prefix_and_its_routes_answer() {
+    let mut config = memory_config();
+    config.api_prefix = "/v2".to_owned();
+    config.enable_metrics = false;
+    let app = spawn_app_with(config).await;
+
+    let response = app.request(reqwest::Method::GET, "/openapi.json").await;
+
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let document = response.json();
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1."))
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    for path in [
+        "/v2/counter/visit/{page_id}",
+        "/v2/counter/visits",
+        "/stats/",
+        "/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing: {:?}",
+            paths.keys()
+        );
+    }
+    assert!(
+        !paths
+            .keys()
+            .any(|path| path.starts_with("/api/v1") || path == "/metrics")
+    );
+    // The document's visit route is the server's.
+    assert_eq!(
+        app.request(reqwest::Method::POST, "/v2/counter/visit/p")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.request(reqwest::Method::POST, "/api/v1/counter/visit/p")
+            .await
+            .status,
+        405
+    );
 }
