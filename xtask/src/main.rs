@@ -1,13 +1,18 @@
 //! `cargo xtask`: the one entry point for the project's checks.
 //!
 //! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
-//!   running as root), then runs the whole test suite.
+//!   running as root), then runs the whole test suite, then `cargo xtask openapi`.
+//! - `cargo xtask openapi`: the real server checked against its own `/openapi.json` by
+//!   schemathesis, in a virtual environment it makes (see the `openapi` module).
 //! - `cargo xtask ci`: formatting, clippy, cargo-deny, the docs (`cargo doc` with warnings
 //!   as errors), the library crates' packages (`cargo package`, each built from what it
 //!   would publish), the compose file's validity, the same tests, then one `--quick` run
 //!   of the load harness. `.ci/run` calls it.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
 
+mod openapi;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
@@ -15,9 +20,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("ci") => ci(),
+        Some("openapi") => openapi::run(),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|ci|bench [cargo bench args]>");
+            eprintln!("usage: cargo xtask <test|ci|openapi|bench [cargo bench args]>");
             return ExitCode::from(2);
         }
     };
@@ -82,7 +88,14 @@ fn ci() -> Result {
 
 fn test() -> Result {
     ensure_redis_server()?;
-    cargo(&["test", "--workspace", "--no-fail-fast"])
+    // As with `--no-fail-fast`: the OpenAPI check runs even after a failed test, and the
+    // run reports both.
+    let tests = cargo(&["test", "--workspace", "--no-fail-fast"]);
+    match (tests, openapi::run()) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(tests), Err(openapi)) => Err(format!("{tests}; and {openapi}")),
+    }
 }
 
 fn bench(extra: &[String]) -> Result {
@@ -100,6 +113,14 @@ const LIBRARIES: [&str; 5] = [
     "tally-stats",
     "tally-embedded",
 ];
+
+/// The workspace's root directory.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
 
 fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
@@ -187,14 +208,9 @@ fn ensure_cargo_deny() -> Result {
 /// and the README's embedding example is the one the counter crate runs as a doctest.
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
-    fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("xtask sits in the workspace root")
-            .to_path_buf()
-    }
+    use super::root;
 
     fn read(path: &str) -> String {
         std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
