@@ -135,11 +135,14 @@ async fn daily_counts_on(store: &str, start: impl Fn() -> Server) {
             "{message}"
         );
     }
-    let response = server
-        .request("GET", "/api/v1/counter/visits/a%2Fb/daily")
-        .await;
-    assert_eq!(response.status, 400, "{}", response.text());
-    assert_eq!(json(&response)["error"]["code"], "invalid_page_id");
+    for target in [
+        "/api/v1/counter/visits/a%2Fb/daily",
+        "/api/v1/counter/visits//daily",
+    ] {
+        let response = server.request("GET", target).await;
+        assert_eq!(response.status, 400, "{target}: {}", response.text());
+        assert_eq!(json(&response)["error"]["code"], "invalid_page_id");
+    }
     server.stop();
 }
 

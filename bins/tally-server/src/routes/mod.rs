@@ -84,11 +84,13 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
     });
     let empty_id = visit.alias(format!("{prefix}/counter/visit/"));
     routes.extend([visit, empty_id]);
-    routes.push(Route::new(
+    let daily = Route::new(
         format!("{prefix}/counter/visits/{{page_id}}/daily"),
         "GET",
         |r| r.route(web::get().to(counter::get_daily)),
-    ));
+    );
+    let empty_id = daily.alias(format!("{prefix}/counter/visits//daily"));
+    routes.extend([daily, empty_id]);
     let visits = Route::new(
         format!("{prefix}/counter/visits/{{page_id}}"),
         "GET, DELETE",
