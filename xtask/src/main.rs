@@ -63,6 +63,7 @@ fn ci() -> Result {
     for library in LIBRARIES {
         package.extend(["-p", library]);
     }
+    forget_packaged_sources()?;
     cargo(&package)?;
     // No Docker engine runs on CI machines: validate what can be validated without one.
     ensure_apt_package("docker-compose", "docker-compose")?;
@@ -124,6 +125,50 @@ fn root() -> PathBuf {
 
 fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// Removes cargo's extracted copies of our library crates from `$CARGO_HOME/registry`.
+///
+/// `cargo package` verifies each crate against the others through a local registry it
+/// builds under `target/package`, and extracts them under `registry/src/<that registry's
+/// hash>/`, keyed by name and version only: a second run from the same checkout would
+/// build against the sources the first one extracted, whatever changed since (a library
+/// function added meanwhile "cannot be found"). Removing them makes every run verify the
+/// crates as they are now; a copy a registry also serves is fetched again when needed.
+fn forget_packaged_sources() -> Result {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    for kind in ["src", "cache"] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            let Ok(entries) = std::fs::read_dir(registry.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let ours = LIBRARIES.iter().any(|library| {
+                    name.strip_prefix(library).is_some_and(|rest| {
+                        rest.starts_with('-') && rest[1..].starts_with(|c: char| c.is_ascii_digit())
+                    })
+                });
+                if !ours {
+                    continue;
+                }
+                let path = entry.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> Result {
