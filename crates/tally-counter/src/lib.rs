@@ -134,6 +134,7 @@ pub use memory::MemoryStore;
 pub use store::{
     Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, SUBKEY_SEPARATOR, ShardHealth,
     ShardId, Store, StoreError, StoredValues, Window, WindowRead, rank_order, routing_key,
+    routing_key_bytes, subkey,
 };
 pub use task::restart_on_panic;
 

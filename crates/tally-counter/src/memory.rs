@@ -122,10 +122,7 @@ impl MemoryStore {
             let before = state.values.len();
             state
                 .values
-                .retain(|key, _| match key.split_once(crate::SUBKEY_SEPARATOR) {
-                    Some((_, sub)) => sub >= cutoff,
-                    None => true,
-                });
+                .retain(|key, _| crate::subkey(key).is_none_or(|sub| sub >= cutoff));
             removed += (before - state.values.len()) as u64;
         }
         removed

@@ -115,8 +115,6 @@ pub struct ShardHealth {
     pub since: SystemTime,
 }
 
-/// A backend the counter writes batches to and reads totals from.
-///
 /// Separates a key from a sub-key of it: `page1\u{1f}2026-12-01` is page1's count on that
 /// day. U+001F (unit separator) is a control character, which no page id or URL path the
 /// server accepts contains, so the split is never ambiguous.
@@ -134,12 +132,34 @@ pub const SUBKEY_SEPARATOR: char = '\u{1f}';
 /// assert_eq!(routing_key("page1"), "page1");
 /// ```
 pub fn routing_key(key: &str) -> &str {
-    match key.find(SUBKEY_SEPARATOR) {
-        Some(at) => &key[..at],
-        None => key,
-    }
+    key.split_once(SUBKEY_SEPARATOR)
+        .map_or(key, |(routed, _)| routed)
 }
 
+/// [`routing_key`] of a key read as bytes (a Redis key name, which need not be UTF-8).
+pub fn routing_key_bytes(key: &[u8]) -> &[u8] {
+    // The separator is ASCII: one byte, which no other character's encoding contains.
+    let separator = SUBKEY_SEPARATOR as u8;
+    key.iter()
+        .position(|&b| b == separator)
+        .map_or(key, |at| &key[..at])
+}
+
+/// The sub-key part of `key`, after the first [`SUBKEY_SEPARATOR`] (a day, `2026-12-01`);
+/// `None` for a key that is no sub-key.
+///
+/// ```
+/// use tally_counter::subkey;
+///
+/// assert_eq!(subkey("page1\u{1f}2026-12-01"), Some("2026-12-01"));
+/// assert_eq!(subkey("page1"), None);
+/// ```
+pub fn subkey(key: &str) -> Option<&str> {
+    key.split_once(SUBKEY_SEPARATOR).map(|(_, sub)| sub)
+}
+
+/// A backend the counter writes batches to and reads totals from.
+///
 /// Implementations must honour one rule for exactness: [`Store::apply`] applies a batch id
 /// at most once. If the batch's `seq` is not above the highest sequence already applied for
 /// `(batch.id.instance, shard)`, the store must not apply it again and must answer with the

@@ -257,12 +257,7 @@ pub(crate) fn remove_subkeys_before(db: &redb::Database, cutoff: &str) -> Result
     let removed = {
         let mut values = txn.open_table(Layout::Counters.values())?;
         let before = values.len()?;
-        values.retain(
-            |key, _| match key.split_once(tally_counter::SUBKEY_SEPARATOR) {
-                Some((_, sub)) => sub >= cutoff,
-                None => true,
-            },
-        )?;
+        values.retain(|key, _| tally_counter::subkey(key).is_none_or(|sub| sub >= cutoff))?;
         before - values.len()?
     };
     if removed == 0 {

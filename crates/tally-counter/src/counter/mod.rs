@@ -632,7 +632,7 @@ pub(super) struct Unwritten {
 
 impl Unwritten {
     fn add(&mut self, key: &str, delta: u64) {
-        if key.contains(crate::SUBKEY_SEPARATOR) {
+        if crate::subkey(key).is_some() {
             self.subkeys += 1;
             self.subkey_increments += delta;
         } else {

@@ -254,15 +254,9 @@ impl Nodes {
     /// Index in `nodes` of `key`'s owner in the new ring: the owner of its routing key (a
     /// page's day counts go where the page goes; see [`tally_counter::routing_key`]).
     fn owner(&self, key: &[u8]) -> usize {
-        let mut separator = [0; 4];
-        let separator = tally_counter::SUBKEY_SEPARATOR
-            .encode_utf8(&mut separator)
-            .as_bytes();
-        let routed = key
-            .iter()
-            .position(|b| separator.first() == Some(b))
-            .map_or(key, |at| &key[..at]);
-        self.owners[self.ring.lookup_index(routed)]
+        self.owners[self
+            .ring
+            .lookup_index(tally_counter::routing_key_bytes(key))]
     }
 
     /// Asks every node for its id ([`NODE_ID_KEY`], read only): two names holding one id
