@@ -121,6 +121,7 @@ mod config;
 mod counter;
 mod error;
 mod hash;
+pub mod hll;
 mod memory;
 mod metrics;
 mod store;
@@ -133,8 +134,8 @@ pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use store::{
     Applied, Batch, BatchId, InstanceId, RankedStore, RejectedKey, SUBKEY_SEPARATOR, ShardHealth,
-    ShardId, Store, StoreError, StoredValues, Window, WindowRead, rank_order, routing_key,
-    routing_key_bytes, subkey,
+    ShardId, SketchAdd, Store, StoreError, StoredValues, Window, WindowRead, rank_order,
+    routing_key, routing_key_bytes, subkey,
 };
 pub use task::restart_on_panic;
 

@@ -158,6 +158,15 @@ pub fn subkey(key: &str) -> Option<&str> {
     key.split_once(SUBKEY_SEPARATOR).map(|(_, sub)| sub)
 }
 
+/// Members to add to one key's sketch: see [`Store::sketch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SketchAdd<'a> {
+    /// The key whose sketch takes the members (a page, or a page's day as a sub-key).
+    pub key: &'a str,
+    /// The members (visitor ids), each once, at least one.
+    pub members: &'a [&'a [u8]],
+}
+
 /// A backend the counter writes batches to and reads totals from.
 ///
 /// Implementations must honour one rule for exactness: [`Store::apply`] applies a batch id
@@ -217,12 +226,38 @@ pub trait Store: Send + Sync + 'static {
         keys: &[&str],
     ) -> impl Future<Output = Result<StoredValues, StoreError>> + Send;
 
-    /// Sets `key` (owned by `shard`) back to zero.
+    /// Sets `key` (owned by `shard`) back to zero, and empties its sketch
+    /// ([`Store::sketch`]) on a store that keeps them.
     fn reset(
         &self,
         shard: ShardId,
         key: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether this store keeps sketches of distinct members ([`Store::sketch`]). The
+    /// default is `false`, and [`Store::sketch`] then fails.
+    fn keeps_sketches(&self) -> bool {
+        false
+    }
+
+    /// Adds each of `adds`' members to its key's sketch, then estimates how many distinct
+    /// members each key of `estimate` holds, in order (0 for a key never added to). Every
+    /// key is owned by `shard`.
+    ///
+    /// A sketch is a HyperLogLog (precision 14: 16,384 registers, standard error 0.81%;
+    /// see [`crate::hll`]). Adding a member it already holds changes nothing, so the
+    /// counter sends adds at least once, without batch ids: a retried or repeated add
+    /// cannot change an estimate. A sub-key's sketch ([`routing_key`]) is kept as long as
+    /// the sub-key's count, and [`Store::reset`] of a key empties its sketch too.
+    fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send {
+        let _ = (shard, adds, estimate);
+        async { Err("this store keeps no sketches (keeps_sketches is false)".into()) }
+    }
 
     /// Health of every shard, indexed by shard id.
     fn health(&self) -> Vec<ShardHealth>;
