@@ -161,6 +161,10 @@ settings! {
         /// Most distinct pages waiting to be written, each node's at most its share.
         pub max_pending_keys: usize = CounterConfig::default().max_pending_keys,
             from "MAX_PENDING_KEYS" as Whole(1, 1_000_000_000);
+        /// Most visitor ids (a page or a day, and an id) waiting to be added to the visitor
+        /// sketches.
+        pub max_pending_visitors: usize = CounterConfig::default().max_pending_members,
+            from "MAX_PENDING_VISITORS" as Whole(1, 1_000_000_000);
         /// Most bytes of keys waiting to be written: one budget, cloned into both counters.
         pub max_pending_bytes: PendingBytes = CounterConfig::default().max_pending_bytes,
             from "MAX_PENDING_BYTES" as Budget(Whole(1 << 16, 1 << 40));
@@ -529,6 +533,7 @@ impl Config {
             cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             max_pending_keys: self.max_pending_keys,
+            max_pending_members: self.max_pending_visitors,
             max_pending_bytes: self.max_pending_bytes.clone(),
             // Held increments of a key whose stored value is not a count are offered to
             // the node again as often as its health is checked.

@@ -52,6 +52,11 @@ pub(crate) fn first_kept_day(today: NaiveDate, retention_days: u32) -> String {
 /// `?days=` of a daily read: a whole number from 1 to [`MAX_DAYS`], [`DEFAULT_DAYS`] when
 /// absent; `Err` with the value as received otherwise.
 pub(crate) fn days_param(query: &str) -> Result<u32, String> {
+    Ok(days_given(query)?.unwrap_or(DEFAULT_DAYS))
+}
+
+/// `?days=` as [`days_param`] reads it, `None` when absent.
+pub(crate) fn days_given(query: &str) -> Result<Option<u32>, String> {
     let mut days = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -65,7 +70,7 @@ pub(crate) fn days_param(query: &str) -> Result<u32, String> {
             days = Some(parsed.ok_or_else(|| value.chars().take(64).collect::<String>())?);
         }
     }
-    Ok(days.unwrap_or(DEFAULT_DAYS))
+    Ok(days)
 }
 
 /// Every [`SWEEP_EVERY`] (and once at start), removes the days before the retention from

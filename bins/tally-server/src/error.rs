@@ -53,6 +53,17 @@ pub enum ApiError {
         /// Seconds until a retry has a chance (`Retry-After`).
         retry_after: u64,
     },
+    /// 503 `overloaded`: too many visitor ids wait to be added to the visitor sketches
+    /// (`MAX_PENDING_VISITORS`); the visit was not counted.
+    #[error(
+        "the counter is overloaded ({pending} visitor ids are waiting to be written); the visit was not counted, retry later"
+    )]
+    OverloadedVisitors {
+        /// Visitor ids waiting when the visit was refused.
+        pending: usize,
+        /// Seconds until a retry has a chance (`Retry-After`).
+        retry_after: u64,
+    },
     /// 503 `overloaded`: `/stats/` could not start a ranking within
     /// [`tally_stats::MERGE_WAIT`], as [`tally_stats::MAX_CONCURRENT_MERGES`] were running.
     #[error("too many /stats/ rankings are being computed ({merges} at most at once); retry later")]
@@ -99,6 +110,23 @@ pub enum ApiError {
         value: String,
         /// The most days one read answers.
         max: u32,
+    },
+    /// 400 `invalid_visitor_id`: an `X-Visitor-Id` header that is empty, longer than 128
+    /// bytes, or given twice.
+    #[error("invalid X-Visitor-Id header: {0}")]
+    InvalidVisitorId(String),
+    /// 500 `corrupt_sketch`: the store's visitor sketch of the page is not a HyperLogLog;
+    /// the message names the store key, the node and what was found.
+    #[error(
+        "the stored visitor sketch is corrupt: {stored_as} on {node}: {found}; delete the key or reset the page with DELETE"
+    )]
+    CorruptSketch {
+        /// Where the store keeps it (`tally:u:{page}`).
+        stored_as: String,
+        /// The node.
+        node: String,
+        /// What the store said of it.
+        found: String,
     },
     /// 404 `daily_counts_off`: a daily read while `DAILY_RETENTION_DAYS=0`.
     #[error("daily counts are off on this server (DAILY_RETENTION_DAYS=0)")]
@@ -152,7 +180,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every `code` an error body can carry, as the OpenAPI document lists them.
-    pub(crate) const CODES: [&'static str; 19] = [
+    pub(crate) const CODES: [&'static str; 21] = [
         "invalid_page_id",
         "bad_request",
         "not_found",
@@ -163,6 +191,7 @@ impl ApiError {
         "invalid_query",
         "invalid_count",
         "invalid_days",
+        "invalid_visitor_id",
         "daily_counts_off",
         "invalid_body",
         "payload_too_large",
@@ -171,6 +200,7 @@ impl ApiError {
         "test_already_running",
         "shutting_down",
         "corrupt_count",
+        "corrupt_sketch",
         "internal_error",
     ];
 
@@ -181,12 +211,15 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Overloaded { .. } | Self::RankingBusy { .. } => "overloaded",
+            Self::Overloaded { .. }
+            | Self::OverloadedVisitors { .. }
+            | Self::RankingBusy { .. } => "overloaded",
             Self::StoreUnavailable { .. } => "store_unavailable",
             Self::InvalidRequestCount { .. } => "invalid_request_count",
             Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidCount { .. } => "invalid_count",
             Self::InvalidDays { .. } => "invalid_days",
+            Self::InvalidVisitorId(_) => "invalid_visitor_id",
             Self::DailyOff => "daily_counts_off",
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -195,15 +228,16 @@ impl ApiError {
             Self::TestRunning => "test_already_running",
             Self::ShuttingDown => "shutting_down",
             Self::CorruptCount { .. } => "corrupt_count",
+            Self::CorruptSketch { .. } => "corrupt_sketch",
             Self::Internal(_) => "internal_error",
         }
     }
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::Overloaded { retry_after, .. } | Self::StoreUnavailable { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::Overloaded { retry_after, .. }
+            | Self::OverloadedVisitors { retry_after, .. }
+            | Self::StoreUnavailable { retry_after, .. } => Some(*retry_after),
             Self::ShuttingDown | Self::TestRunning | Self::RankingBusy { .. } => Some(1),
             _ => None,
         }
@@ -250,6 +284,7 @@ impl ResponseError for ApiError {
             | Self::InvalidQuery(_)
             | Self::InvalidCount { .. }
             | Self::InvalidDays { .. }
+            | Self::InvalidVisitorId(_)
             | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -258,10 +293,13 @@ impl ResponseError for ApiError {
             Self::NotFound { .. } | Self::DailyOff => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded { .. }
+            | Self::OverloadedVisitors { .. }
             | Self::RankingBusy { .. }
             | Self::StoreUnavailable { .. }
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) | Self::CorruptCount { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::CorruptCount { .. } | Self::CorruptSketch { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -328,6 +366,10 @@ pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u
             pending: 0,
             retry_after: overload_retry_after,
         },
+        tally_counter::Error::OverloadedMembers { pending, .. } => ApiError::OverloadedVisitors {
+            pending,
+            retry_after: overload_retry_after,
+        },
         tally_counter::Error::ShutDown => ApiError::ShuttingDown,
         tally_counter::Error::Corrupt {
             name,
@@ -339,13 +381,42 @@ pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u
             node: name,
             found,
         },
-        tally_counter::Error::Store { ref name, .. } => ApiError::StoreUnavailable {
-            node: name.clone(),
-            // A node marked down is probed again within a second.
-            retry_after: 1,
-            source: error.into(),
+        tally_counter::Error::Store {
+            ref name,
+            ref source,
+            ..
+        } => match corrupt_sketch(&**source) {
+            Some(corrupt) => corrupt,
+            None => {
+                let node = name.clone();
+                ApiError::StoreUnavailable {
+                    node,
+                    // A node marked down is probed again within a second.
+                    retry_after: 1,
+                    source: error.into(),
+                }
+            }
         },
         other => ApiError::Internal(other.into()),
+    }
+}
+
+/// The 500 `corrupt_sketch` answer for a store error saying a visitor sketch (a Redis key
+/// under `tally:u:`) is not a HyperLogLog.
+fn corrupt_sketch(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<ApiError> {
+    match source.downcast_ref::<tally_redis::Error>()? {
+        tally_redis::Error::CorruptValue {
+            node,
+            stored_as,
+            found,
+        } if stored_as.starts_with(tally_redis::SKETCH_KEY_PREFIX) => {
+            Some(ApiError::CorruptSketch {
+                stored_as: stored_as.clone(),
+                node: node.clone(),
+                found: found.clone(),
+            })
+        }
+        _ => None,
     }
 }
 

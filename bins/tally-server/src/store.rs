@@ -2,8 +2,8 @@
 //! is not generic over it.
 
 use tally_counter::{
-    Applied, Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId, Store,
-    StoreError, StoredValues, Window, WindowRead,
+    Applied, Batch, InstanceId, MemoryStore, RankedStore, ServedVia, ShardHealth, ShardId,
+    SketchAdd, Store, StoreError, StoredValues, Window, WindowRead,
 };
 use tally_embedded::EmbeddedStore;
 use tally_redis::{ClusterStore, RedisStore};
@@ -179,6 +179,29 @@ impl Store for AppStore {
             Self::Memory(store) => store.reset(shard, key).await,
             Self::Redis { store, .. } => Store::reset(store, shard, key).await,
             Self::Cluster { store } => Store::reset(store, shard, key).await,
+        }
+    }
+
+    fn keeps_sketches(&self) -> bool {
+        match self {
+            Self::Embedded { store } => Store::keeps_sketches(store),
+            Self::Memory(store) => store.keeps_sketches(),
+            Self::Redis { store, .. } => Store::keeps_sketches(store),
+            Self::Cluster { store } => Store::keeps_sketches(store),
+        }
+    }
+
+    async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Self::Embedded { store } => Store::sketch(store, shard, adds, estimate).await,
+            Self::Memory(store) => store.sketch(shard, adds, estimate).await,
+            Self::Redis { store, .. } => Store::sketch(store, shard, adds, estimate).await,
+            Self::Cluster { store } => Store::sketch(store, shard, adds, estimate).await,
         }
     }
 

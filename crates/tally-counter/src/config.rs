@@ -35,6 +35,10 @@ pub struct CounterConfig {
     /// shard may hold at most its share of it (divided by the shard count, rounded up), so
     /// one shard whose store is down cannot take the whole bound.
     pub max_pending_keys: usize,
+    /// Most sketch members (a key and a member, such as a page and a visitor id) waiting to
+    /// be added to the store's sketches; beyond it [`crate::Counter::add_to_sketches`]
+    /// returns [`Error::OverloadedMembers`] (default 100,000).
+    pub max_pending_members: usize,
     /// First wait before retrying a failed batch (default 50 ms); doubles each attempt.
     pub retry_backoff_min: Duration,
     /// Most bytes of keys pending or in flight (see [`PendingBytes`] for what a key costs);
@@ -61,6 +65,7 @@ impl Default for CounterConfig {
             cache_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
             max_pending_keys: 1_000_000,
+            max_pending_members: 100_000,
             max_pending_bytes: PendingBytes::new(256 * 1024 * 1024),
             quarantine_recheck: Duration::from_secs(1),
             retry_backoff_min: Duration::from_millis(50),
@@ -81,6 +86,9 @@ impl CounterConfig {
         }
         if self.batch_max_bytes == 0 {
             return bad("batch_max_bytes", "must be at least 1");
+        }
+        if self.max_pending_members == 0 {
+            return bad("max_pending_members", "must be at least 1");
         }
         if self.max_pending_keys == 0 {
             return bad("max_pending_keys", "must be at least 1");

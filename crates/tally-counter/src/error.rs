@@ -32,6 +32,21 @@ pub enum Error {
         /// `max_pending_bytes`.
         limit: usize,
     },
+    /// Too many sketch members are waiting to be added to the store's sketches
+    /// (`max_pending_members`): the members were refused, none added. Callers should shed
+    /// load (HTTP 503 + Retry-After), and count nothing else of the request.
+    #[error(
+        "counter overloaded: {pending} sketch members are waiting to be written (limit {limit}); none of these was added"
+    )]
+    OverloadedMembers {
+        /// Members pending when the add was refused.
+        pending: usize,
+        /// `max_pending_members`.
+        limit: usize,
+    },
+    /// The counter's store keeps no sketches ([`crate::Store::keeps_sketches`]).
+    #[error("this counter's store keeps no sketches of distinct members")]
+    NoSketches,
     /// The store failed to answer a read or reset for a shard.
     #[error("store shard {shard} ({name}) is unavailable")]
     Store {

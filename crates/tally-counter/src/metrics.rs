@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     keys_written: AtomicU64,
     increments_written: AtomicU64,
     task_panics: AtomicU64,
+    members_written: AtomicU64,
+    members_failed: AtomicU64,
     largest_batch_keys: AtomicUsize,
     largest_batch_bytes: AtomicUsize,
     last_batch_at: Mutex<Option<SystemTime>>,
@@ -51,6 +53,11 @@ struct Handles {
     largest_batch_keys: Gauge,
     /// `tally_counter_batch_bytes_max`: most bytes of keys one acknowledged batch held.
     largest_batch_bytes: Gauge,
+    /// `tally_counter_sketch_members_written_total`: sketch members the store took.
+    members_written: Counter,
+    /// `tally_counter_sketch_adds_total{outcome="failed"}`: failed store calls adding
+    /// sketch members.
+    members_failed: Counter,
 }
 
 impl Handles {
@@ -69,7 +76,9 @@ impl Handles {
             flusher_panics: counter!("tally_task_panics_total", "task" => "flusher", "counter" => label.clone()),
             quarantined_keys: gauge!("tally_counter_quarantined_keys", "counter" => label.clone()),
             largest_batch_keys: gauge!("tally_counter_batch_keys_max", "counter" => label.clone()),
-            largest_batch_bytes: gauge!("tally_counter_batch_bytes_max", "counter" => label),
+            largest_batch_bytes: gauge!("tally_counter_batch_bytes_max", "counter" => label.clone()),
+            members_written: counter!("tally_counter_sketch_members_written_total", "counter" => label.clone()),
+            members_failed: counter!("tally_counter_sketch_adds_total", "counter" => label, "outcome" => "failed"),
         }
     }
 }
@@ -85,6 +94,8 @@ impl Metrics {
             keys_written: AtomicU64::new(0),
             increments_written: AtomicU64::new(0),
             task_panics: AtomicU64::new(0),
+            members_written: AtomicU64::new(0),
+            members_failed: AtomicU64::new(0),
             largest_batch_keys: AtomicUsize::new(0),
             largest_batch_bytes: AtomicUsize::new(0),
             last_batch_at: Mutex::new(None),
@@ -158,6 +169,28 @@ impl Metrics {
         self.handles.batches_ok.increment(1);
         self.handles.keys_written.increment(keys_written);
         self.handles.increments_written.increment(increments);
+    }
+
+    /// The store took `members` sketch members.
+    pub(crate) fn members_written(&self, members: u64) {
+        self.members_written.fetch_add(members, Ordering::Relaxed);
+        self.handles.members_written.increment(members);
+    }
+
+    /// A store call adding sketch members failed.
+    pub(crate) fn members_failed(&self) {
+        self.members_failed.fetch_add(1, Ordering::Relaxed);
+        self.handles.members_failed.increment(1);
+    }
+
+    /// Sketch members the store took.
+    pub(crate) fn members_written_total(&self) -> u64 {
+        self.members_written.load(Ordering::Relaxed)
+    }
+
+    /// Failed store calls adding sketch members.
+    pub(crate) fn members_failed_total(&self) -> u64 {
+        self.members_failed.load(Ordering::Relaxed)
     }
 
     /// A flusher task panicked and is restarted.

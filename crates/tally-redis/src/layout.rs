@@ -11,6 +11,9 @@ use crate::error::Error;
 
 /// Prefix of the plain counters of [`Layout::Counters`]: page `p` lives at `tally:v:p`.
 pub const COUNTER_KEY_PREFIX: &str = "tally:v:";
+/// Prefix of the visitor sketches of [`Layout::Counters`]: page `p`'s HyperLogLog lives at
+/// `tally:u:p` (see [`crate::sketch`]).
+pub const SKETCH_KEY_PREFIX: &str = "tally:u:";
 /// The sorted set of [`Layout::SortedSet`] on every node (member = key, score = count).
 pub const URLS_KEY: &str = "tally:urls";
 /// Hash of high-water marks for [`Layout::Counters`]: field [`mark_field`]
@@ -96,7 +99,7 @@ impl Layout {
         match self {
             Self::Counters => {
                 let mut cmd = redis::cmd("DEL");
-                cmd.arg(self.redis_key(key));
+                cmd.arg(self.redis_key(key)).arg(Standalone.sketch_key(key));
                 cmd
             }
             Self::SortedSet => {
@@ -362,6 +365,8 @@ pub(crate) trait KeySpace {
     fn counter_key(&self, key: &str) -> String;
     /// The sorted set of [`Layout::SortedSet`].
     fn urls_key(&self) -> String;
+    /// The HyperLogLog of `key`'s distinct members in [`Layout::Counters`].
+    fn sketch_key(&self, key: &str) -> String;
 }
 
 /// The key names of a standalone node: the constants of this module.
@@ -378,6 +383,10 @@ impl KeySpace for Standalone {
 
     fn urls_key(&self) -> String {
         URLS_KEY.to_owned()
+    }
+
+    fn sketch_key(&self, key: &str) -> String {
+        format!("{SKETCH_KEY_PREFIX}{key}")
     }
 }
 

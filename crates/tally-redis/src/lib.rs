@@ -138,6 +138,7 @@ mod marks;
 mod node;
 mod ranked;
 pub mod reshard;
+pub mod sketch;
 mod store;
 
 pub use cluster::{
@@ -151,7 +152,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use guard::{RingRecord, begin_reshard, finish_reshard};
 pub use layout::{
-    COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, URLS_KEY, URLS_MARKS_KEY, mark_field,
+    COUNTER_KEY_PREFIX, COUNTER_MARKS_KEY, Layout, MAX_TOTAL, SKETCH_KEY_PREFIX, URLS_KEY,
+    URLS_MARKS_KEY, mark_field,
 };
 pub use node::{NODE_ID_KEY, RANKING_CONNECTIONS, RANKING_TIMEOUT_FLOOR};
 pub use store::RedisStore;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use redis::FromRedisValue;
 use tally_counter::{
-    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
-    StoredValues, Window, WindowRead,
+    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, SketchAdd, Store,
+    StoreError, StoredValues, Window, WindowRead,
 };
 use tally_ring::Ring;
 use tokio::sync::watch;
@@ -26,6 +26,7 @@ use crate::lock;
 use crate::marks::{SWEEP_SCRIPT, Sweeper, sweep_node};
 use crate::node::{Node, Probe};
 use crate::ranked::{self, Pair, Request, SortedSet};
+use crate::sketch;
 
 /// Nodes marked down are pinged at least this often, whatever the health-check interval.
 const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -416,7 +417,8 @@ impl RedisStore {
         stored_values(reply, node.name(), keys, |key| self.layout.stored_as(key))
     }
 
-    /// [`Store::reset`] with this crate's error type: `DEL tally:v:{key}`, or
+    /// [`Store::reset`] with this crate's error type: `DEL tally:v:{key} tally:u:{key}` (the
+    /// count and the visitor sketch), or
     /// `ZREM tally:urls {key}`.
     ///
     /// # Errors
@@ -426,6 +428,40 @@ impl RedisStore {
         self.node(shard)?
             .run("reset", &self.layout.reset_cmd(key))
             .await
+    }
+
+    /// [`Store::sketch`] with this crate's error type: one pipeline on the node (see
+    /// [`crate::sketch`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongLayout`] unless the layout is [`Layout::Counters`]; as
+    /// [`RedisStore::apply`]; [`Error::CorruptValue`] for an estimated key whose sketch is
+    /// not a HyperLogLog.
+    pub async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>> {
+        self.require_counters("sketch")?;
+        let node = self.node(shard)?;
+        let ttl = self.shared.subkey_ttl;
+        let pipe = sketch::pipeline(&Standalone, adds, estimate, ttl);
+        let replies = node.run("sketch", &pipe).await?;
+        sketch::estimates(replies, node.name(), &Standalone, adds, estimate, ttl)
+    }
+
+    fn require_counters(&self, op: &'static str) -> Result<()> {
+        if self.layout == Layout::Counters {
+            Ok(())
+        } else {
+            Err(Error::WrongLayout {
+                op,
+                needed: Layout::Counters,
+                actual: self.layout,
+            })
+        }
     }
 
     fn node(&self, shard: ShardId) -> Result<&Node> {
@@ -493,6 +529,19 @@ impl Store for RedisStore {
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
         Ok(RedisStore::reset(self, shard, key).await?)
+    }
+
+    fn keeps_sketches(&self) -> bool {
+        self.layout == Layout::Counters
+    }
+
+    async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(RedisStore::sketch(self, shard, adds, estimate).await?)
     }
 
     fn health(&self) -> Vec<ShardHealth> {

@@ -11,7 +11,7 @@ use crate::daily;
 use crate::error::{ApiError, ErrorBody};
 use crate::page_id::PageId;
 use crate::routes::openapi::{self, DaysParam, PageIdParam, VisitCountParam};
-use crate::routes::{NodeStatus, iso_time, node_status};
+use crate::routes::{NodeStatus, iso_time, node_status, visitors};
 use crate::state::AppState;
 
 impl FromRequest for PageId {
@@ -58,12 +58,13 @@ pub(crate) struct VisitRecorded {
     params(
         ("page_id" = inline(PageIdParam), Path, description = "The page."),
         ("count" = inline(Option<VisitCountParam>), Query, description = "Visits to count: 1 to 1,000,000, 1 when absent."),
+        ("X-Visitor-Id" = Option<String>, Header, description = "The visitor, for the page's unique visitors: 1 to 128 bytes, opaque (compared byte for byte)."),
     ),
     responses(
         (status = 200, description = "Counted.", body = VisitRecorded),
-        (status = 400, description = "`invalid_page_id` (the page id breaks a rule), `invalid_count` (`count` is not a whole number from 1 to 1,000,000, or is given twice) or `bad_request` (the query string cannot be read). Nothing counted.", body = ErrorBody),
+        (status = 400, description = "`invalid_page_id` (the page id breaks a rule), `invalid_count` (`count` is not a whole number from 1 to 1,000,000, or is given twice), `invalid_visitor_id` (`X-Visitor-Id` is empty, over 128 bytes or given twice) or `bad_request` (the query string cannot be read). Nothing counted.", body = ErrorBody),
         (status = 500, description = "`corrupt_count`: the page's stored count is not a count; its visits are held until it is repaired or reset, this one not counted.", body = ErrorBody),
-        (status = 503, description = "`overloaded`: too many pages wait to be written (`MAX_PENDING_KEYS`, or the page's node's share of it), or (under `/api/`) too many paths for the request statistics; `shutting_down`: the server is stopping. Nothing counted.", body = ErrorBody,
+        (status = 503, description = "`overloaded`: too many pages wait to be written (`MAX_PENDING_KEYS`, or the page's node's share of it), too many visitor ids (`MAX_PENDING_VISITORS`), or (under `/api/`) too many paths for the request statistics; `shutting_down`: the server is stopping. Nothing counted.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a retry has a chance."))),
     ),
 )]
@@ -74,13 +75,23 @@ pub(crate) async fn record_visit(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let count = count_param(req.query_string())?;
-    if state.daily_retention_days == 0 {
-        state.counter.increment(page_id.as_str(), count)
-    } else {
-        let day = daily::day_key(page_id.as_str(), daily::today());
-        state
-            .counter
-            .increment_all(&[(page_id.as_str(), count), (&day, count)])
+    let visitor = visitors::visitor_id(&req)?;
+    let page = page_id.as_str();
+    let day = (state.daily_retention_days > 0).then(|| daily::day_key(page, daily::today()));
+    // The visitor first: a refused add then refuses the visit before it is counted, and a
+    // client's retry adds the id again harmlessly.
+    if let Some(visitor) = visitor {
+        match &day {
+            Some(day) => state
+                .counter
+                .add_to_sketches(&[(page, visitor), (day, visitor)]),
+            None => state.counter.add_to_sketches(&[(page, visitor)]),
+        }
+        .map_err(|e| state.counter_error(e))?;
+    }
+    match &day {
+        Some(day) => state.counter.increment_all(&[(page, count), (day, count)]),
+        None => state.counter.increment(page, count),
     }
     .map_err(|e| state.counter_error(e))?;
     let message = if count == 1 {

@@ -6,6 +6,7 @@ mod metrics;
 pub(crate) mod openapi;
 mod stats;
 mod status;
+pub(crate) mod visitors;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -101,6 +102,13 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
     );
     let empty_id = visits.alias(format!("{prefix}/counter/visits/"));
     routes.extend([visits, empty_id]);
+    let visitors = Route::new(
+        format!("{prefix}/counter/visitors/{{page_id}}"),
+        "GET",
+        |r| r.route(web::get().to(visitors::get_visitors)),
+    );
+    let empty_id = visitors.alias(format!("{prefix}/counter/visitors/"));
+    routes.extend([visitors, empty_id]);
     routes.push(Route::new(
         format!("{prefix}/counter/visits"),
         "POST",

@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{counter, metrics, stats, status};
+use super::{counter, metrics, stats, status, visitors};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -54,6 +54,7 @@ struct ServiceApi;
     counter::get_visits,
     counter::reset_visits,
     counter::get_daily,
+    visitors::get_visitors,
     counter::counter_metrics,
 ))]
 struct CounterApi;
@@ -178,6 +179,20 @@ fn constant(value: &str) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some([value]))
+        .build()
+}
+
+/// The `method` of a unique-visitors answer: `hyperloglog`.
+pub(crate) fn estimate_method() -> Object {
+    constant(crate::routes::visitors::METHOD)
+}
+
+/// The `standard_error` of a unique-visitors answer: the number
+/// [`tally_counter::hll::STANDARD_ERROR`].
+pub(crate) fn standard_error() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .enum_values(Some([tally_counter::hll::STANDARD_ERROR]))
         .build()
 }
 
@@ -543,6 +558,16 @@ mod tests {
                 stored_as: String::new(),
                 node: String::new(),
                 found: String::new(),
+            },
+            ApiError::CorruptSketch {
+                stored_as: String::new(),
+                node: String::new(),
+                found: String::new(),
+            },
+            ApiError::InvalidVisitorId(String::new()),
+            ApiError::OverloadedVisitors {
+                pending: 1,
+                retry_after: 1,
             },
             ApiError::Internal(anyhow::anyhow!("x")),
         ];

@@ -152,6 +152,7 @@ async fn run_flusher<S: Store>(inner: Weak<Inner<S>>, shard: ShardId, mut signal
         let Some(inner) = inner.upgrade() else { return };
         inner.flush_shard(shard, 1).await;
         inner.recheck_quarantine(shard, false).await;
+        inner.flush_sketches(shard, false).await;
     }
 }
 

@@ -38,6 +38,7 @@ mod buffer;
 mod flush;
 mod quarantine;
 mod read;
+mod sketch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,7 @@ use buffer::Buffer;
 use flush::Outbox;
 use quarantine::Held;
 use read::{CacheEntry, ReadOutcome};
+use sketch::Sketches;
 
 type KeyMap<V> = HashMap<Arc<str>, V, KeyHash>;
 
@@ -114,6 +116,12 @@ pub struct Snapshot {
     pub failing_shards: Vec<(String, String)>,
     /// Most keys one acknowledged batch held (at most `batch_size_limit`).
     pub largest_batch_keys: usize,
+    /// Sketch members waiting to be added ([`Counter::add_to_sketches`]).
+    pub sketch_members_pending: usize,
+    /// Sketch members the store took (a member sent again after a failure counts again).
+    pub sketch_members_written: u64,
+    /// Store calls adding sketch members that failed (their members stayed pending).
+    pub sketch_adds_failed: u64,
     /// Most bytes of keys one acknowledged batch held (at most `batch_max_bytes`, or one
     /// longer key alone).
     pub largest_batch_bytes: usize,
@@ -133,6 +141,8 @@ pub struct ShutdownReport {
     pub subkeys_unwritten: usize,
     /// Sum of their deltas.
     pub subkey_increments_unwritten: u64,
+    /// Sketch members ([`Counter::add_to_sketches`]) still waiting at the deadline.
+    pub members_unwritten: usize,
 }
 
 /// A batched, cache-through counter over a [`Store`].
@@ -170,6 +180,8 @@ struct Inner<S> {
     shards: Box<[Shard]>,
     /// The pending deltas, and the bounds on the keys and bytes waiting.
     buffer: Buffer,
+    /// Sketch members waiting to be added.
+    sketches: Sketches,
     cache: moka::sync::Cache<Arc<str>, CacheEntry, KeyHash>,
     /// Store reads in progress, by key: a miss of a key already being read waits for that
     /// read instead of sending its own, so an entry expiring under load costs one read,
@@ -276,6 +288,7 @@ impl<S: Store> Counter<S> {
             .build_with_hasher(hash);
         let inner = Arc::new(Inner {
             buffer: Buffer::new(shard_count, &config),
+            sketches: Sketches::new(shard_count, hash),
             metrics: Metrics::new(&config.name),
             store,
             config,
@@ -470,11 +483,15 @@ impl<S: Store> Counter<S> {
         let mut outbox = inner.shards[shard].outbox.lock().await;
         // A batch left unacknowledged by a cancelled flush must land before the reset.
         inner.resend_unacked(shard, &mut outbox).await;
+        // Sketch adds on the wire land before it too, and none goes out during it.
+        let sending = inner.sketch_send_lock(shard).await;
         inner
             .store
             .reset(shard, key)
             .await
             .map_err(|source| inner.store_error(shard, source))?;
+        inner.drop_sketch_members(shard, key);
+        drop(sending);
         let mut in_flight = inner.shards[shard].in_flight_mut();
         // Its held increments go, like any unwritten increment of a reset key.
         inner.drop_held(shard, key);
@@ -493,16 +510,19 @@ impl<S: Store> Counter<S> {
     }
 
     /// Writes everything pending at the time of the call, waiting for in-flight batches and
-    /// retrying failed ones (unchanged, with backoff) until the store takes them.
+    /// retrying failed ones (unchanged, with backoff) until the store takes them; sketch
+    /// members too ([`Counter::add_to_sketches`]).
     ///
     /// Does not return while a shard with pending deltas stays down; wrap it in a timeout
     /// where that matters.
     pub async fn flush(&self) {
         let inner = &*self.inner;
-        futures::future::join_all(
-            (0..inner.shards.len())
-                .map(|shard| inner.flush_shard(shard, inner.buffer.pending_keys(shard).max(1))),
-        )
+        futures::future::join_all((0..inner.shards.len()).map(|shard| async move {
+            inner
+                .flush_shard(shard, inner.buffer.pending_keys(shard).max(1))
+                .await;
+            inner.flush_sketches(shard, true).await;
+        }))
         .await;
     }
 
@@ -533,6 +553,14 @@ impl<S: Store> Counter<S> {
         inner.log_held();
         let keys_written = inner.metrics.keys_written() - written_before;
         let unwritten = inner.unwritten();
+        let members_unwritten = inner.sketches.pending();
+        if members_unwritten > 0 {
+            tracing::error!(
+                counter = %inner.config.name,
+                members_unwritten,
+                "counter shut down with sketch members the store did not take"
+            );
+        }
         if unwritten.keys + unwritten.subkeys > 0 {
             tracing::error!(
                 counter = %inner.config.name,
@@ -549,6 +577,7 @@ impl<S: Store> Counter<S> {
             increments_unwritten: unwritten.increments,
             subkeys_unwritten: unwritten.subkeys,
             subkey_increments_unwritten: unwritten.subkey_increments,
+            members_unwritten,
         }
     }
 
@@ -582,6 +611,9 @@ impl<S: Store> Counter<S> {
                 })
                 .collect(),
             largest_batch_keys: metrics.largest_batch_keys(),
+            sketch_members_pending: inner.sketches.pending(),
+            sketch_members_written: metrics.members_written_total(),
+            sketch_adds_failed: metrics.members_failed_total(),
             largest_batch_bytes: metrics.largest_batch_bytes(),
         }
     }

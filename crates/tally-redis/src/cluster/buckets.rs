@@ -10,7 +10,7 @@
 //! and the bucket counts are part of the stored layout: changing either moves every key to
 //! another bucket, where its count, written under the old name, is no longer found.
 
-use crate::layout::{COUNTER_KEY_PREFIX, KeySpace, Layout, URLS_KEY};
+use crate::layout::{COUNTER_KEY_PREFIX, KeySpace, Layout, SKETCH_KEY_PREFIX, URLS_KEY};
 
 /// Buckets of the visit counters ([`Layout::Counters`]). Frozen (see the module docs).
 ///
@@ -137,6 +137,11 @@ impl KeySpace for Bucket {
     /// `tally:urls:{b0007}`.
     fn urls_key(&self) -> String {
         format!("{URLS_KEY}:{}", self.tag)
+    }
+
+    /// `tally:u:{b0042}:page1`.
+    fn sketch_key(&self, key: &str) -> String {
+        format!("{SKETCH_KEY_PREFIX}{}:{key}", self.tag)
     }
 }
 

@@ -95,8 +95,8 @@ use std::time::{Duration, SystemTime};
 
 use redis::cluster_async::ClusterConnection;
 use tally_counter::{
-    Applied, Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
-    Window, WindowRead,
+    Applied, Batch, InstanceId, RankedStore, ShardHealth, ShardId, SketchAdd, Store, StoreError,
+    StoredValues, Window, WindowRead,
 };
 use tokio::sync::watch;
 
@@ -567,6 +567,19 @@ impl Store for ClusterStore {
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
         Ok(ClusterStore::reset(self, shard, key).await?)
+    }
+
+    fn keeps_sketches(&self) -> bool {
+        self.layout == Layout::Counters
+    }
+
+    async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(ClusterStore::sketch(self, shard, adds, estimate).await?)
     }
 
     fn health(&self) -> Vec<ShardHealth> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, ServerErrorKind, Value};
-use tally_counter::{InstanceId, ShardId, StoredValues, Window, WindowRead};
+use tally_counter::{InstanceId, ShardId, SketchAdd, StoredValues, Window, WindowRead};
 
 use super::ClusterStore;
 use super::buckets::Bucket;
@@ -17,6 +17,7 @@ use crate::layout::{
 };
 use crate::node::RANKING_TIMEOUT_FLOOR;
 use crate::ranked::{self, Pair, Request, SortedSet};
+use crate::sketch;
 
 /// Which of the store's cluster clients a read goes through.
 #[derive(Clone, Copy)]
@@ -65,6 +66,35 @@ impl ClusterStore {
         stored_values(reply, self.shared.primary_name(bucket), keys, |key| {
             bucket.stored_as(self.layout, key)
         })
+    }
+
+    /// [`tally_counter::Store::sketch`] with this crate's error type: one pipeline on the
+    /// bucket's primary (see [`crate::sketch`]), through the cluster client, which follows
+    /// `MOVED` and `ASK`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongLayout`] unless the layout is [`crate::Layout::Counters`]; the errors
+    /// of [`ClusterStore::get`].
+    pub async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>> {
+        if self.layout != crate::Layout::Counters {
+            return Err(Error::WrongLayout {
+                op: "sketch",
+                needed: crate::Layout::Counters,
+                actual: self.layout,
+            });
+        }
+        let bucket = self.bucket(shard)?;
+        let ttl = self.shared.config.subkey_ttl;
+        let pipe = sketch::pipeline(bucket, adds, estimate, ttl);
+        let replies: Vec<Value> = self.read(bucket, "sketch", Via::Commands, &pipe).await?;
+        let node = self.shared.primary_name(bucket);
+        sketch::estimates(replies, node, bucket, adds, estimate, ttl)
     }
 
     /// The `limit` members with the highest counts in `shard`'s sorted set, count

@@ -144,7 +144,7 @@ impl ClusterStore {
     }
 
     /// [`tally_counter::Store::reset`] with this crate's error type: `DEL
-    /// tally:v:{bNNNN}:{key}` or `ZREM tally:urls:{bNNNN} {key}` on the bucket's primary,
+    /// tally:v:{bNNNN}:{key} tally:u:{bNNNN}:{key}` (the count and the visitor sketch) or `ZREM tally:urls:{bNNNN} {key}` on the bucket's primary,
     /// and `WAIT` for its replicas, so a failover cannot bring the count back.
     ///
     /// # Errors
@@ -157,7 +157,7 @@ impl ClusterStore {
             Layout::SortedSet => redis::cmd("ZREM"),
         };
         match self.layout {
-            Layout::Counters => cmd.arg(bucket.counter_key(key)),
+            Layout::Counters => cmd.arg(bucket.counter_key(key)).arg(bucket.sketch_key(key)),
             Layout::SortedSet => cmd.arg(bucket.urls_key()).arg(key),
         };
         self.write(bucket, "reset", Command::Plain(cmd)).await?;
