@@ -36,3 +36,4 @@ mod sigterm;
 mod support;
 mod test_runs;
 mod two_instances;
+mod visitors;

@@ -401,21 +401,19 @@ pub(crate) fn counter_error(error: tally_counter::Error, overload_retry_after: u
     }
 }
 
-/// The 500 `corrupt_sketch` answer for a store error saying a visitor sketch (a Redis key
-/// under `tally:u:`) is not a HyperLogLog.
+/// The 500 `corrupt_sketch` answer for a store error saying a visitor sketch is not a
+/// HyperLogLog.
 fn corrupt_sketch(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<ApiError> {
     match source.downcast_ref::<tally_redis::Error>()? {
-        tally_redis::Error::CorruptValue {
+        tally_redis::Error::CorruptSketch {
             node,
             stored_as,
             found,
-        } if stored_as.starts_with(tally_redis::SKETCH_KEY_PREFIX) => {
-            Some(ApiError::CorruptSketch {
-                stored_as: stored_as.clone(),
-                node: node.clone(),
-                found: found.clone(),
-            })
-        }
+        } => Some(ApiError::CorruptSketch {
+            stored_as: stored_as.clone(),
+            node: node.clone(),
+            found: found.clone(),
+        }),
         _ => None,
     }
 }

@@ -238,6 +238,17 @@ pub enum Error {
         /// What is there: its type, or its value cut to 64 bytes.
         found: String,
     },
+    /// A visitor sketch key (`tally:u:...`, see [`crate::sketch`]) holds something that is
+    /// not a HyperLogLog, so its estimate cannot be read.
+    #[error("{stored_as} on redis node {node} is not a HyperLogLog: {found}")]
+    CorruptSketch {
+        /// Credential-free `host:port`.
+        node: String,
+        /// The Redis key.
+        stored_as: String,
+        /// What Redis said of it.
+        found: String,
+    },
     /// A shard id outside `0..shard_count()`.
     #[error("redis shard {shard} does not exist; the store has {count} node(s)")]
     NoSuchShard {
@@ -361,7 +372,7 @@ impl Error {
             Self::NodeUnavailable { .. } | Self::NoPrimary { .. } => "unavailable",
             Self::NotReplicated { .. } | Self::ReplicasMissing { .. } => "replication",
             Self::Busy { .. } => "pool",
-            Self::CorruptValue { .. } => "corrupt",
+            Self::CorruptValue { .. } | Self::CorruptSketch { .. } => "corrupt",
             Self::WrittenDuringReshard { .. } | Self::ReshardUnsettled { .. } => "reshard",
             Self::InvalidBatch { .. } | Self::NoSuchShard { .. } | Self::WrongLayout { .. } => {
                 "usage"

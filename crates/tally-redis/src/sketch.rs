@@ -17,7 +17,7 @@
 //! Redis does not read as one) refuses its `PFADD`: its members are dropped, logged at
 //! `error` with the key's name for an operator to repair, and the other keys of the call
 //! are added, so one bad value cannot hold a node's sketches. Reading its estimate fails
-//! with [`Error::CorruptValue`].
+//! with [`Error::CorruptSketch`].
 
 use redis::Value;
 use tally_counter::SketchAdd;
@@ -98,7 +98,7 @@ pub(crate) fn estimates(
         .iter()
         .map(|key| match next("PFCOUNT")? {
             Value::Int(n) => u64::try_from(n).map_err(|_| protocol(format!("PFCOUNT {n}"))),
-            Value::ServerError(error) if not_a_sketch(&error) => Err(Error::CorruptValue {
+            Value::ServerError(error) if not_a_sketch(&error) => Err(Error::CorruptSketch {
                 node: node.to_owned(),
                 stored_as: space.sketch_key(key),
                 found: error.details().unwrap_or("not a HyperLogLog").to_owned(),

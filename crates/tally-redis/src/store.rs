@@ -436,7 +436,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`Error::WrongLayout`] unless the layout is [`Layout::Counters`]; as
-    /// [`RedisStore::apply`]; [`Error::CorruptValue`] for an estimated key whose sketch is
+    /// [`RedisStore::apply`]; [`Error::CorruptSketch`] for an estimated key whose sketch is
     /// not a HyperLogLog.
     pub async fn sketch(
         &self,

@@ -10,6 +10,7 @@ mod health;
 mod identity;
 mod marks;
 mod reshard;
+mod sketches;
 mod sorted_set;
 mod store;
 mod subkeys;
