@@ -81,6 +81,14 @@ pub enum Error {
     /// The counter is shutting down and takes no more work.
     #[error("counter is shut down")]
     ShutDown,
+    /// Bytes given to [`crate::hll::HyperLogLog::from_bytes`] are not a sketch it wrote
+    /// (another version, a wrong length, a register out of range): a stored sketch was
+    /// damaged or written by something else.
+    #[error("invalid sketch bytes: {problem}")]
+    SketchFormat {
+        /// What is wrong with them.
+        problem: String,
+    },
     /// A [`crate::CounterConfig`] value is out of range.
     #[error("invalid counter config: {field} {problem}")]
     Config {

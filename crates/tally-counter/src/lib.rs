@@ -108,6 +108,8 @@
 //!   retries, `counter::quarantine` the keys whose stored value is not a count. Each
 //!   opens with what it owns and the invariants it keeps.
 //! - `memory`: [`MemoryStore`].
+//! - [`hll`]: [`hll::HyperLogLog`], the Redis-compatible sketch of distinct members that
+//!   in-process stores keep for [`Store::sketch`].
 //! - `config`: [`CounterConfig`]; `error`: [`Error`].
 //! - `metrics`: the counter's activity, each event recorded once for both [`Snapshot`]
 //!   and the `tally_counter_*` metrics of the `metrics` facade. [`Counter::new`] registers

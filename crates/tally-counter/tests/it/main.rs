@@ -1,9 +1,11 @@
-//! Integration tests of tally-counter: exactness, faults, triggers, shutdown, cache.
+//! Integration tests of tally-counter: exactness, faults, triggers, shutdown, cache, and
+//! the HyperLogLog against a real Redis.
 
 mod bulk;
 mod cache;
 mod exactness;
 mod faults;
+mod hll_compat;
 mod lifecycle;
 mod model;
 mod quarantine;
