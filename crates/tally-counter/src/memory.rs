@@ -7,9 +7,10 @@ use std::time::SystemTime;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::hll::HyperLogLog;
 use crate::store::{
-    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, Store, StoreError,
-    StoredValues, rank_order,
+    Applied, Batch, InstanceId, RankedStore, RejectedKey, ShardHealth, ShardId, SketchAdd, Store,
+    StoreError, StoredValues, rank_order,
 };
 use crate::sync::lock;
 
@@ -18,6 +19,9 @@ use crate::sync::lock;
 ///
 /// It is what the tally server uses when no Redis is configured (counts then live and die
 /// with the process) and the reference store of the tests. It never fails.
+///
+/// It keeps sketches ([`Store::sketch`]): a [`HyperLogLog`] per key, beside its count,
+/// emptied by [`Store::reset`] and swept with it by [`MemoryStore::remove_subkeys_before`].
 ///
 /// [`MemoryStore::ranked`] also keeps every shard's keys ordered by value, so
 /// [`RankedStore::top`] reads the leaders without scanning (the request-statistics
@@ -53,6 +57,8 @@ struct ShardState {
     /// Keys holding something that is not a count (set by [`MemoryStore::corrupt`], as a
     /// Redis key can be), with what is there.
     corrupt: HashMap<Box<str>, String>,
+    /// The sketch of every key something was added to ([`Store::sketch`]).
+    sketches: HashMap<Box<str>, HyperLogLog>,
 }
 
 impl ShardState {
@@ -81,6 +87,7 @@ impl ShardState {
 
     fn remove(&mut self, key: &str) {
         self.corrupt.remove(key);
+        self.sketches.remove(key);
         if let (Some(old), Some(ranking)) = (self.values.remove(key), &mut self.ranking) {
             ranking.remove(&(Reverse(old), Box::from(key)));
         }
@@ -114,16 +121,17 @@ impl MemoryStore {
     }
 
     /// Removes the sub-keys (`{key}\u{1f}{sub}`, see [`crate::routing_key`]) whose sub part
-    /// sorts before `cutoff` in byte order; returns how many were removed.
+    /// sorts before `cutoff` in byte order, with their sketches; returns how many counts
+    /// were removed (the sketches removed beside them are not counted).
     pub fn remove_subkeys_before(&self, cutoff: &str) -> u64 {
+        let keep = |key: &str| crate::subkey(key).is_none_or(|sub| sub >= cutoff);
         let mut removed = 0;
         for shard in &self.shards {
             let mut state = shard.state();
             let before = state.values.len();
-            state
-                .values
-                .retain(|key, _| crate::subkey(key).is_none_or(|sub| sub >= cutoff));
+            state.values.retain(|key, _| keep(key));
             removed += (before - state.values.len()) as u64;
+            state.sketches.retain(|key, _| keep(key));
         }
         removed
     }
@@ -161,6 +169,12 @@ impl MemoryStore {
 
     fn state_of(&self, key: &str) -> MutexGuard<'_, ShardState> {
         self.shards[self.shard_of(key)].state()
+    }
+
+    /// The sketch of `key`, if anything was added to it since it was last reset, read
+    /// directly (for tests and tools).
+    pub fn sketch_of(&self, key: &str) -> Option<HyperLogLog> {
+        self.state_of(key).sketches.get(key).cloned()
     }
 
     /// The stored value of `key` (0 when never written), read directly.
@@ -245,6 +259,32 @@ impl Store for MemoryStore {
         let mut state = self.shards[shard].state();
         state.remove(key);
         Ok(())
+    }
+
+    fn keeps_sketches(&self) -> bool {
+        true
+    }
+
+    async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut state = self.shards[shard].state();
+        for add in adds {
+            let sketch = match state.sketches.get_mut(add.key) {
+                Some(sketch) => sketch,
+                None => state.sketches.entry(add.key.into()).or_default(),
+            };
+            for member in add.members {
+                sketch.insert(member);
+            }
+        }
+        Ok(estimate
+            .iter()
+            .map(|key| state.sketches.get(*key).map_or(0, HyperLogLog::estimate))
+            .collect())
     }
 
     fn health(&self) -> Vec<ShardHealth> {
@@ -348,6 +388,110 @@ mod tests {
 
             let want = [("d", 5), ("a", 2), ("b", 2)].map(|(k, v)| (k.to_owned(), v));
             assert_eq!(top, want, "ties by key ascending; reset keys gone");
+        }
+    }
+
+    /// `n` visitor ids after `offset`.
+    fn visitors(offset: u64, n: u64) -> Vec<Vec<u8>> {
+        (offset..offset + n)
+            .map(|i| format!("visitor-{i}").into_bytes())
+            .collect()
+    }
+
+    /// Adds `members` to `key`'s sketch; returns its estimate.
+    async fn add(store: &MemoryStore, key: &str, members: &[Vec<u8>]) -> u64 {
+        let members: Vec<&[u8]> = members.iter().map(Vec::as_slice).collect();
+        let adds = [SketchAdd {
+            key,
+            members: &members,
+        }];
+        let shard = store.shard_of(key);
+        store.sketch(shard, &adds, &[key]).await.unwrap()[0]
+    }
+
+    #[tokio::test]
+    async fn sketches_estimate_distinct_members_and_ignore_repeats() {
+        let store = MemoryStore::with_shards(4);
+        assert!(store.keeps_sketches());
+
+        let first = add(&store, "page", &visitors(0, 100_000)).await;
+        let again = add(&store, "page", &visitors(0, 100_000)).await;
+
+        let error = (first as f64 - 100_000.0).abs() / 100_000.0;
+        assert!(error < 0.02, "estimated {first}");
+        assert_eq!(
+            again, first,
+            "adding the same visitors again changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn sketch_adds_then_estimates_in_order() {
+        let store = MemoryStore::new();
+        let few: Vec<&[u8]> = vec![b"a", b"b", b"c"];
+        let one: Vec<&[u8]> = vec![b"a"];
+        let adds = [
+            SketchAdd {
+                key: "p",
+                members: &few,
+            },
+            SketchAdd {
+                key: "q",
+                members: &one,
+            },
+        ];
+
+        let estimates = store.sketch(0, &adds, &["q", "never", "p"]).await.unwrap();
+
+        assert_eq!(estimates, [1, 0, 3]);
+        assert_eq!(
+            store.sketch(0, &[], &["p"]).await.unwrap(),
+            [3],
+            "estimate only"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_empties_the_sketch() {
+        let store = MemoryStore::with_shards(4);
+        let key = "page";
+        let shard = store.shard_of(key);
+        add(&store, key, &visitors(0, 10)).await;
+        store
+            .apply(shard, &batch(1, 1, &[(key, 10)]))
+            .await
+            .unwrap();
+
+        store.reset(shard, key).await.unwrap();
+
+        assert_eq!(store.sketch_of(key), None);
+        assert_eq!(store.sketch(shard, &[], &[key]).await.unwrap(), [0]);
+        assert_eq!(add(&store, key, &visitors(0, 3)).await, 3, "counts afresh");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_old_day_sketches_and_counts_only_counts() {
+        let store = MemoryStore::with_shards(3);
+        let keys = [
+            "p",
+            "p\u{1f}2026-01-01",
+            "p\u{1f}2026-06-01",
+            "q\u{1f}2025-12-31",
+        ];
+        for key in keys {
+            add(&store, key, &visitors(0, 5)).await;
+        }
+        let shard = store.shard_of("p");
+        store
+            .apply(shard, &batch(1, 1, &[("p\u{1f}2026-01-01", 5)]))
+            .await
+            .unwrap();
+
+        let removed = store.remove_subkeys_before("2026-03-01");
+
+        assert_eq!(removed, 1, "one day count; the sketches are not counted");
+        for (key, kept) in keys.iter().zip([true, false, true, false]) {
+            assert_eq!(store.sketch_of(key).is_some(), kept, "{key:?}");
         }
     }
 
