@@ -11,6 +11,7 @@
 //! | `tally_meta` | name | `format_version`, `created_unix_ms` | both |
 //! | `visits` | key | count | counters |
 //! | `visits_marks` | `{instance}:{shard}` | `(seq, unix ms)` | counters |
+//! | `visits_sketches` | key | sketch (`HyperLogLog::to_bytes`) | counters |
 //! | `urls` | key | count | ranked |
 //! | `urls_ranking` | `(u64::MAX - count, key)` | `()` | ranked |
 //! | `urls_runs` | `(level, count >> 8 * level)` | keys | ranked |
@@ -21,6 +22,12 @@
 //! reads. `urls_runs` counts the keys holding each count at seven resolutions (see
 //! `runs.rs`), so "how many keys count at least `t`" costs a bounded number of reads
 //! whatever the number of keys.
+//!
+//! `visits_sketches` holds the [`tally_counter::hll::HyperLogLog`] of every key visitors
+//! were added to ([`tally_counter::Store::sketch`]), in the sketch's own versioned bytes.
+//! Files written before sketches existed lack the table: it is created by the first write
+//! that needs it, and a read finds no sketch there. A table added is no change to the
+//! tables an older build reads, so the format version stays.
 
 use std::fmt;
 use std::path::Path;
@@ -49,6 +56,7 @@ pub const MAX_TOTAL: u64 = (1 << 53) - 1;
 
 type Values = TableDefinition<'static, &'static str, u64>;
 type Marks = TableDefinition<'static, &'static str, (u64, u64)>;
+pub(crate) type Sketches = TableDefinition<'static, &'static str, &'static [u8]>;
 pub(crate) type Ranking = TableDefinition<'static, (u64, &'static str), ()>;
 pub(crate) type Runs = TableDefinition<'static, (u8, u64), u64>;
 
@@ -62,12 +70,14 @@ const URLS: Values = TableDefinition::new("urls");
 const URLS_MARKS: Marks = TableDefinition::new("urls_marks");
 pub(crate) const URLS_RANKING: Ranking = TableDefinition::new("urls_ranking");
 pub(crate) const URLS_RUNS: Runs = TableDefinition::new("urls_runs");
+pub(crate) const VISITS_SKETCHES: Sketches = TableDefinition::new("visits_sketches");
 
 /// Which tables a store handle reads and writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Layout {
-    /// Plain counters (visits): tables `visits` and `visits_marks`.
+    /// Plain counters (visits), with sketches of their visitors: tables `visits`,
+    /// `visits_marks` and `visits_sketches`.
     #[default]
     Counters,
     /// Counters with a ranking index (request statistics), readable ranked with
@@ -178,6 +188,7 @@ fn create_tables(db: &redb::Database) -> Result<(), TxError> {
         }
         txn.open_table(URLS_RANKING)?;
         txn.open_table(URLS_RUNS)?;
+        txn.open_table(VISITS_SKETCHES)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(CREATED_KEY, unix_ms())?;
         meta.insert(FORMAT_KEY, FORMAT_VERSION)?;

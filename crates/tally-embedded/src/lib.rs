@@ -12,6 +12,12 @@
 //! ([`EmbeddedStore::ranked`]) whose tables include a ranking index, so the head of the
 //! ranking and any deep page are read without scanning the URLs.
 //!
+//! The visit counters also keep sketches of their distinct visitors
+//! ([`tally_counter::Store::sketch`]): a [`tally_counter::hll::HyperLogLog`] per key,
+//! Redis-compatible, so this store and `tally-redis` estimate alike. A reset empties a
+//! key's sketch with its count, and [`EmbeddedStore::remove_subkeys_before`] sweeps old
+//! day sketches with old day counts.
+//!
 //! # Example
 //!
 //! The example of the crate's README, word for word (a test holds them together):
@@ -79,6 +85,10 @@
 //!   one.
 //! - **Ordered resets.** A reset is a write transaction, and redb runs them one at a time,
 //!   so it is ordered with every batch.
+//! - **Idempotent sketch adds.** [`EmbeddedStore::sketch`] adds members in one durable
+//!   write transaction; a member already in its sketch changes nothing, so an add sent
+//!   again (a retry after a lost reply) is harmless, and one that changes nothing writes
+//!   nothing.
 //! - **Bounded memory.** Resident memory is redb's page cache
 //!   ([`EmbeddedConfig::cache_bytes`], default [`DEFAULT_CACHE_BYTES`]) plus the pages one
 //!   write transaction dirties, whatever the number of keys in the file.

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tally_counter::{
-    Applied, Batch, InstanceId, RankedStore, ShardHealth, ShardId, Store, StoreError, StoredValues,
-    Window, WindowRead,
+    Applied, Batch, InstanceId, RankedStore, ShardHealth, ShardId, SketchAdd, Store, StoreError,
+    StoredValues, Window, WindowRead,
 };
 use tracing::Instrument as _;
 
@@ -259,8 +259,9 @@ impl EmbeddedStore {
         .await
     }
 
-    /// [`Store::reset`] with this crate's error type: removes `key`, in a write
-    /// transaction (so ordered with batches).
+    /// [`Store::reset`] with this crate's error type: removes `key`, and in the
+    /// [`Layout::Counters`] layout its sketch, in one write transaction (so ordered with
+    /// batches and sketch adds).
     ///
     /// # Errors
     ///
@@ -275,9 +276,10 @@ impl EmbeddedStore {
 
     /// Removes the sub-keys (`{key}\u{1f}{sub}`, see [`tally_counter::routing_key`]) of the
     /// counters whose sub part sorts before `cutoff` in byte order: a page's day counts
-    /// (`page\u{1f}2026-12-01`) before a date, as `DAILY_RETENTION_DAYS` wants. One scan of
-    /// the counters in one write transaction (which batches wait behind): run it now and
-    /// then, not per request. Returns how many were removed.
+    /// (`page\u{1f}2026-12-01`) before a date, as `DAILY_RETENTION_DAYS` wants, and their
+    /// sketches. One scan of the counters and one of the sketches in one write transaction
+    /// (which batches wait behind): run it now and then, not per request. Returns how many
+    /// counts were removed (the sketches removed beside them are not counted).
     ///
     /// # Errors
     ///
@@ -287,6 +289,52 @@ impl EmbeddedStore {
         self.blocking("remove_subkeys_before", move |shared| {
             txn::remove_subkeys_before(&shared.db, &cutoff)
         })
+        .await
+    }
+
+    /// [`Store::sketch`] with this crate's error type: adds each of `adds`' members to its
+    /// key's sketch (a [`tally_counter::hll::HyperLogLog`] in the `visits_sketches`
+    /// table) in one write transaction, then estimates each key of `estimate`, in order
+    /// (0 for a key never added to), as that transaction left them. Returns once the
+    /// commit is durable. With no adds it is one read transaction; when every member was
+    /// in its sketch already (a retried add) nothing is written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongLayout`] unless the layout is [`Layout::Counters`];
+    /// [`Error::NoSuchShard`]; [`Error::Engine`] when the transaction fails (nothing is
+    /// added); [`Error::Corrupt`] when a stored sketch cannot be read.
+    pub async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>> {
+        if self.layout != Layout::Counters {
+            return Err(Error::WrongLayout {
+                op: "sketch",
+                needed: Layout::Counters,
+                actual: self.layout,
+            });
+        }
+        self.check_shard(shard)?;
+        let span = tracing::debug_span!(
+            "embedded_sketch",
+            adds = adds.len(),
+            estimates = estimate.len()
+        );
+        let adds: Vec<txn::OwnedAdd> = adds
+            .iter()
+            .map(|add| {
+                let members = add.members.iter().map(|member| member.to_vec()).collect();
+                (add.key.to_owned(), members)
+            })
+            .collect();
+        let estimate: Vec<String> = estimate.iter().map(|key| (*key).to_owned()).collect();
+        self.blocking("sketch", move |shared| {
+            txn::sketch(&shared.db, &adds, &estimate)
+        })
+        .instrument(span)
         .await
     }
 
@@ -554,6 +602,21 @@ impl Store for EmbeddedStore {
 
     async fn reset(&self, shard: ShardId, key: &str) -> Result<(), StoreError> {
         Ok(EmbeddedStore::reset(self, shard, key).await?)
+    }
+
+    /// Sketches are kept beside the visit counters ([`Layout::Counters`]), not the
+    /// request statistics.
+    fn keeps_sketches(&self) -> bool {
+        self.layout == Layout::Counters
+    }
+
+    async fn sketch(
+        &self,
+        shard: ShardId,
+        adds: &[SketchAdd<'_>],
+        estimate: &[&str],
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(EmbeddedStore::sketch(self, shard, adds, estimate).await?)
     }
 
     fn health(&self) -> Vec<ShardHealth> {

@@ -8,19 +8,22 @@
 //!   per key of `urls`, and `urls_runs` counts them (see `runs.rs`); a count is never 0
 //!   (a reset removes the key).
 //! - No count passes [`MAX_TOTAL`].
+//! - A key's sketch goes with its count: a reset removes both in one transaction, and so
+//!   does the sweep of old sub-keys.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _, Table};
+use tally_counter::hll::HyperLogLog;
 use tally_counter::{
     Applied, Batch, InstanceId, RejectedKey, ShardId, StoredValues, Window, WindowRead,
 };
 
 use crate::MAX_TOTAL;
 use crate::error::Error;
-use crate::layout::{Layout, URLS_RANKING, URLS_RUNS, mark_key};
+use crate::layout::{Layout, URLS_RANKING, URLS_RUNS, VISITS_SKETCHES, mark_key};
 use crate::runs::{RunChanges, keys_at_least};
 
 /// Why a transaction failed, before `store.rs` names the file and the operation.
@@ -234,10 +237,96 @@ pub(crate) fn read(
     })
 }
 
-/// Removes `key` (its count back to zero) in one write transaction.
+/// Members to add to one key's sketch, owned so they can go to the blocking pool.
+pub(crate) type OwnedAdd = (String, Vec<Vec<u8>>);
+
+/// Adds each of `adds`' members to its key's sketch in one write transaction (none when
+/// `adds` is empty, or when no sketch changed), then estimates each of `estimate` as the
+/// transaction left it; returns after the commit is durable.
+pub(crate) fn sketch(
+    db: &redb::Database,
+    adds: &[OwnedAdd],
+    estimate: &[String],
+) -> Result<Vec<u64>, TxError> {
+    if adds.is_empty() {
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(VISITS_SKETCHES) {
+            Ok(table) => table,
+            // A file from before sketches: none kept yet.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![0; estimate.len()]),
+            Err(e) => return Err(e.into()),
+        };
+        return estimate
+            .iter()
+            .map(|key| Ok(sketch_of(&table, key)?.map_or(0, |s| s.estimate())))
+            .collect();
+    }
+    let txn = begin_write(db)?;
+    let (estimates, changed) = {
+        let mut table = txn.open_table(VISITS_SKETCHES)?;
+        // Each sketch touched is decoded once and written once, however many adds and
+        // estimates name it.
+        let mut touched: HashMap<&str, (HyperLogLog, bool)> = HashMap::new();
+        for (key, members) in adds {
+            let (sketch, changed) = match touched.entry(key.as_str()) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert((sketch_of(&table, key)?.unwrap_or_default(), false))
+                }
+            };
+            for member in members {
+                *changed |= sketch.insert(member);
+            }
+        }
+        let mut changed = false;
+        for (key, (sketch, key_changed)) in &touched {
+            if *key_changed {
+                table.insert(*key, sketch.to_bytes().as_slice())?;
+                changed = true;
+            }
+        }
+        let estimates = estimate
+            .iter()
+            .map(|key| match touched.get(key.as_str()) {
+                Some((sketch, _)) => Ok(sketch.estimate()),
+                None => Ok(sketch_of(&table, key)?.map_or(0, |s| s.estimate())),
+            })
+            .collect::<Result<Vec<u64>, TxError>>()?;
+        (estimates, changed)
+    };
+    if changed {
+        txn.commit()?;
+    } else {
+        // Every member was there already (a retried add): nothing to write or sync.
+        txn.abort()?;
+    }
+    Ok(estimates)
+}
+
+/// The stored sketch of `key`, if any.
+fn sketch_of(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<HyperLogLog>, TxError> {
+    let Some(bytes) = table.get(key)? else {
+        return Ok(None);
+    };
+    HyperLogLog::from_bytes(bytes.value())
+        .map(Some)
+        .map_err(|e| {
+            TxError::Inconsistent(format!(
+                "the sketch of '{key}' in table visits_sketches: {e}"
+            ))
+        })
+}
+
+/// Removes `key` (its count back to zero, and its sketch) in one write transaction.
 pub(crate) fn reset(db: &redb::Database, layout: Layout, key: &str) -> Result<(), TxError> {
     let txn = begin_write(db)?;
     {
+        if layout == Layout::Counters {
+            txn.open_table(VISITS_SKETCHES)?.remove(key)?;
+        }
         let mut values = txn.open_table(layout.values())?;
         let old = values.remove(key)?.map_or(0, |guard| guard.value());
         if layout == Layout::Ranked && old > 0 {
@@ -251,16 +340,21 @@ pub(crate) fn reset(db: &redb::Database, layout: Layout, key: &str) -> Result<()
 }
 
 /// Removes the sub-keys of [`Layout::Counters`] (`{key}\u{1f}{sub}`) whose sub part sorts
-/// before `cutoff` (byte order): one scan of the table, in one write transaction.
+/// before `cutoff` (byte order), their counts and their sketches: one scan of each table,
+/// in one write transaction. Returns how many counts were removed.
 pub(crate) fn remove_subkeys_before(db: &redb::Database, cutoff: &str) -> Result<u64, TxError> {
+    let keep = |key: &str| tally_counter::subkey(key).is_none_or(|sub| sub >= cutoff);
     let txn = begin_write(db)?;
-    let removed = {
+    let (removed, sketches_removed) = {
         let mut values = txn.open_table(Layout::Counters.values())?;
         let before = values.len()?;
-        values.retain(|key, _| tally_counter::subkey(key).is_none_or(|sub| sub >= cutoff))?;
-        before - values.len()?
+        values.retain(|key, _| keep(key))?;
+        let mut sketches = txn.open_table(VISITS_SKETCHES)?;
+        let sketches_before = sketches.len()?;
+        sketches.retain(|key, _| keep(key))?;
+        (before - values.len()?, sketches_before - sketches.len()?)
     };
-    if removed == 0 {
+    if removed == 0 && sketches_removed == 0 {
         txn.abort()?;
     } else {
         txn.commit()?;
@@ -502,6 +596,28 @@ mod tests {
             ["u\u{1f}2020-01-01"],
             "only the counters"
         );
+    }
+
+    #[test]
+    fn a_damaged_sketch_is_reported_not_replaced() {
+        let db = memory_db();
+        let txn = begin_write(&db).unwrap();
+        txn.open_table(VISITS_SKETCHES)
+            .unwrap()
+            .insert("page", b"\x01\x07garbage".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let adds = [("page".to_owned(), vec![b"v".to_vec()])];
+
+        let added = sketch(&db, &adds, &[]);
+        let read = sketch(&db, &[], &["page".to_owned()]);
+
+        for result in [added, read] {
+            assert!(
+                matches!(&result, Err(TxError::Inconsistent(detail)) if detail.contains("'page'")),
+                "{result:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,4 +8,5 @@ mod errors;
 mod persistence;
 mod ranking;
 mod scale;
+mod sketches;
 mod support;
