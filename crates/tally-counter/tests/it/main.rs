@@ -9,4 +9,5 @@ mod hll_compat;
 mod lifecycle;
 mod model;
 mod quarantine;
+mod sketch_buffer;
 mod support;
