@@ -9,6 +9,9 @@
 //! owner holds. Keys already on their owner are never touched; the high-water marks stay
 //! on their nodes.
 //!
+//! Visitor sketches (`tally:u:*`, [`crate::sketch`]) move after the counts, merged into
+//! their new owner's (`PFMERGE`, idempotent, so no marker is needed: see `sketches`).
+//!
 //! Nodes are named by `host:port` ([`crate::NodeUrl::name`]), what the ring hashes: a name
 //! in both lists is the same node (its credentials may differ). The owner of a key is
 //! [`tally_ring::Ring::lookup_index`] of the page id or URL on the new ring, built as
@@ -64,6 +67,7 @@ mod chunk;
 mod link;
 mod plan;
 mod scan;
+mod sketches;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -80,7 +84,8 @@ use crate::node::{NODE_ID_KEY, Node};
 use chunk::{Chunk, Scripts, move_chunk};
 use link::Link;
 pub use plan::{Counts, Moved, NodeKeys, Plan, Progress, Route, thousands};
-use scan::each_page;
+use scan::{Scanned, each_page};
+use sketches::{CHUNK_SKETCHES, SketchScripts, move_sketches};
 
 /// The hash on each destination node that marks the counts a reshard has added there and
 /// not yet removed from their source: field `{source host:port}\0{v|u}\0{key}` (`v` for a
@@ -158,6 +163,7 @@ where
     crate::guard::begin_reshard(&plan.from, &plan.to).await?;
     let reporter = Reporter::new(plan, &nodes, progress);
     let drained = try_join_all((0..nodes.nodes.len()).map(|s| nodes.drain(s, &reporter))).await?;
+    let sketches = try_join_all((0..nodes.nodes.len()).map(|s| nodes.drain_sketches(s))).await?;
     // Every source has nothing left to move, so no marker is wanted any more.
     try_join_all(nodes.nodes.iter().map(|node| async move {
         let mut del = redis::cmd("DEL");
@@ -166,7 +172,10 @@ where
     }))
     .await?;
     crate::guard::finish_reshard(&plan.from, &plan.to).await?;
-    let mut moved = Moved::default();
+    let mut moved = Moved {
+        sketches: sketches.iter().sum(),
+        ..Moved::default()
+    };
     for (s, (moves, resumed)) in drained.into_iter().enumerate() {
         moved.routes.extend(nodes.routes_from(s, moves));
         moved.resumed += resumed;
@@ -176,6 +185,7 @@ where
         to = %plan.to,
         keys = moved.total().keys(),
         resumed = moved.resumed,
+        sketches = moved.sketches,
         "reshard complete"
     );
     Ok(moved)
@@ -200,6 +210,7 @@ struct Nodes {
     /// Position on `ring` → index in `nodes`.
     owners: Vec<usize>,
     scripts: Scripts,
+    sketch_scripts: SketchScripts,
 }
 
 /// Per destination (index in [`Nodes::nodes`]): what moves or moved there from one source.
@@ -246,6 +257,7 @@ impl Nodes {
             ring,
             owners,
             scripts: Scripts::new(to.subkey_ttl),
+            sketch_scripts: SketchScripts::new(),
         };
         nodes.check_identities().await?;
         Ok(nodes)
@@ -371,6 +383,57 @@ impl Nodes {
         }
         reporter.report(s, 0, true);
         Ok((moves, resumed))
+    }
+
+    /// Merges every visitor sketch node `s` holds and does not own into its owner's (see
+    /// `sketches`), pass after pass until a pass finds none: how many moved.
+    async fn drain_sketches(&self, s: usize) -> Result<u64> {
+        let source = &self.nodes[s];
+        let mut from = Link::open(source).await?;
+        let mut to: Vec<Option<Link<'_>>> = self.nodes.iter().map(|_| None).collect();
+        let mut moved = 0;
+        for scans in 1.. {
+            let mut found = 0;
+            let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.nodes.len()];
+            let mut send = async |dest: usize, keys: Vec<Vec<u8>>| -> Result<u64> {
+                let target = match &mut to[dest] {
+                    Some(link) => link,
+                    empty => empty.insert(Link::open(&self.nodes[dest]).await?),
+                };
+                move_sketches(&self.sketch_scripts, &mut from, target, &keys).await
+            };
+            each_page(source, Scanned::Sketches, async |keys| {
+                for key in keys {
+                    let dest = self.owner(&key);
+                    if dest == s {
+                        continue;
+                    }
+                    found += 1;
+                    pending[dest].push(key);
+                    if pending[dest].len() >= CHUNK_SKETCHES {
+                        moved += send(dest, std::mem::take(&mut pending[dest])).await?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            for (dest, keys) in pending.into_iter().enumerate() {
+                if !keys.is_empty() {
+                    moved += send(dest, keys).await?;
+                }
+            }
+            if found == 0 {
+                break;
+            }
+            if scans == MAX_SCANS {
+                return Err(Error::ReshardUnsettled {
+                    node: source.name().to_owned(),
+                    scans,
+                    found,
+                });
+            }
+        }
+        Ok(moved)
     }
 
     /// Moves `keys` of `layout` from the source `from` links to node `dest`, over its

@@ -130,6 +130,7 @@ impl Plan {
 pub struct Moved {
     pub(super) routes: Vec<Route>,
     pub(super) resumed: u64,
+    pub(super) sketches: u64,
 }
 
 impl Moved {
@@ -148,6 +149,12 @@ impl Moved {
     /// source.
     pub fn resumed(&self) -> u64 {
         self.resumed
+    }
+
+    /// Visitor sketches merged into their new owner's and removed from their source (not
+    /// part of [`Moved::total`], and not planned: a sketch is no count).
+    pub fn sketches(&self) -> u64 {
+        self.sketches
     }
 }
 
@@ -279,6 +286,13 @@ impl fmt::Display for Moved {
                 String::new()
             }
         )?;
+        if self.sketches > 0 {
+            writeln!(
+                f,
+                "merged {} visitor sketches into their new nodes'",
+                thousands(self.sketches)
+            )?;
+        }
         if self.routes.is_empty() {
             return Ok(());
         }

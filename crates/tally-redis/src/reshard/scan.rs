@@ -1,5 +1,5 @@
-//! Finding a node's keys: `SCAN` over the visit counters, `ZSCAN` over the request
-//! statistics, a page at a time.
+//! Finding a node's keys: `SCAN` over the visit counters (or the visitor sketches), `ZSCAN`
+//! over the request statistics, a page at a time.
 //!
 //! Only `tally:v:*` keys and the members of `tally:urls` are ever returned, so the guard's
 //! keys (`tally:ring`, `tally:reshard`, `tally:leases`), the reshard markers
@@ -7,7 +7,7 @@
 //! them starts with `tally:v:`.
 
 use crate::error::Result;
-use crate::layout::{COUNTER_KEY_PREFIX, Layout, URLS_KEY};
+use crate::layout::{COUNTER_KEY_PREFIX, Layout, SKETCH_KEY_PREFIX, URLS_KEY};
 use crate::node::Node;
 
 use super::link::Link;
@@ -18,7 +18,22 @@ const SCAN_COUNT: usize = 1000;
 /// Pages a scan fetches ahead of their handling.
 const AHEAD: usize = 4;
 
-/// One full iteration of `node`'s keys of `layout` (see [`Scan`]), each page handed to
+/// What a scan iterates over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Scanned {
+    /// The keys of a layout: `tally:v:*`, or the members of `tally:urls`.
+    Layout(Layout),
+    /// The visitor sketches, `tally:u:*`.
+    Sketches,
+}
+
+impl From<Layout> for Scanned {
+    fn from(layout: Layout) -> Self {
+        Self::Layout(layout)
+    }
+}
+
+/// One full iteration of `node`'s keys of `what` (see [`Scan`]), each page handed to
 /// `handle` while the next pages are fetched, so that scanning and handling overlap.
 ///
 /// # Errors
@@ -26,12 +41,13 @@ const AHEAD: usize = 4;
 /// The first error of the scan or of `handle`; the iteration stops there.
 pub(super) async fn each_page(
     node: &Node,
-    layout: Layout,
+    what: impl Into<Scanned>,
     mut handle: impl AsyncFnMut(Vec<Vec<u8>>) -> Result<()>,
 ) -> Result<()> {
+    let what = what.into();
     let (pages, mut arrived) = tokio::sync::mpsc::channel(AHEAD);
     let scan = async move {
-        let mut scan = Scan::new(Link::open(node).await?, layout);
+        let mut scan = Scan::new(Link::open(node).await?, what);
         while let Some(page) = scan.next_page().await? {
             if pages.send(page).await.is_err() {
                 break;
@@ -56,29 +72,33 @@ pub(super) async fn each_page(
 /// and a key deleted during the iteration may or may not come.
 pub(super) struct Scan<'a> {
     node: Link<'a>,
-    layout: Layout,
+    what: Scanned,
     /// `None` once the iteration is complete.
     cursor: Option<u64>,
 }
 
 impl<'a> Scan<'a> {
     /// An iteration from the start, over `node`.
-    pub(super) fn new(node: Link<'a>, layout: Layout) -> Self {
+    pub(super) fn new(node: Link<'a>, what: Scanned) -> Self {
         Self {
             node,
-            layout,
+            what,
             cursor: Some(0),
         }
     }
 
-    /// The next page of keys (page ids without the `tally:v:` prefix, or URLs), or `None`
-    /// once the iteration is complete. A page may be empty.
+    /// The next page of keys (page ids without the `tally:v:` or `tally:u:` prefix, or
+    /// URLs), or `None` once the iteration is complete. A page may be empty.
     pub(super) async fn next_page(&mut self) -> Result<Option<Vec<Vec<u8>>>> {
         let Some(cursor) = self.cursor else {
             return Ok(None);
         };
-        let (next, keys) = match self.layout {
-            Layout::SortedSet => {
+        let prefix = match self.what {
+            Scanned::Sketches => SKETCH_KEY_PREFIX,
+            Scanned::Layout(_) => COUNTER_KEY_PREFIX,
+        };
+        let (next, keys) = match self.what {
+            Scanned::Layout(Layout::SortedSet) => {
                 let mut zscan = redis::cmd("ZSCAN");
                 zscan.arg(URLS_KEY).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
                 let (next, flat): (u64, Vec<Vec<u8>>) =
@@ -90,17 +110,14 @@ impl<'a> Scan<'a> {
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor)
                     .arg("MATCH")
-                    .arg(format!("{COUNTER_KEY_PREFIX}*"))
+                    .arg(format!("{prefix}*"))
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
                 let (next, keys): (u64, Vec<Vec<u8>>) =
                     self.node.run("reshard scan", &scan).await?;
                 let keys = keys
                     .into_iter()
-                    .filter_map(|key| {
-                        key.strip_prefix(COUNTER_KEY_PREFIX.as_bytes())
-                            .map(<[u8]>::to_vec)
-                    })
+                    .filter_map(|key| key.strip_prefix(prefix.as_bytes()).map(<[u8]>::to_vec))
                     .collect();
                 (next, keys)
             }
@@ -127,6 +144,7 @@ mod tests {
             URLS_KEY,
         ] {
             assert!(!key.starts_with(COUNTER_KEY_PREFIX), "{key}");
+            assert!(!key.starts_with(SKETCH_KEY_PREFIX), "{key}");
         }
     }
 }

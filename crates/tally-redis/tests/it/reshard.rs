@@ -618,3 +618,61 @@ async fn day_counts_move_with_their_page_and_keep_expiring() -> TestResult {
     assert!(moved > 20, "{moved} days moved");
     Ok(())
 }
+
+#[tokio::test]
+async fn visitor_sketches_merge_into_their_new_owners_and_keep_expiring() -> TestResult {
+    let cluster = RedisCluster::start(2)?;
+    let one = [cluster.node(0)];
+    let both = [cluster.node(0), cluster.node(1)];
+    let (_, ring) = names_and_ring(&both);
+    let owner = |i: usize| ring.lookup_index(format!("page-{i}").as_bytes());
+    let day = |i: usize| format!("tally:u:page-{i}\u{1f}2026-12-01");
+    for i in 0..200 {
+        let source = cluster.node(0);
+        source.query::<()>(redis::cmd("PFADD").arg(format!("tally:u:page-{i}")).arg(&[
+            format!("a-{i}"),
+            format!("b-{i}"),
+            "c".to_owned(),
+        ]))?;
+        source.query::<()>(redis::cmd("PFADD").arg(day(i)).arg(format!("a-{i}")))?;
+        source.query::<()>(redis::cmd("EXPIRE").arg(day(i)).arg(50_000))?;
+        // What an interrupted run (or a visitor counted there) left on the new owner: the
+        // merge keeps it, and adds what the source holds once.
+        if owner(i) == 1 {
+            cluster.node(1).query::<()>(
+                redis::cmd("PFADD").arg(format!("tally:u:page-{i}")).arg(&[
+                    "c".to_owned(),
+                    format!("d-{i}"),
+                    format!("a-{i}"),
+                ]),
+            )?;
+        }
+    }
+    let plan = reshard::plan(&config(&one), &config(&both)).await?;
+    let moved = reshard::apply(&plan, |_| {}).await?;
+
+    let mut moving = 0;
+    for i in 0..200 {
+        let node = cluster.node(owner(i));
+        let total: u64 = node.query(redis::cmd("PFCOUNT").arg(format!("tally:u:page-{i}")))?;
+        let days: u64 = node.query(redis::cmd("PFCOUNT").arg(day(i)))?;
+        let ttl: i64 = node.query(redis::cmd("TTL").arg(day(i)))?;
+        assert!((49_000..=50_000).contains(&ttl), "{} TTL {ttl}", day(i));
+        if owner(i) == 1 {
+            moving += 2;
+            assert_eq!((total, days), (4, 1), "page-{i}: a, b, c and d, once each");
+            let left: u64 = cluster.node(0).query(
+                redis::cmd("EXISTS")
+                    .arg(format!("tally:u:page-{i}"))
+                    .arg(day(i)),
+            )?;
+            assert_eq!(left, 0, "page-{i}'s sketches left the source");
+        } else {
+            assert_eq!((total, days), (3, 1), "page-{i} stayed");
+        }
+    }
+    assert!(moving > 40, "{moving} sketches moved");
+    assert_eq!(moved.sketches(), moving);
+    assert!(moved.to_string().contains("visitor sketches"), "{moved}");
+    Ok(())
+}
