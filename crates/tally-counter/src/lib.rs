@@ -94,6 +94,15 @@
 //!   its length plus [`PendingBytes::KEY_OVERHEAD`], each shard at most its share), past
 //!   which a new key gets [`Error::OverloadedBytes`]. A key's text is held once: the
 //!   buffer, the batch on the wire and the read cache share it.
+//! - **Sketches of distinct members.** [`Counter::add_to_sketches`] records members (a
+//!   page's visitor ids) for the store's HyperLogLog sketches ([`Store::sketch`]), in
+//!   memory like increments and bounded by `max_pending_members` ([`Error::OverloadedMembers`],
+//!   all or nothing). They go out after each batch round, one store call per shard with
+//!   each key's new members, at least once: no batch id is needed, since adding a member
+//!   a sketch holds changes nothing, so a call whose reply is lost is sent again, and a
+//!   failed one puts its members back. [`Counter::estimate_many`] sends the waiting
+//!   members of the keys it reads first, so a caller reads its own adds; a reset drops
+//!   the key's waiting members once the store has emptied its sketch.
 //! - **What a crash loses.** If the process dies without [`Counter::shutdown`], the
 //!   increments not yet written (at most one `batch_interval` of them, more while a shard
 //!   is down) are lost. A store that loses data it acknowledged (Redis without AOF) loses
@@ -105,7 +114,8 @@
 //! - `counter`: [`Counter`] and the state its parts share, one module a part:
 //!   `counter::buffer` the write buffer and its bounds, `counter::read` the read cache and
 //!   the reads shared by concurrent misses, `counter::flush` the flushers and their
-//!   retries, `counter::quarantine` the keys whose stored value is not a count. Each
+//!   retries, `counter::quarantine` the keys whose stored value is not a count,
+//!   `counter::sketch` the sketch members waiting. Each
 //!   opens with what it owns and the invariants it keeps.
 //! - `memory`: [`MemoryStore`].
 //! - [`hll`]: [`hll::HyperLogLog`], the Redis-compatible sketch of distinct members that

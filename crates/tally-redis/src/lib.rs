@@ -111,6 +111,8 @@
 //! - [`cluster`]: [`ClusterStore`], the same `Store` over a Redis Cluster: keys grouped in
 //!   buckets that share a hash slot, batches confirmed by replicas (`WAIT`) before they
 //!   count as applied, [`ClusterConfig`], [`ClusterStatus`].
+//! - [`sketch`]: visitor sketches ([`tally_counter::Store::sketch`]): one pipeline of
+//!   `PFADD`s and `PFCOUNT`s on the key's node or bucket, for both stores.
 //! - [`reshard`]: moving every count whose owner changes to its new owner when the node
 //!   list changes ([`reshard::plan`], [`reshard::apply`]; `tally-server reshard`).
 //!

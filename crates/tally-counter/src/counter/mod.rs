@@ -11,6 +11,8 @@
 //!   in flight at a time, each retried unchanged until the store acknowledges it.
 //! - `quarantine`: keys whose stored value is not a count, and the increments held for
 //!   them.
+//! - `sketch`: sketch members waiting to be added ([`Counter::add_to_sketches`]), sent at
+//!   least once, apart from the batches.
 //!
 //! This module holds what they share: [`Counter`] and its state (`Inner`), and for each
 //! shard the in-flight batch as readers see it (`InFlight`).
@@ -31,8 +33,9 @@
 //! Where `std::sync` locks nest, they are taken in one order: `in_flight`, then a shard's
 //! `quarantine`, then a stripe of the buffer; the others are taken alone. Each is held for
 //! a few map operations, never across an `.await`. The shard's `outbox` (a tokio mutex) is
-//! the one lock held across an `.await`: by whoever sends the shard's batches, for the
-//! whole send.
+//! held across an `.await`: by whoever sends the shard's batches, for the whole send; so is
+//! the shard's sketch `send` lock, by whoever sends its sketch members, and a reset takes
+//! it after the outbox (the one order the two are taken in).
 
 mod buffer;
 mod flush;
