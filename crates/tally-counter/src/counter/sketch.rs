@@ -147,6 +147,11 @@ impl Sketches {
     fn shard_has_pending(&self, shard: ShardId) -> bool {
         !lock(&self.shards[shard].pending).is_empty()
     }
+
+    /// Keys of the shard with members waiting.
+    fn shard_keys(&self, shard: ShardId) -> usize {
+        lock(&self.shards[shard].pending).len()
+    }
 }
 
 /// Members of `taken` in the form [`Store::sketch`] takes.
@@ -278,14 +283,20 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// Sends the shard's pending members, once (the flusher: what fails goes with its next
-    /// round) or, with `retry`, until none is left, retrying failures with backoff (a
-    /// flush; wrap it in a timeout).
+    /// Sends the members the shard has waiting at the call (members added meanwhile may go
+    /// too, or wait for the next round: under a steady stream of new members the flusher
+    /// must get back to its batches), in calls of at most [`KEYS_PER_CALL`] keys. Once (the
+    /// flusher: what fails goes with its next round) or, with `retry`, retrying failures
+    /// with backoff until they went (a flush; wrap it in a timeout).
     pub(super) async fn flush_sketches(&self, shard: ShardId, retry: bool) {
         let mut backoff = self.config.retry_backoff_min;
-        while self.sketches.shard_has_pending(shard) {
+        let mut calls = self.sketches.shard_keys(shard).div_ceil(KEYS_PER_CALL);
+        while calls > 0 && self.sketches.shard_has_pending(shard) {
             match self.send_sketches(shard, None).await {
-                Ok(_) => backoff = self.config.retry_backoff_min,
+                Ok(_) => {
+                    calls -= 1;
+                    backoff = self.config.retry_backoff_min;
+                }
                 Err(e) => {
                     self.metrics.members_failed();
                     tracing::warn!(
