@@ -26,6 +26,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -38,10 +39,57 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// Which requests a phase sends.
 #[derive(Clone, Debug)]
 pub struct Workload {
-    /// `GET` or `POST` (sent with an empty body).
+    /// `GET` or `POST`.
     pub method: &'static str,
     /// How each request's path is chosen.
     pub paths: Paths,
+    /// The body of every request; `None`: a `POST` goes with an empty one.
+    pub body: Option<Body>,
+    /// A number every 2xx answer's JSON must carry, checked in place.
+    pub expect: Option<Expect>,
+}
+
+/// A request body, the same for every request of a phase (built once, shared by the
+/// connections).
+#[derive(Clone, Debug)]
+pub struct Body {
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// The bytes sent.
+    pub bytes: Arc<[u8]>,
+}
+
+/// What a 2xx answer must say: its JSON body holds `"{field}":{value}`. Read from the
+/// body in place, without parsing the JSON: tally-server writes its answers compactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// The field's name, e.g. `recorded`.
+    pub field: &'static str,
+    /// Its value.
+    pub value: u64,
+}
+
+impl Expect {
+    /// Whether `body` holds the field with the value.
+    fn met_by(self, body: &[u8]) -> bool {
+        let field = self.field.as_bytes();
+        // `"field":` then the digits.
+        let key_len = field.len() + 3;
+        let Some(at) = body.windows(key_len).position(|w| {
+            w[0] == b'"' && &w[1..=field.len()] == field && &w[field.len() + 1..] == b"\":"
+        }) else {
+            return false;
+        };
+        let digits = &body[at + key_len..];
+        let end = digits
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        std::str::from_utf8(&digits[..end])
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+            == Some(self.value)
+    }
 }
 
 /// How a request's path is chosen.
@@ -75,14 +123,26 @@ impl Workload {
         buf.extend_from_slice(tail);
     }
 
-    /// Everything after the path: protocol and headers, with `Content-Length: 0` on a POST.
+    /// Everything after the path: protocol, headers and the body, if any; a `POST`
+    /// without one says `Content-Length: 0`.
     fn tail(&self, addr: SocketAddr) -> Vec<u8> {
-        let body = if self.method == "GET" {
-            ""
-        } else {
-            "Content-Length: 0\r\n"
-        };
-        format!(" HTTP/1.1\r\nHost: {addr}\r\n{body}\r\n").into_bytes()
+        let mut tail = format!(" HTTP/1.1\r\nHost: {addr}\r\n");
+        match &self.body {
+            Some(body) => {
+                tail += &format!(
+                    "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                    body.content_type,
+                    body.bytes.len()
+                );
+            }
+            None if self.method == "GET" => tail += "\r\n",
+            None => tail += "Content-Length: 0\r\n\r\n",
+        }
+        let mut tail = tail.into_bytes();
+        if let Some(body) = &self.body {
+            tail.extend_from_slice(&body.bytes);
+        }
+        tail
     }
 }
 
@@ -153,14 +213,26 @@ impl Conn {
         })
     }
 
-    /// Sends one request and reads its answer; returns the status code.
-    async fn exchange(&mut self, workload: &Workload, tail: &[u8]) -> io::Result<u16> {
+    /// Sends one request and reads its answer: a 2xx that says what `workload` expects
+    /// (or with nothing expected), another 2xx, or another status.
+    async fn exchange(&mut self, workload: &Workload, tail: &[u8]) -> io::Result<Verdict> {
         workload.write_request(tail, &mut self.rng, &mut self.request);
         self.stream.write_all(&self.request).await?;
-        self.read_response().await
+        let (status, body) = self.read_response().await?;
+        Ok(if !(200..300).contains(&status) {
+            Verdict::Non2xx
+        } else if workload
+            .expect
+            .is_some_and(|expect| !expect.met_by(&self.response[body]))
+        {
+            Verdict::Unexpected
+        } else {
+            Verdict::Ok
+        })
     }
 
-    async fn read_response(&mut self) -> io::Result<u16> {
+    /// Reads one answer: its status, and where its body is in `self.response`.
+    async fn read_response(&mut self) -> io::Result<(u16, std::ops::Range<usize>)> {
         let mut filled = 0;
         let head = loop {
             filled += self.read_more(filled).await?;
@@ -180,7 +252,7 @@ impl Conn {
             return Err(protocol("bytes after the response"));
         }
         self.closing = head.close;
-        Ok(head.status)
+        Ok((head.status, head.len..total))
     }
 
     /// Reads at least one byte after the first `filled`, growing the buffer when full.
@@ -203,6 +275,17 @@ impl Conn {
 
 fn protocol(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// How an answer is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A 2xx saying what was expected.
+    Ok,
+    /// Another status.
+    Non2xx,
+    /// A 2xx not saying what was expected.
+    Unexpected,
 }
 
 /// What the client needs from a response head.
@@ -291,6 +374,9 @@ pub struct Outcome {
     pub ok: u64,
     /// Other answers.
     pub non_2xx: u64,
+    /// 2xx answers whose body did not say what the workload expects
+    /// ([`Workload::expect`]): a fault of the server, which fails the run.
+    pub unexpected: u64,
     /// Requests that failed (connection error, malformed answer).
     pub errors: u64,
     /// Requests still without an answer at the end of the grace period.
@@ -313,6 +399,7 @@ impl Outcome {
                 .expect("valid histogram bounds"),
             ok: 0,
             non_2xx: 0,
+            unexpected: 0,
             errors: 0,
             unfinished: 0,
             elapsed: Duration::ZERO,
@@ -320,13 +407,13 @@ impl Outcome {
         }
     }
 
-    /// Counts an answer: `success` (a 2xx) or not, its latency from `sent`, and the phase
-    /// (begun at `start`) as lasting at least until it came.
-    fn record(&mut self, start: Instant, sent: Instant, answered: Instant, success: bool) {
-        if success {
-            self.ok += 1;
-        } else {
-            self.non_2xx += 1;
+    /// Counts an answer by its verdict, its latency from `sent`, and the phase (begun at
+    /// `start`) as lasting at least until it came.
+    fn record(&mut self, start: Instant, sent: Instant, answered: Instant, verdict: Verdict) {
+        match verdict {
+            Verdict::Ok => self.ok += 1,
+            Verdict::Non2xx => self.non_2xx += 1,
+            Verdict::Unexpected => self.unexpected += 1,
         }
         let since_start = answered - start;
         self.elapsed = since_start;
@@ -345,6 +432,7 @@ impl Outcome {
             .expect("histograms with the same bounds");
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;
+        self.unexpected += other.unexpected;
         self.errors += other.errors;
         self.unfinished += other.unfinished;
         self.elapsed = self.elapsed.max(other.elapsed);
@@ -358,7 +446,7 @@ impl Outcome {
 
     /// Answers of any status.
     pub fn answered(&self) -> u64 {
-        self.ok + self.non_2xx
+        self.ok + self.non_2xx + self.unexpected
     }
 
     /// Answers per second.
@@ -472,9 +560,9 @@ async fn run_connection(
         };
         let answered = Instant::now();
         match result {
-            Ok(status) => {
+            Ok(verdict) => {
                 last_answer = answered;
-                outcome.record(start, sent_at, answered, (200..300).contains(&status));
+                outcome.record(start, sent_at, answered, verdict);
             }
             Err(_) => {
                 outcome.errors += 1;
@@ -519,7 +607,8 @@ async fn reconnect(
 
 /// The same closed loop as [`drive`] with [`Pace::Max`], through reqwest (a shared
 /// `Client` keeping `connections` idle connections): only for `--compare-clients`, to
-/// measure what this module saves. Counts answers; latency is not kept.
+/// measure what this module saves on the floor's empty POSTs (a workload's body and
+/// expectation are not used). Counts answers; latency is not kept.
 pub async fn drive_reqwest(
     addr: SocketAddr,
     connections: usize,
@@ -551,12 +640,16 @@ pub async fn drive_reqwest(
                         .await;
                     match answer {
                         Ok(response) => {
-                            let status = response.status();
+                            let verdict = if response.status().is_success() {
+                                Verdict::Ok
+                            } else {
+                                Verdict::Non2xx
+                            };
                             if response.bytes().await.is_err() {
                                 outcome.errors += 1;
                                 continue;
                             }
-                            outcome.record(start, sent, Instant::now(), status.is_success());
+                            outcome.record(start, sent, Instant::now(), verdict);
                         }
                         Err(_) => outcome.errors += 1,
                     }
@@ -615,6 +708,8 @@ mod tests {
                 prefix: "/v/page",
                 count: 10,
             },
+            body: None,
+            expect: None,
         };
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let (mut rng, mut buf) = (Rng::new(1), Vec::new());
@@ -625,6 +720,39 @@ mod tests {
             text.ends_with(" HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: 0\r\n\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_body_goes_after_its_type_and_length() {
+        let workload = Workload {
+            method: "POST",
+            paths: Paths::Fixed("/v"),
+            body: Some(Body {
+                content_type: "application/json",
+                bytes: Arc::from(&b"{\"a\":1}"[..]),
+            }),
+            expect: None,
+        };
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (mut rng, mut buf) = (Rng::new(1), Vec::new());
+        workload.write_request(&workload.tail(addr), &mut rng, &mut buf);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "POST /v HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+        );
+    }
+
+    #[test]
+    fn an_answer_must_carry_the_expected_number() {
+        let expect = Expect {
+            field: "recorded",
+            value: 100,
+        };
+        assert!(expect.met_by(br#"{"status":"success","recorded":100,"pages":100}"#));
+        assert!(!expect.met_by(br#"{"status":"success","recorded":1000,"pages":100}"#));
+        assert!(!expect.met_by(br#"{"status":"success","recorded":99,"pages":100}"#));
+        assert!(!expect.met_by(br#"{"status":"success","pages":100}"#));
+        assert!(!expect.met_by(br#"{"status":"success","recorded":"#));
     }
 
     #[test]

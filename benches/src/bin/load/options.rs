@@ -17,7 +17,8 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--stats-urls N] [--stats-stores LIST] [--only stats]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
-                     working; the figures are printed, not checked)
+                     working; the figures are printed, not checked); the bulk scenario
+                     on the first of tally-embedded, tally-redis, tally-cluster only
   --duration SECS    length of each measured phase (default 10)
   --warmup SECS      warm-up before each scenario's first phase (default 2)
   --connections N    keep-alive connections (default 64)
@@ -259,7 +260,7 @@ impl Options {
         if self.only_stats {
             Vec::new()
         } else {
-            scenario::scenarios(&self.targets)
+            scenario::scenarios(&self.targets, self.quick)
         }
     }
 
@@ -413,20 +414,53 @@ mod tests {
         assert!(options.budget(0) >= embedded.budget(0) + Duration::from_secs(120));
     }
 
+    fn loads_of(plan: &[(Kind, Load)], kind: Kind) -> Vec<Load> {
+        plan.iter()
+            .filter(|&&(k, _)| k == kind)
+            .map(|&(_, load)| load)
+            .collect()
+    }
+
     #[test]
     fn tally_memory_is_a_target_and_runs_before_the_embedded_store() {
         let options = parse(&["--targets", "tally-embedded,tally-memory"]).unwrap();
         assert_eq!(options.targets, [Kind::TallyMemory, Kind::TallyEmbedded]);
         let plan = options.plan();
         assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
-        for kind in options.targets {
-            let loads: Vec<Load> = plan
-                .iter()
-                .filter(|&&(k, _)| k == kind)
-                .map(|&(_, load)| load)
-                .collect();
-            assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountCold]);
-        }
+        let shared = [Load::VisitHot, Load::VisitCold, Load::CountCold];
+        assert_eq!(loads_of(&plan, Kind::TallyMemory), shared);
+        assert_eq!(loads_of(&plan, Kind::TallyEmbedded)[..3], shared);
+    }
+
+    #[test]
+    fn the_bulk_runs_on_every_stored_target_but_on_one_with_quick() {
+        let targets = ["--targets", "floor,tally-memory,tally-embedded,tally-redis"];
+        let full = parse(&targets).unwrap().plan();
+        let bulk_on = |plan: &[(Kind, Load)]| -> Vec<Kind> {
+            plan.iter()
+                .filter(|&&(_, load)| load == Load::BulkHot)
+                .map(|&(kind, _)| kind)
+                .collect()
+        };
+        assert_eq!(bulk_on(&full), [Kind::TallyEmbedded, Kind::TallyRedis]);
+        // After the single visits of the same target, which it is set against.
+        assert_eq!(
+            loads_of(&full, Kind::TallyEmbedded),
+            [
+                Load::VisitHot,
+                Load::VisitCold,
+                Load::CountCold,
+                Load::BulkHot
+            ]
+        );
+
+        let quick = parse(&[&["--quick"][..], &targets].concat())
+            .unwrap()
+            .plan();
+        assert_eq!(bulk_on(&quick), [Kind::TallyEmbedded]);
+        assert_eq!(quick.len() + 1, full.len());
+        let redis_only = parse(&["--quick", "--targets", "tally-redis,tally-cluster"]).unwrap();
+        assert_eq!(bulk_on(&redis_only.plan()), [Kind::TallyRedis]);
     }
 
     #[test]
@@ -446,7 +480,15 @@ mod tests {
             .filter(|&&(kind, _)| kind == Kind::TallyCluster)
             .map(|&(_, load)| load)
             .collect();
-        assert_eq!(loads, [Load::VisitHot, Load::VisitCold, Load::CountHot]);
+        assert_eq!(
+            loads,
+            [
+                Load::VisitHot,
+                Load::VisitCold,
+                Load::CountHot,
+                Load::BulkHot
+            ]
+        );
         // The standalone nodes are not started for it; /stats/ at scale runs on the cluster.
         assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
         let stats = options.stats_plan().unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::measure::{self, CommandCounts};
 use crate::options::Options;
-use crate::scenario::{ClientCost, Load, Measured, Row};
+use crate::scenario::{self, ClientCost, Load, Measured, Row};
 use crate::targets::Kind;
 
 /// The report of the load scenarios: header, settings, then the three tables.
@@ -16,6 +16,7 @@ pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Durat
     let mut out = render_header(load_before, elapsed, "");
     render_settings(&mut out, options);
     render_max_rate(&mut out, rows);
+    render_bulk(&mut out, rows);
     render_cache_reads(&mut out, rows);
     render_cluster_roles(&mut out, rows);
     render_paced(&mut out, options, rows);
@@ -127,10 +128,11 @@ fn rate(rows: &[Row], kind: Kind, load: Load) -> Option<f64> {
 /// Every closed-loop phase, with its rate against the floor's and the naive target's.
 fn render_max_rate(out: &mut String, rows: &[Row]) {
     let floor_of = |load: Load| {
-        let floor_load = if load.is_visit() {
-            Load::VisitHot
-        } else {
-            Load::CountHot
+        let floor_load = match load {
+            // The floor has no bulk route; the bulk is set against single visits below.
+            Load::BulkHot => return None,
+            load if load.is_visit() => Load::VisitHot,
+            _ => Load::CountHot,
         };
         rate(rows, Kind::Floor, floor_load)
     };
@@ -161,7 +163,7 @@ fn render_max_rate(out: &mut String, rows: &[Row]) {
             m.outcome.latency_ms(0.99),
             m.outcome.latency_ms(0.999),
             m.outcome.non_2xx,
-            m.outcome.errors + m.outcome.unfinished,
+            errors(m),
             commands(m),
             m.cpu,
             m.cpu.server / 100.0 * 1e6 / rate.max(1.0),
@@ -169,6 +171,47 @@ fn render_max_rate(out: &mut String, rows: &[Row]) {
             vs_naive,
         );
     }
+}
+
+/// The bulk scenario of each target in visits a second (100 a request), beside the
+/// single POST visits of the same target and hot set in the same run, and their ratio.
+fn render_bulk(out: &mut String, rows: &[Row]) {
+    let bulks: Vec<&Row> = rows.iter().filter(|r| r.load == Load::BulkHot).collect();
+    if bulks.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Bulk visits (closed loop)\n\n`POST /api/v1/counter/visits`, every request the hot set's {} pages with a visit each (every 2xx checked to say `\"recorded\":{}`), against `POST /api/v1/counter/visit/{{page_id}}` on the same pages (one visit a request), same target, same run:\n",
+        scenario::BULK_PAGES,
+        scenario::BULK_PAGES,
+    );
+    let _ = writeln!(
+        out,
+        "| target | bulk req/s | bulk visits/s | bulk p99 ms | single visits/s (POST visit, hot 100) | bulk / single visits/s | 2xx answers checked / not as expected |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
+    for row in bulks {
+        let m = &row.max;
+        let visits = bulk_visits(row);
+        let single = rate(rows, row.kind, Load::VisitHot);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {visits:.0} | {:.3} | {} | {} | {} / {} |",
+            row.kind,
+            m.outcome.throughput(),
+            m.outcome.latency_ms(0.99),
+            single.map_or("n/a".to_owned(), |s| format!("{s:.0}")),
+            single.map_or("n/a".to_owned(), |s| ratio(visits, s)),
+            m.outcome.ok + m.outcome.unexpected,
+            m.outcome.unexpected,
+        );
+    }
+}
+
+/// Visits a second a bulk row counted: its closed-loop rate times the pages of a request.
+fn bulk_visits(row: &Row) -> f64 {
+    row.max.outcome.throughput() * row.load.visits_per_request() as f64
 }
 
 /// For the count scenarios of tally: how many of its reads the server itself counted as
@@ -313,7 +356,7 @@ fn render_paced(out: &mut String, options: &Options, rows: &[Row]) {
             m.outcome.latency_ms(0.99),
             m.outcome.latency_ms(0.999),
             m.outcome.non_2xx,
-            m.outcome.errors + m.outcome.unfinished,
+            errors(m),
             commands(m),
             m.cpu,
         );
@@ -344,6 +387,8 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
     let percent = options.paced_fraction * 100.0;
     for row in rows {
         let (target, met): (&str, fn(f64) -> bool) = match row.kind {
+            // The p99 target is for single requests; a bulk's is given for reference.
+            _ if row.load == Load::BulkHot => ("(reference)", |_| true),
             Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis | Kind::TallyCluster => {
                 ("<= 2", |v| v <= 2.0)
             }
@@ -381,6 +426,14 @@ fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
             .map(|r| r.max.commands_per_1k())
     };
     let cluster_hot = rate(Kind::TallyCluster, Load::VisitHot);
+    // Bulk visits a second over single visits a second, same target and hot set.
+    let bulk_vs_single = |kind: Kind| {
+        let bulk = rows
+            .iter()
+            .find(|r| r.kind == kind && r.load == Load::BulkHot)
+            .map(bulk_visits);
+        div(bulk, rate(kind, Load::VisitHot))
+    };
     vec![
         (
             "tally-redis POST visit (hot) / floor",
@@ -490,6 +543,24 @@ fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
             "<= 2",
             |v| v <= 2.0,
         ),
+        (
+            "tally-embedded bulk visits/s (100 pages a request) / POST visit (hot) visits/s (for reference)",
+            bulk_vs_single(Kind::TallyEmbedded),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-redis bulk visits/s (100 pages a request) / POST visit (hot) visits/s (for reference)",
+            bulk_vs_single(Kind::TallyRedis),
+            "(none)",
+            |_| true,
+        ),
+        (
+            "tally-cluster bulk visits/s (100 pages a request) / POST visit (hot) visits/s (for reference)",
+            bulk_vs_single(Kind::TallyCluster),
+            "(none)",
+            |_| true,
+        ),
     ]
 }
 
@@ -544,6 +615,12 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The `errors` of the `non-2xx / errors` columns: failed or unfinished requests, and 2xx
+/// answers not saying what was expected (a bulk's `recorded`).
+fn errors(m: &Measured) -> u64 {
+    m.outcome.errors + m.outcome.unfinished + m.outcome.unexpected
+}
+
 /// Commands per 1,000 requests: the total, then the three most frequent by name.
 fn commands(m: &Measured) -> String {
     commands_of(m, &m.commands, 3)
@@ -585,6 +662,7 @@ mod tests {
             latency: Histogram::new(3).unwrap(),
             ok: per_second,
             non_2xx: 0,
+            unexpected: 0,
             errors: 0,
             unfinished: 0,
             elapsed: Duration::from_secs(1),
@@ -702,6 +780,41 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("tally-redis"), "{out}");
+    }
+
+    #[test]
+    fn bulk_visits_are_set_against_single_visits_of_the_same_target() {
+        // 600 bulk requests a second of 100 pages: 60,000 visits a second.
+        let rows = [
+            row(Kind::TallyEmbedded, Load::VisitHot, 40_000),
+            row(Kind::TallyEmbedded, Load::BulkHot, 600),
+            row(Kind::TallyRedis, Load::BulkHot, 500),
+        ];
+        let targets = rate_targets(&rows);
+        let value = |figure| target(&targets, figure).1;
+        assert_eq!(
+            value(
+                "tally-embedded bulk visits/s (100 pages a request) / POST visit (hot) visits/s (for reference)"
+            ),
+            Some(1.5)
+        );
+        assert_eq!(
+            value(
+                "tally-redis bulk visits/s (100 pages a request) / POST visit (hot) visits/s (for reference)"
+            ),
+            None
+        );
+
+        let mut out = String::new();
+        render_bulk(&mut out, &rows);
+        assert!(
+            out.contains("| tally-embedded | 600 | 60000 | 0.000 | 40000 | 1.50 | 600 / 0 |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| tally-redis | 500 | 50000 | 0.000 | n/a | n/a | 500 / 0 |\n"),
+            "{out}"
+        );
     }
 
     #[test]

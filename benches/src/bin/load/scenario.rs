@@ -3,12 +3,13 @@
 //! then the paced phase at a fraction of its rate, with commands and CPU read around each
 //! phase; again when the machine was busy, and over several rounds.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::client::{self, Conn, Outcome, Pace, Paths, Phase, Workload};
+use crate::client::{self, Body, Conn, Expect, Outcome, Pace, Paths, Phase, Workload};
 use crate::measure::{self, Backlog, CacheReads, CommandCounts, CpuSnapshot, CpuUse};
 use crate::options::Options;
 use crate::targets::{self, Kind, Stopped};
@@ -18,6 +19,8 @@ use crate::{Redis, Setup};
 const HOT_PAGES: u64 = 100;
 /// Pages of the cold set.
 const COLD_PAGES: u64 = 1_000_000;
+/// Pages of each bulk request ([`Load::BulkHot`]): the whole hot set, a visit each.
+pub const BULK_PAGES: u64 = HOT_PAGES;
 /// A scenario during which other processes used more than this (% of one core) is run
 /// again, up to `--retries` times; the quietest attempt is reported.
 const NOISY: f64 = 25.0;
@@ -56,6 +59,11 @@ pub enum Load {
     ApiPath,
     /// `GET /health`: counted by nothing.
     Health,
+    /// `POST /api/v1/counter/visits`, every request a bulk of [`BULK_PAGES`] pages with
+    /// one visit each: the hot set's 100 pages, all of them (a bulk lists a page once),
+    /// so the same keys as [`Load::VisitHot`] get the same share of the visits, and the
+    /// two are compared in visits a second. Every 2xx must say `"recorded":100`.
+    BulkHot,
 }
 
 impl Load {
@@ -68,11 +76,26 @@ impl Load {
             Load::CountCold => "GET count, cold 1M (cache misses)",
             Load::ApiPath => "GET /api/x/y/ (stats on)",
             Load::Health => "GET /health (not counted)",
+            Load::BulkHot => "POST bulk, hot 100 (100 pages a request)",
         }
     }
 
     /// The requests the scenario sends.
     pub fn workload(self) -> Workload {
+        if self == Load::BulkHot {
+            return Workload {
+                method: "POST",
+                paths: Paths::Fixed("/api/v1/counter/visits"),
+                body: Some(Body {
+                    content_type: "application/json",
+                    bytes: bulk_body(BULK_PAGES).into_bytes().into(),
+                }),
+                expect: Some(Expect {
+                    field: "recorded",
+                    value: BULK_PAGES,
+                }),
+            };
+        }
         let (method, paths) = match self {
             Load::VisitHot => (
                 "POST",
@@ -104,8 +127,23 @@ impl Load {
             ),
             Load::ApiPath => ("GET", Paths::Fixed("/api/x/y/")),
             Load::Health => ("GET", Paths::Fixed("/health")),
+            Load::BulkHot => unreachable!("answered above"),
         };
-        Workload { method, paths }
+        Workload {
+            method,
+            paths,
+            body: None,
+            expect: None,
+        }
+    }
+
+    /// Visits each answer counts: 1, or [`BULK_PAGES`] for a bulk; 0 for the reads.
+    pub fn visits_per_request(self) -> u64 {
+        match self {
+            Load::VisitHot | Load::VisitCold => 1,
+            Load::BulkHot => BULK_PAGES,
+            Load::CountHot | Load::CountCold | Load::ApiPath | Load::Health => 0,
+        }
     }
 
     /// Whether the scenario counts visits (and so compares with the naive targets).
@@ -120,8 +158,30 @@ impl Load {
     }
 }
 
-/// The scenarios of each target, in run order.
-pub fn scenarios(targets: &[Kind]) -> Vec<(Kind, Load)> {
+/// `{"visits":{"page0":1,...}}`: pages `page0` to `page{pages - 1}` (the names of
+/// [`Load::VisitHot`]'s paths), a visit each.
+fn bulk_body(pages: u64) -> String {
+    let mut body = String::from(r#"{"visits":{"#);
+    for n in 0..pages {
+        let comma = if n == 0 { "" } else { "," };
+        let _ = write!(body, r#"{comma}"page{n}":1"#);
+    }
+    body + "}}"
+}
+
+/// The targets with a bulk scenario: tally on every store with a page of its own in
+/// the README's choice of mode (the memory store keeps nothing).
+const BULK_TARGETS: [Kind; 3] = [Kind::TallyEmbedded, Kind::TallyRedis, Kind::TallyCluster];
+
+/// The scenarios of each target, in run order. [`Load::BulkHot`] runs on every target of
+/// [`BULK_TARGETS`] selected, or with `quick` on the first of them only (it costs the
+/// CI run one scenario: a few seconds).
+pub fn scenarios(targets: &[Kind], quick: bool) -> Vec<(Kind, Load)> {
+    let first_bulk = targets.iter().copied().find(|k| BULK_TARGETS.contains(k));
+    let bulk = move |kind: Kind| {
+        (BULK_TARGETS.contains(&kind) && (!quick || Some(kind) == first_bulk))
+            .then_some((kind, Load::BulkHot))
+    };
     targets
         .iter()
         .flat_map(|&kind| {
@@ -145,7 +205,10 @@ pub fn scenarios(targets: &[Kind]) -> Vec<(Kind, Load)> {
                 // a cache miss reads; the request path is tally-redis's.
                 Kind::TallyCluster => &[Load::VisitHot, Load::VisitCold, Load::CountHot],
             };
-            loads.iter().map(move |&load| (kind, load))
+            loads
+                .iter()
+                .map(move |&load| (kind, load))
+                .chain(bulk(kind))
         })
         .collect()
 }
@@ -407,8 +470,21 @@ fn report_phase(options: &Options, kind: Kind, load: Load, measured: &Measured, 
     let misses = measured.cache.map_or(String::new(), |cache| {
         format!("  cache misses {:.1}%", cache.miss_percent())
     });
+    let visits = if load == Load::BulkHot {
+        format!(
+            "  {:.0} visits/s",
+            outcome.throughput() * load.visits_per_request() as f64
+        )
+    } else {
+        String::new()
+    };
+    let unexpected = if outcome.unexpected > 0 {
+        format!("  {} 2xx answers not as expected", outcome.unexpected)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{misses}{suffix}",
+        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{visits}{misses}{unexpected}{suffix}",
         load.name(),
         outcome.throughput(),
         outcome.latency_ms(0.99)
