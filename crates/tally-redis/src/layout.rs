@@ -79,6 +79,19 @@ impl Layout {
         }
     }
 
+    /// `Ok` when this is `needed`, else [`Error::WrongLayout`] for the operation `op`.
+    pub(crate) fn require(self, needed: Layout, op: &'static str) -> crate::Result<()> {
+        if self == needed {
+            Ok(())
+        } else {
+            Err(Error::WrongLayout {
+                op,
+                needed,
+                actual: self,
+            })
+        }
+    }
+
     /// The hash holding this layout's high-water marks.
     pub fn marks_key(self) -> &'static str {
         match self {

@@ -444,24 +444,12 @@ impl RedisStore {
         adds: &[SketchAdd<'_>],
         estimate: &[&str],
     ) -> Result<Vec<u64>> {
-        self.require_counters("sketch")?;
+        self.layout.require(Layout::Counters, "sketch")?;
         let node = self.node(shard)?;
         let ttl = self.shared.subkey_ttl;
         let pipe = sketch::pipeline(&Standalone, adds, estimate, ttl);
         let replies = node.run("sketch", &pipe).await?;
         sketch::estimates(replies, node.name(), &Standalone, adds, estimate, ttl)
-    }
-
-    fn require_counters(&self, op: &'static str) -> Result<()> {
-        if self.layout == Layout::Counters {
-            Ok(())
-        } else {
-            Err(Error::WrongLayout {
-                op,
-                needed: Layout::Counters,
-                actual: self.layout,
-            })
-        }
     }
 
     fn node(&self, shard: ShardId) -> Result<&Node> {
@@ -474,24 +462,12 @@ impl RedisStore {
     /// `shard`'s sorted set, for the ranked read `op`: [`Error::WrongLayout`] unless the
     /// layout is [`Layout::SortedSet`].
     fn sorted_set(&self, op: &'static str, shard: ShardId) -> Result<NodeSet<'_>> {
-        self.require_sorted_set(op)?;
+        self.layout.require(Layout::SortedSet, op)?;
         Ok(NodeSet {
             node: self.node(shard)?,
             top_script: &self.shared.top_script,
             conn: None,
         })
-    }
-
-    fn require_sorted_set(&self, op: &'static str) -> Result<()> {
-        if self.layout == Layout::SortedSet {
-            Ok(())
-        } else {
-            Err(Error::WrongLayout {
-                op,
-                needed: Layout::SortedSet,
-                actual: self.layout,
-            })
-        }
     }
 }
 

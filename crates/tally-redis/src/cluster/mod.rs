@@ -325,18 +325,6 @@ impl ClusterStore {
             })
         }
     }
-
-    fn require_sorted_set(&self, op: &'static str) -> Result<()> {
-        if self.layout == Layout::SortedSet {
-            Ok(())
-        } else {
-            Err(Error::WrongLayout {
-                op,
-                needed: Layout::SortedSet,
-                actual: self.layout,
-            })
-        }
-    }
 }
 
 /// A cluster client over the seeds: commands bounded by `timeout`, and only the retries

@@ -82,13 +82,7 @@ impl ClusterStore {
         adds: &[SketchAdd<'_>],
         estimate: &[&str],
     ) -> Result<Vec<u64>> {
-        if self.layout != crate::Layout::Counters {
-            return Err(Error::WrongLayout {
-                op: "sketch",
-                needed: crate::Layout::Counters,
-                actual: self.layout,
-            });
-        }
+        self.layout.require(crate::Layout::Counters, "sketch")?;
         let bucket = self.bucket(shard)?;
         let ttl = self.shared.config.subkey_ttl;
         let pipe = sketch::pipeline(bucket, adds, estimate, ttl);
@@ -143,7 +137,7 @@ impl ClusterStore {
     /// `shard`'s sorted set, for the ranked read `op`: [`Error::WrongLayout`] unless the
     /// layout is [`crate::Layout::SortedSet`].
     fn sorted_set(&self, op: &'static str, shard: ShardId) -> Result<BucketSet<'_>> {
-        self.require_sorted_set(op)?;
+        self.layout.require(crate::Layout::SortedSet, op)?;
         let bucket = self.bucket(shard)?;
         Ok(BucketSet {
             store: self,
