@@ -55,22 +55,25 @@ pub(crate) fn days_param(query: &str) -> Result<u32, String> {
     Ok(days_given(query)?.unwrap_or(DEFAULT_DAYS))
 }
 
-/// `?days=` as [`days_param`] reads it, `None` when absent.
+/// `?days=` as [`days_param`] reads it (percent-decoded, as every query parameter),
+/// `None` when absent.
 pub(crate) fn days_given(query: &str) -> Result<Option<u32>, String> {
-    let mut days = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "days" {
-            if days.is_some() {
-                return Err("days given twice".to_owned());
-            }
-            let parsed = value.parse::<u32>().ok().filter(|n| {
-                (1..=MAX_DAYS).contains(n) && value.bytes().all(|b| b.is_ascii_digit())
-            });
-            days = Some(parsed.ok_or_else(|| value.chars().take(64).collect::<String>())?);
+    let value = match crate::routes::query_param(query, "days") {
+        Ok(value) => value,
+        Err(crate::routes::ParamError::Twice) => return Err("days given twice".to_owned()),
+        Err(crate::routes::ParamError::Unreadable(why)) => {
+            return Err(format!("the query string cannot be read: {why}"));
         }
-    }
-    Ok(days)
+    };
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_DAYS).contains(n) && value.bytes().all(|b| b.is_ascii_digit()))
+        .map(Some)
+        .ok_or_else(|| value.chars().take(64).collect())
 }
 
 /// Every [`SWEEP_EVERY`] (and once at start), removes the days before the retention from
@@ -139,7 +142,7 @@ mod tests {
         assert_eq!(days_param("x=1"), Ok(30));
         assert_eq!(days_param("days=7"), Ok(7));
         assert_eq!(days_param("days=366"), Ok(366));
-        for bad in ["0", "367", "-1", "+5", "1.5", "", "abc"] {
+        for bad in ["0", "367", "-1", "1.5", "", "abc"] {
             assert_eq!(
                 days_param(&format!("days={bad}")),
                 Err(bad.to_owned()),
@@ -147,5 +150,10 @@ mod tests {
             );
         }
         assert!(days_param("days=1&days=2").is_err());
+        // A query's `+` is a space: refused, shown decoded.
+        assert_eq!(days_param("days=+5"), Err(" 5".to_owned()));
+        // Percent-decoded like every parameter: `%37` is `7`.
+        assert_eq!(days_param("days=%37"), Ok(7));
+        assert_eq!(days_param("d%61ys=5"), Ok(5));
     }
 }

@@ -11,7 +11,7 @@ use crate::daily;
 use crate::error::{ApiError, ErrorBody};
 use crate::page_id::PageId;
 use crate::routes::openapi::{self, DaysParam, PageIdParam, VisitCountParam};
-use crate::routes::{NodeStatus, iso_time, node_status, visitors};
+use crate::routes::{NodeStatus, ParamError, iso_time, node_status, visitors};
 use crate::state::AppState;
 
 impl FromRequest for PageId {
@@ -110,24 +110,17 @@ pub(crate) async fn record_visit(
 
 /// The `count` of a visit's query string: 1 when absent. Other parameters are ignored.
 fn count_param(query: &str) -> Result<u64, ApiError> {
-    if query.is_empty() {
-        return Ok(1);
-    }
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
-        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let mut found = None;
-    for (name, value) in pairs.iter() {
-        if name == "count" {
-            if found.is_some() {
-                return Err(ApiError::InvalidCount {
-                    value: "count given twice".to_owned(),
-                    page: None,
-                });
-            }
-            found = Some(visit_count(value, None)?);
+    match crate::routes::query_param(query, "count") {
+        Ok(None) => Ok(1),
+        Ok(Some(value)) => visit_count(&value, None),
+        Err(ParamError::Unreadable(why)) => {
+            Err(ApiError::BadRequest(format!("query string: {why}")))
         }
+        Err(ParamError::Twice) => Err(ApiError::InvalidCount {
+            value: "count given twice".to_owned(),
+            page: None,
+        }),
     }
-    Ok(found.unwrap_or(1))
 }
 
 /// `text` as a visit count: a whole number from 1 to [`MAX_VISIT_COUNT`], in decimal

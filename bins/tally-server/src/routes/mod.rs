@@ -69,6 +69,35 @@ impl Route {
     }
 }
 
+/// Why [`query_param`] could not read a parameter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ParamError {
+    /// The query string is not `name=value` pairs that decode (what actix's parser said).
+    Unreadable(String),
+    /// The parameter is there twice.
+    Twice,
+}
+
+/// The value of the query parameter `name` in `query`, percent-decoded as actix decodes a
+/// query (`+` a space); `None` when absent. Other parameters are ignored.
+pub(crate) fn query_param(query: &str, name: &str) -> Result<Option<String>, ParamError> {
+    if query.is_empty() {
+        return Ok(None);
+    }
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|e| ParamError::Unreadable(e.to_string()))?;
+    let mut found = None;
+    for (key, value) in pairs.into_inner() {
+        if key == name {
+            if found.is_some() {
+                return Err(ParamError::Twice);
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
+}
+
 /// Every route, in the order actix tries them.
 ///
 /// Routes are full-path resources rather than a scope on the prefix, so a path under the
