@@ -48,6 +48,16 @@
 //! loop, latency timed from the schedule) for the p99 target. Around the GET count phases
 //! of tally, its own read-cache hits and misses are read.
 //!
+//! The latency mode (`--rtt`, by default 0.5 ms and 2 ms; 0.5 ms with `--quick`): every
+//! figure above is on loopback, where a Redis round trip costs tens of microseconds, which
+//! flatters the naive targets that wait for one per visit. After each of `naive`,
+//! `naive-mux` and `tally-redis`'s loopback scenarios, its visits run again with the three
+//! nodes behind a delay proxy ([`delay`]) holding every chunk for half the round trip each
+//! way (pipelining kept); closed loop only. The proxy is a child process, its CPU a column
+//! of its own, and how long it actually held the chunks is read from it per phase. The
+//! report's Round trip table sets each against `naive` at the same round trip, the floor,
+//! and the same target on loopback.
+//!
 //! Then the `/stats/` scale scenario ([`stats_scale`]) on each store of `--stats-stores`
 //! (by default those of the targets: Redis for `tally-redis`, the embedded store for
 //! `tally-embedded`, the Redis Cluster for `tally-cluster`, on the cluster that target
@@ -95,6 +105,7 @@
 //! - [`scenario`]: what a load scenario sends, and running it (retries, rounds, phases);
 //! - [`report`]: the markdown tables of the load scenarios;
 //! - [`stats_scale`]: the `/stats/` scale scenario, with its own report section;
+//! - [`delay`]: the latency mode's delay proxy, a child process (this binary again);
 //! - [`targets`]: the servers under test;
 //! - [`client`]: the load client;
 //! - [`measure`]: Redis commands, CPU time and tally's cache reads around a phase;
@@ -102,6 +113,7 @@
 //!   them on every way out.
 
 mod client;
+mod delay;
 mod measure;
 mod nodes;
 mod options;
@@ -180,7 +192,11 @@ struct Redis<'a> {
 }
 
 fn main() -> ExitCode {
-    let options = match Options::parse(std::env::args().skip(1)) {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|arg| arg == delay::SUBCOMMAND) {
+        return delay::main(args.skip(1));
+    }
+    let options = match Options::parse(args) {
         Ok(options) => options,
         Err(problem) => {
             if problem.is_empty() {
@@ -229,7 +245,7 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         .context("cannot build the client runtime")?;
     server_rt.spawn(nodes::stop_on_signal());
 
-    let needs_redis = plan.iter().any(|(kind, _)| kind.uses_redis())
+    let needs_redis = plan.iter().any(|s| s.kind.uses_redis())
         || stats_plan
             .as_ref()
             .is_some_and(stats_scale::Plan::uses_redis);

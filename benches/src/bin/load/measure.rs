@@ -1,6 +1,7 @@
 //! Side measurements around a phase: Redis commands (`INFO commandstats`, summed over the
 //! nodes or per node with its main thread's CPU time), CPU time by party (client
-//! threads, server threads, redis-server processes), read from `/proc` before and after,
+//! threads, server threads, redis-server processes, delay proxies), read from `/proc`
+//! before and after,
 //! tally-server's own read-cache hits and misses, and what it has left to write at the
 //! end; and waiting for the machine to go quiet before measuring.
 
@@ -102,6 +103,9 @@ pub struct CpuSnapshot {
     client: u64,
     server: u64,
     redis: u64,
+    /// The delay proxy of the latency mode ([`crate::delay`]), when the target's nodes are
+    /// behind one.
+    proxy: u64,
     /// The harness's other redis-servers, idle during the phase (the standalone nodes
     /// while tally-cluster runs, the cluster's while the others do): theirs, not another
     /// process's, so left out of `other`.
@@ -121,6 +125,9 @@ pub struct CpuUse {
     pub server: f64,
     /// The redis-server processes.
     pub redis: f64,
+    /// The delay proxy process, in the latency mode (0 otherwise; not in the `Display`
+    /// of the loopback tables).
+    pub proxy: f64,
     /// Softirq time of all CPUs: mostly the kernel's receive work for the loopback
     /// traffic of all three parties, which the kernel charges to no process.
     pub softirq: f64,
@@ -144,8 +151,8 @@ impl CpuSnapshot {
     /// Reads `/proc` now. Threads of this process whose name starts with
     /// [`CLIENT_THREAD`], and the main thread, are the client; the others the server;
     /// `redis_pids` are the redis-servers of the target measured, and the harness's other
-    /// redis children count as idle.
-    pub fn take(redis_pids: &[u32]) -> Self {
+    /// redis children count as idle; `proxy_pids` the delay proxies in front of them.
+    pub fn take(redis_pids: &[u32], proxy_pids: &[u32]) -> Self {
         let (mut client, mut server) = (0, 0);
         let main = std::process::id().to_string();
         if let Ok(tasks) = fs::read_dir("/proc/self/task") {
@@ -165,6 +172,7 @@ impl CpuSnapshot {
         }
         let machine = machine_busy().unwrap_or((0, 0));
         let redis = process_ticks(redis_pids);
+        let proxy = process_ticks(proxy_pids);
         let idle_redis = process_ticks(
             nodes::children()
                 .iter()
@@ -175,6 +183,7 @@ impl CpuSnapshot {
             client,
             server,
             redis,
+            proxy,
             idle_redis,
             machine: machine.0,
             softirq: machine.1,
@@ -188,14 +197,16 @@ impl CpuSnapshot {
         let client = later.client.saturating_sub(self.client);
         let server = later.server.saturating_sub(self.server);
         let redis = later.redis.saturating_sub(self.redis);
+        let proxy = later.proxy.saturating_sub(self.proxy);
         let machine = later.machine.saturating_sub(self.machine);
         let idle_redis = later.idle_redis.saturating_sub(self.idle_redis);
         CpuUse {
             client: percent(client),
             server: percent(server),
             redis: percent(redis),
+            proxy: percent(proxy),
             softirq: percent(later.softirq.saturating_sub(self.softirq)),
-            other: percent(machine.saturating_sub(client + server + redis + idle_redis)),
+            other: percent(machine.saturating_sub(client + server + redis + proxy + idle_redis)),
         }
     }
 }
@@ -240,9 +251,9 @@ fn machine_busy() -> Option<(u64, u64)> {
 pub fn wait_for_quiet(redis_pids: &[u32], limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
     loop {
-        let before = CpuSnapshot::take(redis_pids);
+        let before = CpuSnapshot::take(redis_pids, &[]);
         std::thread::sleep(Duration::from_secs(1));
-        let other = before.until(&CpuSnapshot::take(redis_pids)).other;
+        let other = before.until(&CpuSnapshot::take(redis_pids, &[])).other;
         if other < 10.0 || Instant::now() >= deadline {
             return other;
         }

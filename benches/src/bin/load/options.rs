@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::scenario::{self, GRACE, Load};
+use crate::delay::Rtt;
+use crate::scenario::{self, GRACE, Scenario};
 use crate::stats_scale::{self, StatsStore};
 use crate::targets::Kind;
 
@@ -14,7 +15,7 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--client-threads N] [--targets LIST] [--markdown PATH] [--compare-clients]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
             [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
-            [--stats-urls N] [--stats-stores LIST] [--only stats]
+            [--stats-urls N] [--stats-stores LIST] [--only stats] [--rtt LIST]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
                      working; the figures are printed, not checked); the bulk scenario
@@ -54,7 +55,15 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
                      embedded for tally-embedded and cluster for tally-cluster; all
                      three with --only stats; cluster starts the six-node Redis
                      Cluster of tally-cluster, which needs redis-cli)
-  --only stats       run only the /stats/ scale scenario";
+  --only stats       run only the /stats/ scale scenario
+  --rtt LIST         round trips between the servers and the three Redis nodes for the
+                     latency mode, comma-separated (e.g. 0.5ms,2ms or 500us), or none:
+                     after their loopback scenarios, naive and naive-mux POST visit hot
+                     and tally-redis POST visit hot and cold run again through a delay
+                     proxy per node holding each chunk for half the round trip each way
+                     (closed loop only); the floor has no Redis and is not repeated
+                     (default 0.5ms,2ms; with --quick 0.5ms, POST visit hot on naive and
+                     tally-redis only)";
 
 /// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
 /// the maximum rate), unless `--paced-fraction` says otherwise.
@@ -101,6 +110,8 @@ pub struct Options {
     pub stats_stores: Option<Vec<StatsStore>>,
     /// `--only stats`: the `/stats/` scale scenario and nothing else.
     pub only_stats: bool,
+    /// `--rtt`: the round trips of the latency mode, in run order (none: loopback only).
+    pub rtts: Vec<Rtt>,
 }
 
 impl Options {
@@ -110,6 +121,7 @@ impl Options {
         let (mut quick, mut duration, mut warmup, mut quiet_wait, mut retries) =
             (false, None, None, None, None);
         let mut stats_urls = None;
+        let mut rtts = None;
         let mut options = Options {
             quick: false,
             duration: Duration::from_secs(10),
@@ -130,6 +142,7 @@ impl Options {
             stats_urls: stats_scale::DEFAULT_URLS,
             stats_stores: None,
             only_stats: false,
+            rtts: Vec::new(),
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -215,6 +228,7 @@ impl Options {
                     "stats" => options.only_stats = true,
                     other => return Err(format!("--only {other:?}: expected stats")),
                 },
+                "--rtt" => rtts = Some(round_trips(&value("--rtt")?)?),
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -228,6 +242,13 @@ impl Options {
             options.stats_urls = stats_scale::QUICK_URLS;
         }
         options.stats_urls = stats_urls.unwrap_or(options.stats_urls);
+        options.rtts = rtts.unwrap_or_else(|| {
+            let defaults: &[&str] = if quick { &["0.5ms"] } else { &["0.5ms", "2ms"] };
+            defaults
+                .iter()
+                .map(|rtt| Rtt::parse(rtt).expect("the default round trips are valid"))
+                .collect()
+        });
         options.retries = retries.unwrap_or(options.retries);
         options.quiet_wait = quiet_wait.unwrap_or(options.quiet_wait);
         options.paced = if quick && duration.is_none() {
@@ -256,18 +277,18 @@ impl Options {
     }
 
     /// The load scenarios run (none with `--only stats`).
-    pub fn plan(&self) -> Vec<(Kind, Load)> {
+    pub fn plan(&self) -> Vec<Scenario> {
         if self.only_stats {
             Vec::new()
         } else {
-            scenario::scenarios(&self.targets, self.quick)
+            scenario::scenarios(&self.targets, self.quick, &self.rtts)
         }
     }
 
     /// Whether the run needs the Redis Cluster: for the `tally-cluster` target, or the
     /// `/stats/` scale scenario on the cluster.
     pub fn uses_cluster(&self) -> bool {
-        self.plan().iter().any(|(kind, _)| kind.uses_cluster())
+        self.plan().iter().any(|s| s.kind.uses_cluster())
             || self
                 .stats_plan()
                 .as_ref()
@@ -309,6 +330,21 @@ fn seconds(name: &str, value: &str) -> Result<Duration, String> {
         ))
 }
 
+/// `--rtt`: `none`, or round trips, comma-separated, each once, in the order given.
+fn round_trips(list: &str) -> Result<Vec<Rtt>, String> {
+    if list.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let mut rtts: Vec<Rtt> = Vec::new();
+    for rtt in list.split(',') {
+        let rtt = Rtt::parse(rtt).map_err(|e| format!("--rtt: {e}"))?;
+        if !rtts.contains(&rtt) {
+            rtts.push(rtt);
+        }
+    }
+    Ok(rtts)
+}
+
 /// `--stats-stores`: `none`, or stores by name, comma-separated.
 fn stores(list: &str) -> Result<Vec<StatsStore>, String> {
     if list.trim() == "none" {
@@ -347,6 +383,7 @@ fn count(name: &str, value: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::Load;
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         Options::parse(args.iter().map(|a| (*a).to_owned()))
@@ -414,10 +451,11 @@ mod tests {
         assert!(options.budget(0) >= embedded.budget(0) + Duration::from_secs(120));
     }
 
-    fn loads_of(plan: &[(Kind, Load)], kind: Kind) -> Vec<Load> {
+    /// What `kind` is sent on loopback, in run order.
+    fn loads_of(plan: &[Scenario], kind: Kind) -> Vec<Load> {
         plan.iter()
-            .filter(|&&(k, _)| k == kind)
-            .map(|&(_, load)| load)
+            .filter(|s| s.kind == kind && s.rtt.is_none())
+            .map(|s| s.load)
             .collect()
     }
 
@@ -426,7 +464,7 @@ mod tests {
         let options = parse(&["--targets", "tally-embedded,tally-memory"]).unwrap();
         assert_eq!(options.targets, [Kind::TallyMemory, Kind::TallyEmbedded]);
         let plan = options.plan();
-        assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
+        assert!(plan.iter().all(|s| !s.kind.uses_redis() && s.rtt.is_none()));
         let shared = [Load::VisitHot, Load::VisitCold, Load::CountCold];
         assert_eq!(loads_of(&plan, Kind::TallyMemory), shared);
         assert_eq!(loads_of(&plan, Kind::TallyEmbedded)[..3], shared);
@@ -434,12 +472,17 @@ mod tests {
 
     #[test]
     fn the_bulk_runs_on_every_stored_target_but_on_one_with_quick() {
-        let targets = ["--targets", "floor,tally-memory,tally-embedded,tally-redis"];
+        let targets = [
+            "--targets",
+            "floor,tally-memory,tally-embedded,tally-redis",
+            "--rtt",
+            "none",
+        ];
         let full = parse(&targets).unwrap().plan();
-        let bulk_on = |plan: &[(Kind, Load)]| -> Vec<Kind> {
+        let bulk_on = |plan: &[Scenario]| -> Vec<Kind> {
             plan.iter()
-                .filter(|&&(_, load)| load == Load::BulkHot)
-                .map(|&(kind, _)| kind)
+                .filter(|s| s.load == Load::BulkHot)
+                .map(|s| s.kind)
                 .collect()
         };
         assert_eq!(bulk_on(&full), [Kind::TallyEmbedded, Kind::TallyRedis]);
@@ -475,11 +518,7 @@ mod tests {
         assert_eq!(options.targets, [Kind::Floor, Kind::TallyCluster]);
 
         let plan = options.plan();
-        let loads: Vec<Load> = plan
-            .iter()
-            .filter(|&&(kind, _)| kind == Kind::TallyCluster)
-            .map(|&(_, load)| load)
-            .collect();
+        let loads = loads_of(&plan, Kind::TallyCluster);
         assert_eq!(
             loads,
             [
@@ -489,8 +528,10 @@ mod tests {
                 Load::BulkHot
             ]
         );
-        // The standalone nodes are not started for it; /stats/ at scale runs on the cluster.
-        assert!(plan.iter().all(|&(kind, _)| !kind.uses_redis()));
+        // The standalone nodes are not started for it, and it has no latency mode (the
+        // cluster's nodes tell their clients their own addresses); /stats/ at scale runs
+        // on the cluster.
+        assert!(plan.iter().all(|s| !s.kind.uses_redis() && s.rtt.is_none()));
         let stats = options.stats_plan().unwrap();
         assert_eq!(stats.stores, [StatsStore::Cluster]);
         assert!(!stats.uses_redis());
@@ -500,6 +541,54 @@ mod tests {
             options.budget(plan.len())
                 >= without.budget(without.plan().len()) + Duration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn the_latency_mode_repeats_the_redis_visits_after_their_loopback_scenarios() {
+        let rtt = |text| Some(Rtt::parse(text).unwrap());
+        let options = parse(&["--targets", "floor,naive,tally-redis"]).unwrap();
+        assert_eq!(options.rtts, [rtt("0.5ms").unwrap(), rtt("2ms").unwrap()]);
+        let plan = options.plan();
+        let delayed: Vec<(Kind, Load, Option<Rtt>)> = plan
+            .iter()
+            .filter(|s| s.rtt.is_some())
+            .map(|s| (s.kind, s.load, s.rtt))
+            .collect();
+        assert_eq!(
+            delayed,
+            [
+                (Kind::Naive, Load::VisitHot, rtt("0.5ms")),
+                (Kind::Naive, Load::VisitHot, rtt("2ms")),
+                (Kind::TallyRedis, Load::VisitHot, rtt("0.5ms")),
+                (Kind::TallyRedis, Load::VisitCold, rtt("0.5ms")),
+                (Kind::TallyRedis, Load::VisitHot, rtt("2ms")),
+                (Kind::TallyRedis, Load::VisitCold, rtt("2ms")),
+            ]
+        );
+        // Right after the loopback scenarios of the same target, which they are set against.
+        let naive_at = plan.iter().position(|s| s.kind == Kind::Naive).unwrap();
+        assert_eq!(plan[naive_at + 1].rtt, rtt("0.5ms"));
+
+        let quick = parse(&["--quick", "--targets", "floor,naive,naive-mux,tally-redis"]).unwrap();
+        let delayed: Vec<(Kind, Load, Option<Rtt>)> = quick
+            .plan()
+            .iter()
+            .filter(|s| s.rtt.is_some())
+            .map(|s| (s.kind, s.load, s.rtt))
+            .collect();
+        assert_eq!(
+            delayed,
+            [
+                (Kind::Naive, Load::VisitHot, rtt("0.5ms")),
+                (Kind::TallyRedis, Load::VisitHot, rtt("0.5ms")),
+            ]
+        );
+
+        let none = parse(&["--rtt", "none"]).unwrap();
+        assert!(none.plan().iter().all(|s| s.rtt.is_none()));
+        let chosen = parse(&["--rtt", "2ms, 500us,2ms"]).unwrap();
+        assert_eq!(chosen.rtts, [rtt("2ms").unwrap(), rtt("0.5ms").unwrap()]);
+        assert!(parse(&["--rtt", "2"]).is_err());
     }
 
     #[test]

@@ -1,27 +1,36 @@
 //! The report of the load scenarios, in markdown: the header (when, where, how), then one
-//! table each: the maximum rate, the paced phase, the targets; and, with
-//! `--compare-clients`, the load client's cost. The `/stats/` scale scenario renders its
+//! table each: the maximum rate, the paced phase (both on loopback), the latency mode's
+//! round trips, the targets; and, with `--compare-clients`, the load client's cost. The `/stats/` scale scenario renders its
 //! own section ([`crate::stats_scale::Report::render`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::measure::{self, CommandCounts};
+use crate::delay::Rtt;
+use crate::measure::{self, CommandCounts, CpuUse};
 use crate::options::Options;
 use crate::scenario::{self, ClientCost, Load, Measured, Row};
 use crate::targets::Kind;
 
-/// The report of the load scenarios: header, settings, then the three tables.
+/// The report of the load scenarios: header, settings, then the tables: the loopback
+/// scenarios' first, then the latency mode's, then the targets of both.
 pub fn render(options: &Options, rows: &[Row], load_before: &str, elapsed: Duration) -> String {
     let mut out = render_header(load_before, elapsed, "");
     render_settings(&mut out, options);
-    render_max_rate(&mut out, rows);
-    render_bulk(&mut out, rows);
-    render_cache_reads(&mut out, rows);
-    render_cluster_roles(&mut out, rows);
-    render_paced(&mut out, options, rows);
+    let loopback: Vec<Row> = rows.iter().filter(|r| r.rtt.is_none()).cloned().collect();
+    render_max_rate(&mut out, &loopback);
+    render_bulk(&mut out, &loopback);
+    render_cache_reads(&mut out, &loopback);
+    render_cluster_roles(&mut out, &loopback);
+    render_paced(&mut out, options, &loopback);
+    render_round_trip(&mut out, rows);
     render_stops(&mut out, rows);
-    render_targets(&mut out, options, rows);
+    render_targets(&mut out, &loopback, rows);
+    for target in round_trip_targets(rows) {
+        let (figure, value, shown, met) = target;
+        render_target(&mut out, (&figure, value, shown, met));
+    }
+    render_latency_targets(&mut out, options, &loopback);
     out
 }
 
@@ -287,6 +296,147 @@ fn render_cluster_roles(out: &mut String, rows: &[Row]) {
     }
 }
 
+/// The closed-loop rate of `kind` on `load` over `rtt` (`None`: loopback), when it ran.
+fn rate_at(rows: &[Row], kind: Kind, load: Load, rtt: Option<Rtt>) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.kind == kind && r.load == load && r.rtt == rtt)
+        .map(|r| r.max.outcome.throughput())
+}
+
+/// The latency mode: each target and scenario run behind the delay proxies, at each round
+/// trip and on loopback, with the floor for reference; set against `naive` at the same
+/// round trip, the floor, and the same target on loopback. Nothing when the mode did not
+/// run.
+fn render_round_trip(out: &mut String, rows: &[Row]) {
+    // Each (target, scenario) the mode ran, in run order.
+    let mut pairs: Vec<(Kind, Load)> = Vec::new();
+    for row in rows.iter().filter(|r| r.rtt.is_some()) {
+        if !pairs.contains(&(row.kind, row.load)) {
+            pairs.push((row.kind, row.load));
+        }
+    }
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Round trip (closed loop)\n\nThe visits of the Redis targets again, each of the three nodes behind a delay proxy that holds every chunk it reads for half the round trip before writing it on, each way, pipelining kept (one child process for the three, on one tokio thread and a clock thread: its CPU is the `proxy` column, which a real network would not take from these cores). On loopback a round trip is about 0.04 ms. `held`: how long the proxy actually held the chunks of the phase, read to written (half the round trip, plus its lateness on this busy machine). The floor has no Redis; its row is the loopback one.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | scenario | round trip | req/s | p50 ms | p99 ms | non-2xx / errors | Redis cmds per 1k req | held ms, p50 / p99 | CPU % client / server / redis / proxy / softirq / other | server CPU µs per req | vs naive, same round trip | vs floor | vs itself on loopback |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|--:|--:|--:|--:|--:|---|--:|---|--:|--:|--:|--:|"
+    );
+    let floor = rate_at(rows, Kind::Floor, Load::VisitHot, None);
+    let floor_row = rows
+        .iter()
+        .find(|r| r.kind == Kind::Floor && r.load == Load::VisitHot && r.rtt.is_none());
+    let mut shown: Vec<&Row> = floor_row.into_iter().collect();
+    for &(kind, load) in &pairs {
+        let mut of_pair: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.kind == kind && r.load == load)
+            .collect();
+        of_pair.sort_by_key(|r| r.rtt);
+        shown.extend(of_pair);
+    }
+    for row in shown {
+        let m = &row.max;
+        let rate = m.outcome.throughput();
+        let versus = |of: Option<f64>| of.map_or(String::new(), |of| ratio(rate, of));
+        let vs_naive = if row.kind == Kind::Floor || row.kind == Kind::Naive {
+            String::new()
+        } else {
+            versus(rate_at(rows, Kind::Naive, Load::VisitHot, row.rtt))
+        };
+        let vs_floor = if row.kind == Kind::Floor {
+            String::new()
+        } else {
+            versus(floor)
+        };
+        let vs_loopback = if row.rtt.is_some() {
+            versus(rate_at(rows, row.kind, row.load, None))
+        } else {
+            String::new()
+        };
+        let held = match m.held {
+            None => String::new(),
+            // tally's batches every 5 s can leave a short phase without any.
+            Some(held) if held.chunks == 0 => "no chunks".to_owned(),
+            Some(held) => format!(
+                "{:.3} / {:.3}",
+                held.p50.as_secs_f64() * 1e3,
+                held.p99.as_secs_f64() * 1e3
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} / {} | {} | {held} | {} | {:.1} | {vs_naive} | {vs_floor} | {vs_loopback} |",
+            row.kind,
+            row.load.name(),
+            row.rtt.map_or("loopback".to_owned(), |rtt| rtt.to_string()),
+            rate,
+            m.outcome.latency_ms(0.50),
+            m.outcome.latency_ms(0.99),
+            m.outcome.non_2xx,
+            errors(m),
+            commands(m),
+            cpu_with_proxy(&m.cpu),
+            m.cpu.server / 100.0 * 1e6 / rate.max(1.0),
+        );
+    }
+}
+
+/// `client / server / redis / proxy / softirq / other`, whole percents.
+fn cpu_with_proxy(cpu: &CpuUse) -> String {
+    format!(
+        "{:.0} / {:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
+        cpu.client, cpu.server, cpu.redis, cpu.proxy, cpu.softirq, cpu.other
+    )
+}
+
+/// The round trip the targets for the latency mode are set at; below it a Redis
+/// round trip is too close to loopback's for the naive targets to fall behind as far.
+const TARGET_RTT: Duration = Duration::from_micros(500);
+
+/// The latency mode's targets, per round trip run: tally-redis's POST visit (hot) at least
+/// 5 times naive's at the same round trip (from [`TARGET_RTT`] up; for reference below),
+/// and within 5% of its own rate on loopback.
+fn round_trip_targets(rows: &[Row]) -> Vec<OwnedTarget> {
+    let mut rtts: Vec<Rtt> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::TallyRedis && r.load == Load::VisitHot)
+        .filter_map(|r| r.rtt)
+        .collect();
+    rtts.sort();
+    rtts.dedup();
+    let tally = |rtt| rate_at(rows, Kind::TallyRedis, Load::VisitHot, rtt);
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let mut targets: Vec<OwnedTarget> = Vec::new();
+    for rtt in rtts {
+        let vs_naive = div(
+            tally(Some(rtt)),
+            rate_at(rows, Kind::Naive, Load::VisitHot, Some(rtt)),
+        );
+        let figure = format!("tally-redis POST visit (hot) / naive, both at a {rtt} round trip");
+        if rtt.one_way() * 2 >= TARGET_RTT {
+            targets.push((figure, vs_naive, ">= 5", |v| v >= 5.0));
+        } else {
+            targets.push((figure + " (for reference)", vs_naive, "(none)", |_| true));
+        }
+        targets.push((
+            format!("tally-redis POST visit (hot) at a {rtt} round trip / on loopback"),
+            div(tally(Some(rtt)), tally(None)),
+            ">= 0.95",
+            |v| v >= 0.95,
+        ));
+    }
+    targets
+}
+
 /// A stop of tally-server is slow when a backlog of pending counts is left to flush: the
 /// table lists stops over this long, and any that left visits unwritten.
 const SLOW_STOP: Duration = Duration::from_secs(2);
@@ -318,9 +468,11 @@ fn render_stops(out: &mut String, rows: &[Row]) {
         let stopped = &row.stopped;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {} | {} / {} |",
+            "| {} | {}{} | {} | {:.1} | {} | {} / {} |",
             row.kind,
             row.load.name(),
+            row.rtt
+                .map_or(String::new(), |rtt| format!(", {rtt} round trip")),
             row.backlog
                 .map_or("n/a".to_owned(), |b| format!("{} / {}", b.pages, b.urls)),
             stopped.took.as_secs_f64(),
@@ -367,13 +519,16 @@ fn render_paced(out: &mut String, options: &Options, rows: &[Row]) {
 /// parentheses for a figure given for reference) and the test it must pass.
 type Target<'a> = (&'a str, Option<f64>, &'a str, fn(f64) -> bool);
 
-/// The targets: the rate ratios and commands per visit, then the p99 of every
-/// paced phase of tally (and of the floor, for reference).
-fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
+/// A [`Target`] whose figure names a value of the run (a round trip).
+type OwnedTarget = (String, Option<f64>, &'static str, fn(f64) -> bool);
+
+/// The head of the targets table and its loopback rows: the rate ratios and commands per
+/// visit of the `loopback` rows, and tally's visits left unwritten in any of `rows`.
+fn render_targets(out: &mut String, loopback: &[Row], rows: &[Row]) {
     let _ = writeln!(out, "\n### Targets\n");
     let _ = writeln!(out, "| figure | value | target | met |");
     let _ = writeln!(out, "|---|--:|--:|:-:|");
-    for target in rate_targets(rows) {
+    for target in rate_targets(loopback) {
         render_target(out, target);
     }
     if rows.iter().any(|row| row.stopped.flush.is_some()) {
@@ -384,6 +539,11 @@ fn render_targets(out: &mut String, options: &Options, rows: &[Row]) {
             if unwritten == 0 { "yes" } else { "**no**" }
         );
     }
+}
+
+/// The p99 of every paced phase of tally (and of the floor, for reference): the last rows
+/// of the targets table.
+fn render_latency_targets(out: &mut String, options: &Options, rows: &[Row]) {
     let percent = options.paced_fraction * 100.0;
     for row in rows {
         let (target, met): (&str, fn(f64) -> bool) = match row.kind {
@@ -653,7 +813,6 @@ mod tests {
 
     use super::*;
     use crate::client::Outcome;
-    use crate::measure::CpuUse;
     use crate::targets::Stopped;
 
     /// A row whose closed loop answered `per_second` requests a second, for 1 s.
@@ -671,6 +830,7 @@ mod tests {
         Row {
             kind,
             load,
+            rtt: None,
             max: Measured {
                 outcome,
                 commands: CommandCounts::new(),
@@ -678,6 +838,7 @@ mod tests {
                 cpu: CpuUse::default(),
                 offered: None,
                 cache: None,
+                held: None,
             },
             paced: None,
             backlog: None,
@@ -815,6 +976,97 @@ mod tests {
             out.contains("| tally-redis | 500 | 50000 | 0.000 | n/a | n/a | 500 / 0 |\n"),
             "{out}"
         );
+    }
+
+    /// `row`, at a round trip of `rtt` (e.g. `0.5ms`).
+    fn delayed(kind: Kind, load: Load, per_second: u64, rtt: &str) -> Row {
+        Row {
+            rtt: Some(Rtt::parse(rtt).unwrap()),
+            ..row(kind, load, per_second)
+        }
+    }
+
+    #[test]
+    fn a_round_trip_is_set_against_naive_at_the_same_round_trip_and_its_own_loopback() {
+        let rows = [
+            row(Kind::Floor, Load::VisitHot, 50_000),
+            row(Kind::Naive, Load::VisitHot, 12_000),
+            delayed(Kind::Naive, Load::VisitHot, 8_000, "0.5ms"),
+            delayed(Kind::Naive, Load::VisitHot, 4_000, "2ms"),
+            row(Kind::TallyRedis, Load::VisitHot, 40_000),
+            delayed(Kind::TallyRedis, Load::VisitHot, 39_000, "0.5ms"),
+            delayed(Kind::TallyRedis, Load::VisitHot, 36_000, "2ms"),
+        ];
+
+        let targets = round_trip_targets(&rows);
+        let value = |figure: &str| {
+            let target = targets.iter().find(|t| t.0 == figure).unwrap();
+            (target.1, target.2, (target.3)(target.1.unwrap()))
+        };
+        assert_eq!(
+            value("tally-redis POST visit (hot) / naive, both at a 0.5 ms round trip"),
+            (Some(4.875), ">= 5", false)
+        );
+        assert_eq!(
+            value("tally-redis POST visit (hot) / naive, both at a 2 ms round trip"),
+            (Some(9.0), ">= 5", true)
+        );
+        assert_eq!(
+            value("tally-redis POST visit (hot) at a 0.5 ms round trip / on loopback"),
+            (Some(0.975), ">= 0.95", true)
+        );
+        assert_eq!(
+            value("tally-redis POST visit (hot) at a 2 ms round trip / on loopback"),
+            (Some(0.9), ">= 0.95", false)
+        );
+
+        let mut out = String::new();
+        render_round_trip(&mut out, &rows);
+        let table: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .collect();
+        let cells =
+            |line: &str| -> Vec<String> { line.split('|').map(|c| c.trim().to_owned()).collect() };
+        // The floor, then each target on loopback and at each round trip.
+        let order: Vec<(String, String)> = table
+            .iter()
+            .map(|l| (cells(l)[1].clone(), cells(l)[3].clone()))
+            .collect();
+        let expected = [
+            ("floor", "loopback"),
+            ("naive", "loopback"),
+            ("naive", "0.5 ms"),
+            ("naive", "2 ms"),
+            ("tally-redis", "loopback"),
+            ("tally-redis", "0.5 ms"),
+            ("tally-redis", "2 ms"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+        assert_eq!(order, expected);
+        // tally at 2 ms: vs naive at 2 ms, vs the floor, vs itself on loopback.
+        let last = cells(table[6]);
+        assert_eq!(&last[12..15], ["9.00", "0.72", "0.90"]);
+        // The loopback tables leave the delayed rows out.
+        let report = render(
+            &Options::parse(std::iter::empty()).unwrap(),
+            &rows,
+            "0 0 0",
+            Duration::ZERO,
+        );
+        let max_rate =
+            &report[report.find("### Maximum rate").unwrap()..report.find("### Paced").unwrap()];
+        assert_eq!(max_rate.matches("| tally-redis |").count(), 1, "{max_rate}");
+    }
+
+    #[test]
+    fn nothing_is_said_of_round_trips_when_the_latency_mode_did_not_run() {
+        let rows = [row(Kind::TallyRedis, Load::VisitHot, 40_000)];
+        let mut out = String::new();
+        render_round_trip(&mut out, &rows);
+        assert_eq!(out, "");
+        assert!(round_trip_targets(&rows).is_empty());
     }
 
     #[test]

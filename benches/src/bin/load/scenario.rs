@@ -1,7 +1,9 @@
 //! The load scenarios: what each sends ([`Load`]), which run for which target
 //! ([`scenarios`]), and running them: a fresh server, a warm-up, the closed-loop phase,
 //! then the paced phase at a fraction of its rate, with commands and CPU read around each
-//! phase; again when the machine was busy, and over several rounds.
+//! phase; again when the machine was busy, and over several rounds. In the latency mode
+//! ([`Scenario::rtt`]) the target's nodes are reached through a delay proxy, and only the
+//! closed loop runs.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::client::{self, Body, Conn, Expect, Outcome, Pace, Paths, Phase, Workload};
+use crate::delay::{DelayProxy, Held, Rtt};
 use crate::measure::{self, Backlog, CacheReads, CommandCounts, CpuSnapshot, CpuUse};
 use crate::options::Options;
 use crate::targets::{self, Kind, Stopped};
@@ -173,10 +176,38 @@ fn bulk_body(pages: u64) -> String {
 /// the README's choice of mode (the memory store keeps nothing).
 const BULK_TARGETS: [Kind; 3] = [Kind::TallyEmbedded, Kind::TallyRedis, Kind::TallyCluster];
 
-/// The scenarios of each target, in run order. [`Load::BulkHot`] runs on every target of
+/// One scenario of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// The target.
+    pub kind: Kind,
+    /// What it is sent.
+    pub load: Load,
+    /// The latency mode: the round trip the delay proxies add between the target and its
+    /// Redis nodes; `None` on loopback, with no proxy.
+    pub rtt: Option<Rtt>,
+}
+
+/// What each target runs again in the latency mode: the visits, where the naive targets
+/// wait for Redis and tally does not. The floor has no Redis; the in-process stores no
+/// network; the Redis Cluster's nodes tell clients their own addresses (`MOVED`, `CLUSTER
+/// SLOTS`), which a proxy in front of them would have to rewrite.
+fn delayed_loads(kind: Kind, quick: bool) -> &'static [Load] {
+    match kind {
+        Kind::Naive | Kind::TallyRedis if quick => &[Load::VisitHot],
+        _ if quick => &[],
+        Kind::Naive | Kind::NaiveMux => &[Load::VisitHot],
+        Kind::TallyRedis => &[Load::VisitHot, Load::VisitCold],
+        _ => &[],
+    }
+}
+
+/// The scenarios of each target, in run order: its loopback scenarios, then per round trip
+/// of `rtts` its [`delayed_loads`] (with `quick` POST visit hot on naive and tally-redis
+/// only: two short scenarios per round trip). [`Load::BulkHot`] runs on every target of
 /// [`BULK_TARGETS`] selected, or with `quick` on the first of them only (it costs the
 /// CI run one scenario: a few seconds).
-pub fn scenarios(targets: &[Kind], quick: bool) -> Vec<(Kind, Load)> {
+pub fn scenarios(targets: &[Kind], quick: bool, rtts: &[Rtt]) -> Vec<Scenario> {
     let first_bulk = targets.iter().copied().find(|k| BULK_TARGETS.contains(k));
     let bulk = move |kind: Kind| {
         (BULK_TARGETS.contains(&kind) && (!quick || Some(kind) == first_bulk))
@@ -205,10 +236,25 @@ pub fn scenarios(targets: &[Kind], quick: bool) -> Vec<(Kind, Load)> {
                 // a cache miss reads; the request path is tally-redis's.
                 Kind::TallyCluster => &[Load::VisitHot, Load::VisitCold, Load::CountHot],
             };
+            let delayed = rtts.iter().flat_map(move |&rtt| {
+                delayed_loads(kind, quick)
+                    .iter()
+                    .map(move |&load| Scenario {
+                        kind,
+                        load,
+                        rtt: Some(rtt),
+                    })
+            });
             loads
                 .iter()
                 .map(move |&load| (kind, load))
                 .chain(bulk(kind))
+                .map(|(kind, load)| Scenario {
+                    kind,
+                    load,
+                    rtt: None,
+                })
+                .chain(delayed)
         })
         .collect()
 }
@@ -229,6 +275,8 @@ pub struct Measured {
     /// tally-server's read-cache hits and misses during the phase, for the count
     /// scenarios.
     pub cache: Option<CacheReads>,
+    /// In the latency mode, how long the delay proxy held each chunk during the phase.
+    pub held: Option<Held>,
 }
 
 impl Measured {
@@ -246,6 +294,8 @@ pub struct Row {
     pub kind: Kind,
     /// The scenario.
     pub load: Load,
+    /// The round trip to the Redis nodes in the latency mode; `None` on loopback.
+    pub rtt: Option<Rtt>,
     /// The closed-loop phase.
     pub max: Measured,
     /// The paced phase (none when the closed loop got no 2xx).
@@ -271,7 +321,7 @@ impl Row {
 pub fn run_rounds(
     options: &Options,
     setup: &Setup<'_>,
-    plan: &[(Kind, Load)],
+    plan: &[Scenario],
 ) -> anyhow::Result<Vec<Vec<Row>>> {
     let mut rounds = Vec::with_capacity(options.rounds);
     for round in 0..options.rounds {
@@ -279,8 +329,8 @@ pub fn run_rounds(
             eprintln!("load: round {} of {}", round + 1, options.rounds);
         }
         let mut rows = Vec::with_capacity(plan.len());
-        for &(kind, load) in plan {
-            rows.push(run_quietest(options, setup, kind, load)?);
+        for &scenario in plan {
+            rows.push(run_quietest(options, setup, scenario)?);
         }
         rounds.push(rows);
     }
@@ -289,16 +339,19 @@ pub fn run_rounds(
 
 /// Runs the scenario, again (up to `--retries` times) while other processes used over
 /// [`NOISY`] during it, and keeps the quietest attempt.
-fn run_quietest(
-    options: &Options,
-    setup: &Setup<'_>,
-    kind: Kind,
-    load: Load,
-) -> anyhow::Result<Row> {
+fn run_quietest(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> anyhow::Result<Row> {
     let mut best: Option<Row> = None;
     for attempt in 0..=options.retries {
-        let row = run_scenario(options, setup, kind, load)
-            .with_context(|| format!("{kind} / {}", load.name()))?;
+        let row = run_scenario(options, setup, scenario).with_context(|| {
+            format!(
+                "{} / {}{}",
+                scenario.kind,
+                scenario.load.name(),
+                scenario
+                    .rtt
+                    .map_or(String::new(), |rtt| format!(" / RTT {rtt}"))
+            )
+        })?;
         let noise = row.noise();
         if best.as_ref().is_none_or(|b| noise < b.noise()) {
             best = Some(row);
@@ -332,24 +385,28 @@ pub fn median_rows(rounds: &[Vec<Row>], scenarios: usize) -> Vec<Row> {
         .collect()
 }
 
-/// One attempt: flushed nodes, a fresh server, the warm-up, the closed loop, then the
-/// paced phase when the closed loop got any 2xx.
-fn run_scenario(
-    options: &Options,
-    setup: &Setup<'_>,
-    kind: Kind,
-    load: Load,
-) -> anyhow::Result<Row> {
+/// One attempt: flushed nodes, in the latency mode a delay proxy in front of them, a
+/// fresh server, the warm-up, the closed loop, then (on loopback) the paced phase when
+/// the closed loop got any 2xx.
+fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> anyhow::Result<Row> {
+    let Scenario { kind, load, rtt } = scenario;
     let redis = setup.redis_of(kind);
     if let Some(redis) = redis {
         redis.servers.flush()?;
     }
     measure::settle(redis.map_or(&[], |r| r.pids), setup.quiet_wait);
-    let server = setup.server_rt.block_on(targets::start(
-        kind,
-        redis.map_or(&[], |r| r.urls),
-        setup.metrics,
-    ))?;
+    let mut proxy = match (rtt, redis) {
+        (None, _) => None,
+        (Some(rtt), Some(redis)) => Some(DelayProxy::spawn(rtt, redis.urls)?),
+        (Some(_), None) => anyhow::bail!("{kind} has no Redis nodes to put a delay in front of"),
+    };
+    let urls = proxy
+        .as_ref()
+        .map_or(redis.map_or(&[][..], |r| r.urls), DelayProxy::urls)
+        .to_vec();
+    let server = setup
+        .server_rt
+        .block_on(targets::start(kind, &urls, setup.metrics))?;
     let client_rt = setup.client_rt;
     let conns = client_rt
         .block_on(client::connect_all(server.address, options.connections))
@@ -364,10 +421,13 @@ fn run_scenario(
         &closed(&workload, options.duration),
         redis,
         cache_of,
+        proxy.as_mut(),
     )?;
-    report_phase(options, kind, load, &max, "");
+    let rtt_suffix = rtt.map_or(String::new(), |rtt| format!(" (RTT {rtt})"));
+    report_phase(options, kind, load, &max, &rtt_suffix);
     let mut paced = None;
-    if max.outcome.ok > 0 {
+    // The latency mode compares maximum rates; a paced phase would double its time.
+    if max.outcome.ok > 0 && rtt.is_none() {
         let rate = max.outcome.throughput() * options.paced_fraction;
         let phase = Phase {
             workload: workload.clone(),
@@ -375,7 +435,7 @@ fn run_scenario(
             duration: options.paced,
             grace: GRACE,
         };
-        let (_, mut measured) = measured_phase(client_rt, conns, &phase, redis, cache_of)?;
+        let (_, mut measured) = measured_phase(client_rt, conns, &phase, redis, cache_of, None)?;
         measured.offered = Some(rate);
         report_phase(options, kind, load, &measured, " (paced)");
         paced = Some(measured);
@@ -389,6 +449,8 @@ fn run_scenario(
         None
     };
     let stopped = setup.server_rt.block_on(server.stop())?;
+    // After the server's stop, whose flush still goes through it.
+    drop(proxy);
     if stopped.pages_unwritten() > 0 {
         eprintln!(
             "load: {kind} / {}: tally-server could not write {} visits to {} pages within its shutdown deadline ({:.1} s to stop)",
@@ -401,6 +463,7 @@ fn run_scenario(
     Ok(Row {
         kind,
         load,
+        rtt,
         max,
         paced,
         backlog,
@@ -444,20 +507,22 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
         &closed(&workload, options.duration),
         None,
         None,
+        None,
     )?;
     drop(conns);
     let reqwest =
         |duration| client::drive_reqwest(server.address, options.connections, &workload, duration);
     client_rt.block_on(reqwest(options.warmup));
-    let before = CpuSnapshot::take(&[]);
+    let before = CpuSnapshot::take(&[], &[]);
     let outcome = client_rt.block_on(reqwest(options.duration));
     let reqwest = Measured {
         outcome,
         commands: CommandCounts::new(),
         on_replicas: None,
-        cpu: before.until(&CpuSnapshot::take(&[])),
+        cpu: before.until(&CpuSnapshot::take(&[], &[])),
         offered: None,
         cache: None,
+        held: None,
     };
     server_rt.block_on(server.stop())?.all_written()?;
     Ok(ClientCost { ours, reqwest })
@@ -483,8 +548,16 @@ fn report_phase(options: &Options, kind: Kind, load: Load, measured: &Measured, 
     } else {
         String::new()
     };
+    let held = measured.held.map_or(String::new(), |held| {
+        format!(
+            "  proxy held {} chunks, p50 {:.3} ms, p99 {:.3} ms",
+            held.chunks,
+            held.p50.as_secs_f64() * 1e3,
+            held.p99.as_secs_f64() * 1e3
+        )
+    });
     eprintln!(
-        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{visits}{misses}{unexpected}{suffix}",
+        "load: {kind:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms{visits}{misses}{unexpected}{held}{suffix}",
         load.name(),
         outcome.throughput(),
         outcome.latency_ms(0.99)
@@ -510,23 +583,28 @@ fn print_timeline(outcome: &Outcome) {
 }
 
 /// Runs `phase` with the commands and CPU of `redis` (the target's redis-servers) read
-/// before and after, and with `cache_of` the read-cache figures of the tally-server
-/// there.
+/// before and after, with `cache_of` the read-cache figures of the tally-server there,
+/// and with `proxy` the delay proxy's CPU and how long it held its chunks.
 fn measured_phase(
     client_rt: &tokio::runtime::Runtime,
     conns: Vec<Conn>,
     phase: &Phase,
     redis: Option<Redis<'_>>,
     cache_of: Option<SocketAddr>,
+    mut proxy: Option<&mut DelayProxy>,
 ) -> anyhow::Result<(Vec<Conn>, Measured)> {
     let redis_pids = redis.map_or(&[][..], |r| r.pids);
+    let proxy_pids: Vec<u32> = proxy.iter().map(|p| p.pid()).collect();
     let commands_before = redis.map(|r| r.servers.command_counts()).transpose()?;
     let cache_before = cache_of
         .map(|address| client_rt.block_on(CacheReads::read(address)))
         .transpose()?;
-    let cpu_before = CpuSnapshot::take(redis_pids);
+    // What it held before the phase (the warm-up) is left out.
+    proxy.as_mut().map(|p| p.held()).transpose()?;
+    let cpu_before = CpuSnapshot::take(redis_pids, &proxy_pids);
     let (conns, outcome) = client_rt.block_on(client::drive(conns, phase));
-    let cpu = cpu_before.until(&CpuSnapshot::take(redis_pids));
+    let cpu = cpu_before.until(&CpuSnapshot::take(redis_pids, &proxy_pids));
+    let held = proxy.map(DelayProxy::held).transpose()?;
     let cache = match (cache_of, cache_before) {
         (Some(address), Some(before)) => {
             Some(before.until(client_rt.block_on(CacheReads::read(address))?))
@@ -558,6 +636,7 @@ fn measured_phase(
             cpu,
             offered: None,
             cache,
+            held,
         },
     ))
 }

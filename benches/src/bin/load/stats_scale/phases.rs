@@ -136,7 +136,7 @@ pub fn measure(
     let mut results = Vec::with_capacity(phases.len());
     for (which, clients, per_client) in phases {
         let redis_before = servers.map(NodeWork::read).transpose()?;
-        let cpu_before = CpuSnapshot::take(pids);
+        let cpu_before = CpuSnapshot::take(pids, &[]);
         let (answers, polls) = setup.client_rt.block_on(async {
             let (stop, stopped) = oneshot::channel();
             let poller = tokio::spawn(poll::run(address, stopped));
@@ -145,7 +145,7 @@ pub fn measure(
             let polls = poller.await.context("the /health poller panicked")?;
             anyhow::Ok((answers?, polls))
         })?;
-        let cpu = cpu_before.until(&CpuSnapshot::take(pids));
+        let cpu = cpu_before.until(&CpuSnapshot::take(pids, &[]));
         let redis = match (servers, redis_before) {
             (Some(servers), Some(before)) => NodeWork::since(&before, servers)?,
             _ => Vec::new(),
