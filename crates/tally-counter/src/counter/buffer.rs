@@ -106,6 +106,11 @@ impl Buffer {
             .sum()
     }
 
+    /// Keys waiting for `shard`: pending, in flight or held.
+    pub(super) fn waiting_keys(&self, shard: ShardId) -> usize {
+        self.shards[shard].buffered.load(Ordering::Relaxed)
+    }
+
     /// Keys `shard` has pending (not in flight).
     pub(super) fn pending_keys(&self, shard: ShardId) -> usize {
         self.shards[shard].pending.load(Ordering::Acquire)

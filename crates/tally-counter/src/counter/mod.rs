@@ -620,6 +620,14 @@ impl<S: Store> Counter<S> {
             largest_batch_bytes: metrics.largest_batch_bytes(),
         }
     }
+
+    /// Keys waiting to be written (pending, in flight or held), shard by shard: the
+    /// [`Snapshot::write_buffer_size`] of each shard, read from one atomic each.
+    pub fn waiting_keys_by_shard(&self) -> Vec<usize> {
+        (0..self.inner.shards.len())
+            .map(|shard| self.inner.buffer.waiting_keys(shard))
+            .collect()
+    }
 }
 
 impl<S: Store> Inner<S> {

@@ -1,6 +1,6 @@
 //! Counts are exact under concurrency, and reads include this instance's own deltas.
 
-use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia};
+use tally_counter::{Counter, CounterConfig, MemoryStore, ServedVia, Store as _};
 
 use crate::support::{fast_config, gated_applies, manual_config, spawn_flush};
 
@@ -65,6 +65,33 @@ fn eight_threads_million_increments_are_exact() {
         assert_eq!(snapshot.increments_written, expected.iter().sum::<u64>());
         assert_eq!(snapshot.write_buffer_size, 0);
     });
+}
+
+#[tokio::test]
+async fn waiting_keys_are_counted_per_shard_and_add_up_to_the_write_buffer() {
+    let store = MemoryStore::with_shards(3);
+    let counter = Counter::new(store, manual_config()).unwrap();
+    for key in 0..30 {
+        counter.increment(&format!("key{key}"), 1).unwrap();
+    }
+    counter.increment("key0", 4).unwrap();
+
+    let by_shard = counter.waiting_keys_by_shard();
+    let expected: Vec<usize> = (0..3)
+        .map(|shard| {
+            (0..30)
+                .filter(|key| counter.store().shard_of(&format!("key{key}")) == shard)
+                .count()
+        })
+        .collect();
+    assert_eq!(by_shard, expected);
+    assert_eq!(
+        by_shard.iter().sum::<usize>(),
+        counter.snapshot().write_buffer_size
+    );
+
+    counter.flush().await;
+    assert_eq!(counter.waiting_keys_by_shard(), vec![0, 0, 0]);
 }
 
 #[tokio::test]
