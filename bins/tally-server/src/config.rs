@@ -176,6 +176,8 @@ settings! {
         pub project_name: String = "tally".to_owned(), from "PROJECT_NAME" as Name;
         /// Serve Prometheus metrics at `/metrics`.
         pub enable_metrics: bool = true, from "ENABLE_METRICS" as FLAG;
+        /// Serve the live dashboard at `/` and its figures at `/dashboard/data.json`.
+        pub enable_dashboard: bool = true, from "ENABLE_DASHBOARD" as FLAG;
         /// How often a counter summary is logged.
         pub metrics_interval: Duration = Duration::from_secs(60),
             from "METRICS_INTERVAL_SECONDS" as Seconds;
@@ -1271,6 +1273,7 @@ mod tests {
         );
         assert_eq!(config.api_prefix, "/api/v1");
         assert!(config.enable_metrics);
+        assert!(config.enable_dashboard);
         assert_eq!(config.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.port, 8000);
         assert_eq!(config.log_format, LogFormat::Text);

@@ -24,6 +24,7 @@ use actix_web::{ResponseError as _, web};
 use tally_stats::UrlPath;
 use tracing::Instrument as _;
 
+use crate::figures::RouteClass;
 use crate::state::AppState;
 
 /// Route label of requests no route matched (404s): one label, whatever the path, so
@@ -31,11 +32,11 @@ use crate::state::AppState;
 const UNMATCHED: &str = "unmatched";
 
 /// The metrics label of a route: its pattern as registered (`/api/v1/counter/visit/{page_id}`),
-/// never the raw path, since page ids would make the label set unbounded. Set as the
-/// resource's app data by [`crate::routes`], so the middleware reads it after routing at
-/// the cost of a pointer look-up.
+/// never the raw path, since page ids would make the label set unbounded, and its class
+/// for the dashboard's chart. Set as the resource's app data by [`crate::routes`], so the
+/// middleware reads both after routing at the cost of a pointer look-up.
 #[derive(Clone, Debug)]
-pub(crate) struct RouteLabel(pub(crate) Arc<str>);
+pub(crate) struct RouteLabel(pub(crate) Arc<str>, pub(crate) RouteClass);
 
 /// Wraps the whole app (the 404 default service included).
 pub(crate) async fn observe(
@@ -77,13 +78,23 @@ pub(crate) async fn observe(
             .headers_mut()
             .insert(HeaderName::from_static("x-process-time"), value);
     }
+    let label = response.request().app_data::<RouteLabel>();
+    let status = response.status().as_u16();
+    if let Some(figures) = response
+        .request()
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.figures.as_ref())
+    {
+        let class = match label.map_or(RouteClass::Other, |label| label.1) {
+            RouteClass::Count if method != "GET" => RouteClass::Other,
+            class => class,
+        };
+        figures.record_request(started, class, status);
+    }
     Outcome {
-        route: response
-            .request()
-            .app_data::<RouteLabel>()
-            .map_or(UNMATCHED, |label| &*label.0),
+        route: label.map_or(UNMATCHED, |label| &*label.0),
         method,
-        status: response.status().as_u16(),
+        status,
         elapsed,
     }
     .report(&uri, metrics_on);
@@ -249,7 +260,7 @@ mod tests {
             App::new()
                 .service(
                     web::resource("/ok/{id}")
-                        .app_data(RouteLabel("/ok/{id}".into()))
+                        .app_data(RouteLabel("/ok/{id}".into(), RouteClass::Other))
                         .route(web::get().to(HttpResponse::Ok)),
                 )
                 .wrap(from_fn(observe)),

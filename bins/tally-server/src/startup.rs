@@ -364,6 +364,9 @@ fn build_state(
         admin_token: config.admin_token.clone().map(AdminToken::new),
         daily_retention_days: config.daily_retention_days,
         openapi: crate::routes::openapi::json(config)?,
+        figures: config
+            .enable_dashboard
+            .then(|| crate::figures::Figures::new(Instant::now())),
     }))
 }
 
@@ -377,12 +380,15 @@ fn http_server(
     drain_timeout: Duration,
 ) -> anyhow::Result<Server> {
     let metrics_on = state.metrics.is_some();
+    let dashboard_on = state.figures.is_some();
     let prefix = prefix.to_owned();
     Ok(HttpServer::new(move || {
         let prefix = prefix.clone();
         actix_web::App::new()
             .app_data(state.clone())
-            .configure(move |cfg| crate::routes::configure(cfg, &prefix, metrics_on))
+            .configure(move |cfg| {
+                crate::routes::configure(cfg, &prefix, metrics_on, dashboard_on);
+            })
             .default_service(web::to(crate::routes::not_found))
             // Inner to outer: statistics counting, then observation of the whole request.
             .wrap(middleware::from_fn(crate::middleware::count_api_requests))

@@ -13,6 +13,7 @@ use tally_stats::{Page, SingleRun, StatsTracker, UrlCount};
 
 use crate::auth::AdminToken;
 use crate::error::ApiError;
+use crate::figures::Figures;
 use crate::store::AppStore;
 
 /// Shared by all workers behind one `web::Data` (an `Arc`): no locks, only atomics and
@@ -51,6 +52,9 @@ pub(crate) struct AppState {
     pub(crate) daily_retention_days: u32,
     /// The OpenAPI document `GET /openapi.json` serves, as JSON (built at start).
     pub(crate) openapi: actix_web::web::Bytes,
+    /// The dashboard's per-second figures when `ENABLE_DASHBOARD` is on; nothing is
+    /// counted for it otherwise.
+    pub(crate) figures: Option<Figures>,
 }
 
 /// How long a store call may take before the answer is 503, and what sets that bound (for
@@ -83,6 +87,13 @@ impl AppState {
     /// Counts one request.
     pub(crate) fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `visits` visits for the dashboard, when it is on.
+    pub(crate) fn visits_counted(&self, visits: u64) {
+        if let Some(figures) = &self.figures {
+            figures.record_visits(Instant::now(), visits);
+        }
     }
 
     /// Requests received so far.

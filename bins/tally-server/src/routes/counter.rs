@@ -94,6 +94,7 @@ pub(crate) async fn record_visit(
         None => state.counter.increment(page, count),
     }
     .map_err(|e| state.counter_error(e))?;
+    state.visits_counted(count);
     let message = if count == 1 {
         format!("Visit recorded for page {page_id}")
     } else {
@@ -275,9 +276,11 @@ pub(crate) async fn record_visits(
         .counter
         .increment_all(&all)
         .map_err(|e| state.counter_error(e))?;
+    let recorded = increments.iter().map(|(_, n)| n).sum();
+    state.visits_counted(recorded);
     Ok(HttpResponse::Ok().json(BulkRecorded {
         status: "success",
-        recorded: increments.iter().map(|(_, n)| n).sum(),
+        recorded,
         pages: increments.len(),
     }))
 }

@@ -2,6 +2,7 @@
 //! routes and wrong methods.
 
 mod counter;
+mod dashboard;
 mod metrics;
 pub(crate) mod openapi;
 mod stats;
@@ -16,15 +17,25 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tally_counter::Store as _;
 
 use crate::error::ApiError;
+use crate::figures::RouteClass;
 use crate::middleware::RouteLabel;
 use crate::store::AppStore;
 
 /// Registers every route of [`table`]. `prefix` is `API_PREFIX` (no trailing slash, maybe
 /// empty).
-pub(crate) fn configure(cfg: &mut web::ServiceConfig, prefix: &str, enable_metrics: bool) {
+pub(crate) fn configure(
+    cfg: &mut web::ServiceConfig,
+    prefix: &str,
+    enable_metrics: bool,
+    enable_dashboard: bool,
+) {
     json_extractor_errors(cfg);
-    for route in table(prefix, enable_metrics) {
-        cfg.service((route.handlers)(resource(&route.path, route.methods)));
+    for route in table(prefix, enable_metrics, enable_dashboard) {
+        cfg.service((route.handlers)(resource(
+            &route.path,
+            route.methods,
+            route.class,
+        )));
     }
 }
 
@@ -44,6 +55,8 @@ pub(crate) struct Route {
         allow(dead_code, reason = "read by the OpenAPI document's tests")
     )]
     pub(crate) alias_of: Option<String>,
+    /// What its requests are on the dashboard's chart.
+    class: RouteClass,
     /// Adds the handlers of `methods` (and any data of their own) to the resource.
     handlers: fn(Resource) -> Resource,
 }
@@ -54,8 +67,15 @@ impl Route {
             path,
             methods,
             alias_of: None,
+            class: RouteClass::Other,
             handlers,
         }
+    }
+
+    /// This route, its requests drawn as `class` on the dashboard's chart.
+    fn drawn_as(mut self, class: RouteClass) -> Self {
+        self.class = class;
+        self
     }
 
     /// This route under another spelling, `path`, answered by the same handlers.
@@ -64,6 +84,7 @@ impl Route {
             path,
             methods: self.methods,
             alias_of: Some(self.path.clone()),
+            class: self.class,
             handlers: self.handlers,
         }
     }
@@ -105,13 +126,14 @@ pub(crate) fn query_param(query: &str, name: &str) -> Result<Option<String>, Par
 /// routes (`GET /api/{anything}`, `GET /stats/`, `POST /test/{n}/`) go after these: actix
 /// tries resources in registration order, so the counter API keeps its paths even though
 /// `/api/v1/...` also matches `/api/{anything}`.
-pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
+pub(crate) fn table(prefix: &str, enable_metrics: bool, enable_dashboard: bool) -> Vec<Route> {
     let mut routes = Vec::new();
     // Each page route is registered twice: with `{page_id}`, and with nothing after the
     // slash so an empty id gets 400 `invalid_page_id` rather than 404.
     let visit = Route::new(format!("{prefix}/counter/visit/{{page_id}}"), "POST", |r| {
         r.route(web::post().to(counter::record_visit))
-    });
+    })
+    .drawn_as(RouteClass::Visit);
     let empty_id = visit.alias(format!("{prefix}/counter/visit/"));
     routes.extend([visit, empty_id]);
     let daily = Route::new(
@@ -128,7 +150,8 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
             r.route(web::get().to(counter::get_visits))
                 .route(web::delete().to(counter::reset_visits))
         },
-    );
+    )
+    .drawn_as(RouteClass::Count);
     let empty_id = visits.alias(format!("{prefix}/counter/visits/"));
     routes.extend([visits, empty_id]);
     let visitors = Route::new(
@@ -138,14 +161,13 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
     );
     let empty_id = visitors.alias(format!("{prefix}/counter/visitors/"));
     routes.extend([visitors, empty_id]);
-    routes.push(Route::new(
-        format!("{prefix}/counter/visits"),
-        "POST",
-        |r| {
+    routes.push(
+        Route::new(format!("{prefix}/counter/visits"), "POST", |r| {
             r.app_data(bulk_json())
                 .route(web::post().to(counter::record_visits))
-        },
-    ));
+        })
+        .drawn_as(RouteClass::Visit),
+    );
     routes.push(Route::new(
         format!("{prefix}/counter/metrics"),
         "GET",
@@ -165,6 +187,14 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
     routes.push(Route::new("/openapi.json".into(), "GET", |r| {
         r.route(web::get().to(openapi::serve))
     }));
+    if enable_dashboard {
+        routes.push(Route::new("/".into(), "GET", |r| {
+            r.route(web::get().to(dashboard::page))
+        }));
+        routes.push(Route::new("/dashboard/data.json".into(), "GET", |r| {
+            r.route(web::get().to(dashboard::data))
+        }));
+    }
     // Request statistics, after the counter API: `/api/{tail}` also matches its paths.
     let stats = Route::new("/stats/".into(), "GET", |r| {
         r.route(web::get().to(stats::stats))
@@ -177,9 +207,12 @@ pub(crate) fn table(prefix: &str, enable_metrics: bool) -> Vec<Route> {
         test_run.alias("/test/{n}".into()),
     );
     routes.extend([stats, stats_alias, test_run, test_run_alias]);
-    routes.push(Route::new("/api/{tail:.*}".into(), "GET", |r| {
-        r.route(web::get().to(stats::api_echo))
-    }));
+    routes.push(
+        Route::new("/api/{tail:.*}".into(), "GET", |r| {
+            r.route(web::get().to(stats::api_echo))
+        })
+        .drawn_as(RouteClass::Api),
+    );
     routes
 }
 
@@ -218,10 +251,10 @@ fn bulk_json() -> web::JsonConfig {
 }
 
 /// A resource whose other methods answer 405 with `Allow: {allowed}` and a JSON body,
-/// labelled with its pattern for the HTTP metrics.
-fn resource(path: &str, allowed: &'static str) -> Resource {
+/// labelled with its pattern for the HTTP metrics and its class for the dashboard.
+fn resource(path: &str, allowed: &'static str, class: RouteClass) -> Resource {
     web::resource(path)
-        .app_data(RouteLabel(path.into()))
+        .app_data(RouteLabel(path.into(), class))
         .default_service(web::to(move |req: HttpRequest| async move {
             Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
                 method: req.method().to_string(),

@@ -5,7 +5,8 @@
 //! The document describes the server that serves it: it is built once at start
 //! ([`json`]) with the server's own `API_PREFIX` (the visit-counter routes are declared
 //! relative to it, in [`CounterApi`], and nested under it), without `/metrics` when
-//! `ENABLE_METRICS` is off, and with `TEST_MAX_REQUESTS` as the largest `n` of
+//! `ENABLE_METRICS` is off, without `/` and `/dashboard/data.json` when `ENABLE_DASHBOARD`
+//! is off, and with `TEST_MAX_REQUESTS` as the largest `n` of
 //! `/test/{n}/`. Its unit tests hold it to the route table ([`super::table`]).
 
 use actix_web::http::header::ContentType;
@@ -16,7 +17,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{counter, metrics, stats, status, visitors};
+use super::{counter, dashboard, metrics, stats, status, visitors};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,6 +34,8 @@ pub(crate) const ADMIN_TOKEN_SCHEME: &str = "admin_token";
         status::health,
         metrics::prometheus,
         serve,
+        dashboard::page,
+        dashboard::data,
         stats::api_echo,
         stats::stats,
         stats::test_run,
@@ -101,6 +104,10 @@ pub(crate) fn document(config: &Config) -> Document {
         ServiceApi::openapi().nest(config.api_prefix.as_str(), CounterApi::openapi());
     if !config.enable_metrics {
         document.paths.paths.remove("/metrics");
+    }
+    if !config.enable_dashboard {
+        document.paths.paths.remove("/");
+        document.paths.paths.remove("/dashboard/data.json");
     }
     if let Some(operation) = document
         .paths
@@ -320,6 +327,8 @@ mod tests {
         Config {
             api_prefix: prefix.to_owned(),
             enable_metrics,
+            // Off with the metrics, to check both are left out of the document.
+            enable_dashboard: enable_metrics,
             test_max_requests: 7,
             ..Config::default()
         }
@@ -368,7 +377,7 @@ mod tests {
             let version = document["openapi"].as_str().expect("openapi");
             assert!(version.starts_with("3.1."), "{version}");
 
-            let routes = table(prefix, enable_metrics);
+            let routes = table(prefix, enable_metrics, enable_metrics);
             let mut registered = BTreeSet::new();
             for route in routes.iter().filter(|route| route.alias_of.is_none()) {
                 for method in route.methods.split(", ") {
@@ -391,6 +400,7 @@ mod tests {
                 }
             }
             assert_eq!(paths.contains_key("/metrics"), enable_metrics);
+            assert_eq!(paths.contains_key("/dashboard/data.json"), enable_metrics);
             assert!(paths.contains_key(&format!("{prefix}/counter/visits/{{page_id}}")));
         }
     }

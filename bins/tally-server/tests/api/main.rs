@@ -7,6 +7,7 @@
 mod bad_input;
 mod compose;
 mod counter;
+mod dashboard;
 mod embedded;
 mod load;
 mod metrics;
