@@ -3,7 +3,8 @@
 //! production brings. Most modules are one scenario of the README's "Guarantees and
 //! failure modes", whose tests print their figures (acknowledged, counted, 503s, unknown)
 //! at the end, visible with `--nocapture`; `bad_config` checks how the binary refuses a
-//! configuration it cannot run with, and `embedded` runs it without Redis, on its
+//! configuration it cannot run with, `dashboard` drives the page at `/` in headless
+//! chromium, and `embedded` runs it without Redis, on its
 //! persistent embedded store in a temporary `DATA_DIR`. All of them start the server through
 //! `support::Server`.
 //!
@@ -21,6 +22,7 @@ mod cardinality;
 mod cluster;
 mod concurrent;
 mod daily;
+mod dashboard;
 mod deep_stats;
 mod embedded;
 mod full_disk;

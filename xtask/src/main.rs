@@ -1,7 +1,8 @@
 //! `cargo xtask`: the one entry point for the project's checks.
 //!
-//! - `cargo xtask test`: makes sure `redis-server` is installed (installing it with apt when
-//!   running as root), then runs the whole test suite, then `cargo xtask openapi`.
+//! - `cargo xtask test`: makes sure `redis-server`, `chromium` and `chromedriver` are
+//!   installed (installing them with apt when running as root), then runs the whole test
+//!   suite, then `cargo xtask openapi`.
 //! - `cargo xtask openapi`: the real server checked against its own `/openapi.json` by
 //!   schemathesis, in a virtual environment it makes (see the `openapi` module).
 //! - `cargo xtask ci`: formatting, clippy, cargo-deny, the docs (`cargo doc` with warnings
@@ -89,6 +90,7 @@ fn ci() -> Result {
 
 fn test() -> Result {
     ensure_redis_server()?;
+    ensure_browser()?;
     // As with `--no-fail-fast`: the OpenAPI check runs even after a failed test, and the
     // run reports both.
     let tests = cargo(&["test", "--workspace", "--no-fail-fast"]);
@@ -214,6 +216,12 @@ fn is_root() -> bool {
 
 fn ensure_redis_server() -> Result {
     ensure_apt_package("redis-server", "redis-server")
+}
+
+/// Headless chromium and its WebDriver, which the dashboard's end-to-end test drives.
+fn ensure_browser() -> Result {
+    ensure_apt_package("chromium", "chromium")?;
+    ensure_apt_package("chromedriver", "chromium-driver")
 }
 
 /// Makes sure `program` runs, installing Debian's `package` with apt-get when missing and
