@@ -219,6 +219,8 @@ pub fn scenarios(targets: &[Kind], quick: bool, rtts: &[Rtt]) -> Vec<Scenario> {
             let loads: &[Load] = match kind {
                 Kind::Floor => &[Load::VisitHot, Load::CountHot],
                 Kind::Naive | Kind::NaiveMux => &[Load::VisitHot],
+                // Against tally-memory's: what the dashboard's figures cost a visit.
+                Kind::TallyMemoryNoDashboard => &[Load::VisitHot],
                 // The in-process stores, the same scenarios each, so the embedded store is
                 // measured against the memory store in the same run.
                 Kind::TallyMemory | Kind::TallyEmbedded => {

@@ -36,6 +36,10 @@ pub enum Kind {
     /// tally-server on `tally_counter::MemoryStore` (`STORE=memory`): counts in this
     /// process only, the reference the embedded store is measured against.
     TallyMemory,
+    /// `tally-memory` with `ENABLE_DASHBOARD=false`: what the dashboard's per-request
+    /// figures cost, measured against `tally-memory` (dashboard on, the default) in the
+    /// same run.
+    TallyMemoryNoDashboard,
     /// tally-server on its default store, `tally_embedded::EmbeddedStore` (one redb file in
     /// a fresh temporary `DATA_DIR`).
     TallyEmbedded,
@@ -48,11 +52,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every target, in the order they run.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Floor,
         Kind::Naive,
         Kind::NaiveMux,
         Kind::TallyMemory,
+        Kind::TallyMemoryNoDashboard,
         Kind::TallyEmbedded,
         Kind::TallyRedis,
         Kind::TallyCluster,
@@ -65,6 +70,7 @@ impl Kind {
             Kind::Naive => "naive",
             Kind::NaiveMux => "naive-mux",
             Kind::TallyMemory => "tally-memory",
+            Kind::TallyMemoryNoDashboard => "tally-memory-no-dashboard",
             Kind::TallyEmbedded => "tally-embedded",
             Kind::TallyRedis => "tally-redis",
             Kind::TallyCluster => "tally-cluster",
@@ -75,7 +81,11 @@ impl Kind {
     pub fn is_tally(self) -> bool {
         matches!(
             self,
-            Kind::TallyMemory | Kind::TallyEmbedded | Kind::TallyRedis | Kind::TallyCluster
+            Kind::TallyMemory
+                | Kind::TallyMemoryNoDashboard
+                | Kind::TallyEmbedded
+                | Kind::TallyRedis
+                | Kind::TallyCluster
         )
     }
 
@@ -161,6 +171,7 @@ pub async fn start(kind: Kind, redis_urls: &[String], metrics: bool) -> anyhow::
             start_actix(Some(Naive::Multiplexed(conns)))
         }
         Kind::TallyMemory => start_tally(TallyStore::Memory, metrics).await,
+        Kind::TallyMemoryNoDashboard => start_tally(TallyStore::MemoryNoDashboard, metrics).await,
         Kind::TallyEmbedded => {
             let data = tempfile::tempdir().context("a temporary DATA_DIR")?;
             start_tally(TallyStore::Embedded(data), metrics).await
@@ -252,6 +263,8 @@ enum TallyStore {
     Embedded(tempfile::TempDir),
     /// `STORE=memory`.
     Memory,
+    /// `STORE=memory` and `ENABLE_DASHBOARD=false`.
+    MemoryNoDashboard,
     /// `REDIS_NODES`, comma-separated.
     Redis(String),
     /// `REDIS_CLUSTER`, comma-separated; `REDIS_WAIT_REPLICAS` left to its default (1
@@ -275,6 +288,11 @@ async fn start_tally(store: TallyStore, metrics: bool) -> anyhow::Result<Running
         }
         TallyStore::Memory => {
             vars.push(("STORE", "memory".to_owned()));
+            None
+        }
+        TallyStore::MemoryNoDashboard => {
+            vars.push(("STORE", "memory".to_owned()));
+            vars.push(("ENABLE_DASHBOARD", "false".to_owned()));
             None
         }
         TallyStore::Redis(nodes) => {
