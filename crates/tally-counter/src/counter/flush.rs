@@ -350,6 +350,7 @@ impl<S: Store> Inner<S> {
         in_flight.acked_seq = batch.id.seq;
         drop(in_flight);
         *lock(&state.last_error) = None;
+        *lock(&state.last_written) = Some(std::time::SystemTime::now());
         self.forget_keys(shard, freed, freed_bytes);
         let bytes: usize = batch.deltas.iter().map(|(key, _)| key.len()).sum();
         self.metrics

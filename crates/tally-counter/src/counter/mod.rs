@@ -221,6 +221,9 @@ struct Shard {
     quarantine: Mutex<KeyMap<Held>>,
     /// Why the shard's last batch attempt failed, until a batch is acknowledged.
     last_error: Mutex<Option<String>>,
+    /// When the shard's last batch was acknowledged. Held briefly, never across an
+    /// `.await`.
+    last_written: Mutex<Option<SystemTime>>,
 }
 
 impl Shard {
@@ -231,6 +234,7 @@ impl Shard {
             in_flight: RwLock::new(InFlight::default()),
             quarantine: Mutex::new(KeyMap::with_hasher(hash)),
             last_error: Mutex::new(None),
+            last_written: Mutex::new(None),
         }
     }
 
@@ -626,6 +630,16 @@ impl<S: Store> Counter<S> {
     pub fn waiting_keys_by_shard(&self) -> Vec<usize> {
         (0..self.inner.shards.len())
             .map(|shard| self.inner.buffer.waiting_keys(shard))
+            .collect()
+    }
+
+    /// When each shard's last batch was acknowledged (`None` before its first): the
+    /// [`Snapshot::last_batch_at`] of each shard.
+    pub fn last_batch_by_shard(&self) -> Vec<Option<SystemTime>> {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| *lock(&shard.last_written))
             .collect()
     }
 }

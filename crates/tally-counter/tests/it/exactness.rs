@@ -68,7 +68,7 @@ fn eight_threads_million_increments_are_exact() {
 }
 
 #[tokio::test]
-async fn waiting_keys_are_counted_per_shard_and_add_up_to_the_write_buffer() {
+async fn waiting_keys_and_last_batches_are_kept_per_shard() {
     let store = MemoryStore::with_shards(3);
     let counter = Counter::new(store, manual_config()).unwrap();
     for key in 0..30 {
@@ -90,8 +90,15 @@ async fn waiting_keys_are_counted_per_shard_and_add_up_to_the_write_buffer() {
         counter.snapshot().write_buffer_size
     );
 
+    assert_eq!(counter.last_batch_by_shard(), vec![None, None, None]);
+
     counter.flush().await;
     assert_eq!(counter.waiting_keys_by_shard(), vec![0, 0, 0]);
+    let written = counter.last_batch_by_shard();
+    assert!(written.iter().all(Option::is_some), "{written:?}");
+    // The counter's own time is taken after each shard's, for the same batch.
+    let last = counter.snapshot().last_batch_at;
+    assert!(written.iter().all(|at| *at <= last), "{written:?} {last:?}");
 }
 
 #[tokio::test]
