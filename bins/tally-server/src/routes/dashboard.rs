@@ -52,8 +52,8 @@ pub(crate) struct DashboardData {
     nodes: Vec<NodeData>,
     /// Keys of the visit counter waiting to be written, all nodes.
     pending_keys: usize,
-    /// When the visit counter's last batch was acknowledged (any node); null before the
-    /// first.
+    /// When the visit counter's last batch was acknowledged (by any node); null before
+    /// the first.
     last_batch_at: Option<String>,
     /// Batches of the visit counter and of the request statistics.
     batches: Batches,
@@ -93,6 +93,8 @@ pub(crate) struct NodeData {
     up: bool,
     /// Keys of the visit counter waiting for this node.
     pending_keys: usize,
+    /// When the node last acknowledged a batch of visits; null before the first.
+    last_batch_at: Option<String>,
 }
 
 /// Batches acknowledged and failed, by counter.
@@ -208,8 +210,9 @@ fn series_data(series: Series) -> SeriesData {
 fn nodes(state: &AppState) -> Vec<NodeData> {
     let store = state.counter.store();
     let waiting = state.counter.waiting_keys_by_shard();
+    let written = state.counter.last_batch_by_shard();
     let on_redis = store.redis().is_some() || store.cluster().is_some();
-    let mut nodes: Vec<NodeData> = Vec::new();
+    let mut nodes: Vec<(NodeData, Option<SystemTime>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (shard, health) in store.health().into_iter().enumerate() {
         let name = if on_redis {
@@ -218,17 +221,27 @@ fn nodes(state: &AppState) -> Vec<NodeData> {
             store.kind().to_owned()
         };
         let at = *index.entry(name.clone()).or_insert_with(|| {
-            nodes.push(NodeData {
+            let node = NodeData {
                 name,
                 up: true,
                 pending_keys: 0,
-            });
+                last_batch_at: None,
+            };
+            nodes.push((node, None));
             nodes.len() - 1
         });
-        nodes[at].up &= health.up;
-        nodes[at].pending_keys += waiting.get(shard).copied().unwrap_or(0);
+        let (node, last) = &mut nodes[at];
+        node.up &= health.up;
+        node.pending_keys += waiting.get(shard).copied().unwrap_or(0);
+        *last = (*last).max(written.get(shard).copied().flatten());
     }
     nodes
+        .into_iter()
+        .map(|(node, last)| NodeData {
+            last_batch_at: last.map(iso_time),
+            ..node
+        })
+        .collect()
 }
 
 /// The top [`TOP_URLS`] of the ranking, or none and why, within [`TOP_URLS_WAIT`].

@@ -108,6 +108,20 @@ async fn the_figures_have_300_seconds_per_series_and_move_after_traffic() {
     assert_eq!(sum(&after["series"]["count"]), 1);
     assert!(sum(&after["series"]["total"]) >= 47, "{after:#}");
     assert!(after["last_batch_at"].is_string(), "{after:#}");
+    // Each visited page's node has written a batch; the latest of them is the counter's.
+    let written: Vec<&str> = after["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|node| node["last_batch_at"].as_str())
+        .collect();
+    assert!(!written.is_empty(), "{after:#}");
+    assert!(
+        written
+            .iter()
+            .all(|at| Some(*at) <= after["last_batch_at"].as_str()),
+        "{after:#}"
+    );
     assert_eq!(after["top_urls"][0]["url"], "/api/busiest");
     assert_eq!(after["top_urls"][0]["count"], 15);
     assert_eq!(
