@@ -25,10 +25,11 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
   --connections N    keep-alive connections (default 64)
   --client-threads N tokio worker threads of the load client (default 1)
   --targets LIST     comma-separated, of floor,naive,naive-mux,tally-memory,
-                     tally-embedded,tally-redis,tally-cluster (default: all; ratios need
-                     floor and naive, tally-memory for the embedded store's and
-                     tally-redis for the cluster's; tally-cluster starts a six-node
-                     Redis Cluster, which needs redis-cli)
+                     tally-memory-no-dashboard,tally-embedded,tally-redis,tally-cluster
+                     (default: all; ratios need floor and naive, tally-memory for the
+                     embedded store's and the dashboard's, and tally-redis for the
+                     cluster's; tally-cluster starts a six-node Redis Cluster, which
+                     needs redis-cli)
   --markdown PATH    also write the tables to PATH
   --compare-clients  also drive the floor with reqwest, to show what the harness's own
                      client saves
