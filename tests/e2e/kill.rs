@@ -18,6 +18,7 @@ use tally_testkit::{LoadSpec, Mode, RedisNode, run_load};
 
 use crate::support::{
     Rig, VISIT_BATCH, assert_answered_promptly, marks, one_at_a_time, report, visits_on,
+    wait_for_first_sweep,
 };
 
 /// The node killed (and proxied).
@@ -59,6 +60,7 @@ async fn a_node_killed_after_applying_an_unanswered_batch_counts_it_once_from_it
             "visit batches written",
         )
         .await;
+    wait_for_first_sweep(&server, &proxy_node).await;
     proxy.set_mode_then(
         Mode::DropRepliesMatching(1, VISIT_BATCH.to_vec()),
         Mode::Refuse,

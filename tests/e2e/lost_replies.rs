@@ -18,6 +18,7 @@ use crate::bulk_visits::send_mixed;
 use crate::support::{
     Rig, STATS_BATCH, VISIT_BATCH, all_day_keys, assert_answered_promptly, check_no_stray_urls,
     check_urls, day_count_problems, one_at_a_time, report, stored_visits, urls_counted,
+    wait_for_first_sweep,
 };
 
 /// The node behind the proxy.
@@ -75,6 +76,7 @@ async fn batches_whose_replies_are_lost_are_counted_once() {
             .await;
     }
     let proxy_node = format!("node=\"127.0.0.1:{}\"", proxy.port());
+    wait_for_first_sweep(&server, &proxy_node).await;
     let layouts = [
         ("layout=\"counters\"", VISIT_BATCH),
         ("layout=\"sorted-set\"", STATS_BATCH),

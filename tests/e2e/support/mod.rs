@@ -301,6 +301,25 @@ pub const VISIT_BATCH: &[u8] = b"\r\ntally:applied\r\n";
 /// Likewise for a batch of the request statistics.
 pub const STATS_BATCH: &[u8] = b"\r\ntally:applied:urls\r\n";
 
+/// Waits until the server's first sweep of old high-water marks has run on the node of
+/// `node_label` (`node="host:port"`, as the server names it): both passes, one per marks
+/// hash, counted in `tally_redis_commands_total{op="sweep"}`. The sweep's script names the
+/// marks hashes as a batch does, so a proxy told to lose the reply of a batch by
+/// [`VISIT_BATCH`] or [`STATS_BATCH`] must be armed after it: armed during it, it loses the
+/// sweep's reply instead, and no batch is retried (seen in `kill.rs` once the server's
+/// first batches came as fast as its first sweep). The next sweep is five minutes later.
+pub async fn wait_for_first_sweep(server: &Server, node_label: &str) {
+    server
+        .wait_for_metric(
+            "tally_redis_commands_total",
+            &[node_label, "op=\"sweep\""],
+            2.0,
+            Duration::from_secs(30),
+            "the first sweep of old high-water marks",
+        )
+        .await;
+}
+
 /// The high-water marks a node holds in `hash` (`tally:applied`, `tally:applied:urls`):
 /// field (`{instance}:{shard}`) → value (`{seq}:{unix ms}`).
 pub fn marks(node: &RedisNode, hash: &str) -> HashMap<String, String> {

@@ -189,6 +189,12 @@ impl Server {
         lock(&self.output).join("\n")
     }
 
+    /// The last `lines` lines the server printed, for a failure message.
+    pub fn output_tail(&self, lines: usize) -> String {
+        let output = lock(&self.output);
+        output[output.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// One request on a fresh connection, panicking on a transport error.
     pub async fn request(&self, method: &str, target: &str) -> HttpResponse {
         let mut conn = HttpConnection::connect(&self.addr())
@@ -268,7 +274,8 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: {name}{labels:?} is {value} after {timeout:?}, expected at least {at_least}"
+                "{what}: {name}{labels:?} is {value} after {timeout:?}, expected at least {at_least}; the server's last lines:\n{}",
+                self.output_tail(60)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
