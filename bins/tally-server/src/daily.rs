@@ -31,6 +31,11 @@ pub(crate) fn day_key(page: &str, day: NaiveDate) -> String {
     format!("{page}{SUBKEY_SEPARATOR}{}", day.format("%Y-%m-%d"))
 }
 
+/// The counter keys of `page`'s counts on `days`, in their order.
+pub(crate) fn day_keys(page: &str, days: &[NaiveDate]) -> Vec<String> {
+    days.iter().map(|day| day_key(page, *day)).collect()
+}
+
 /// The `days` days ending with `today`, oldest first.
 pub(crate) fn days_ending(today: NaiveDate, days: u32) -> Vec<NaiveDate> {
     (0..days)

@@ -422,10 +422,10 @@ pub(crate) async fn reset_visits(
             }
             // Its days too: those of the retention that count anything (read in one call
             // on the page's node), reset one by one.
-            let days: Vec<String> = daily::days_ending(daily::today(), retention.saturating_add(1))
-                .into_iter()
-                .map(|day| daily::day_key(&key, day))
-                .collect();
+            let days = daily::day_keys(
+                &key,
+                &daily::days_ending(daily::today(), retention.saturating_add(1)),
+            );
             let refs: Vec<&str> = days.iter().map(String::as_str).collect();
             let counts = counter.get_many(&refs).await?;
             for (day, count) in refs.into_iter().zip(counts) {
@@ -508,10 +508,7 @@ pub(crate) async fn get_daily(
         max: daily::MAX_DAYS,
     })?;
     let dates = daily::days_ending(daily::today(), days);
-    let keys: Vec<String> = dates
-        .iter()
-        .map(|day| daily::day_key(page_id.as_str(), *day))
-        .collect();
+    let keys = daily::day_keys(page_id.as_str(), &dates);
     let counts = state
         .store_call(page_id.as_str(), move |counter, _| async move {
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -154,10 +154,7 @@ pub(crate) async fn get_visitors(
         return Err(ApiError::DailyOff);
     }
     let dates = daily::days_ending(daily::today(), days);
-    let keys: Vec<String> = dates
-        .iter()
-        .map(|day| daily::day_key(page_id.as_str(), *day))
-        .collect();
+    let keys = daily::day_keys(page_id.as_str(), &dates);
     let estimates = state
         .store_call(page_id.as_str(), move |counter, _| async move {
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -144,10 +144,6 @@ impl Sketches {
         }
     }
 
-    fn shard_has_pending(&self, shard: ShardId) -> bool {
-        !lock(&self.shards[shard].pending).is_empty()
-    }
-
     /// Keys of the shard with members waiting.
     fn shard_keys(&self, shard: ShardId) -> usize {
         lock(&self.shards[shard].pending).len()
@@ -291,7 +287,7 @@ impl<S: Store> Inner<S> {
     pub(super) async fn flush_sketches(&self, shard: ShardId, retry: bool) {
         let mut backoff = self.config.retry_backoff_min;
         let mut calls = self.sketches.shard_keys(shard).div_ceil(KEYS_PER_CALL);
-        while calls > 0 && self.sketches.shard_has_pending(shard) {
+        while calls > 0 && self.sketches.shard_keys(shard) > 0 {
             match self.send_sketches(shard, None).await {
                 Ok(_) => {
                     calls -= 1;
