@@ -300,13 +300,18 @@ impl<S: Store> Inner<S> {
         );
     }
 
-    /// Makes an applied batch visible as stored: cache the totals, clear the in-flight set.
+    /// Makes an applied batch visible as stored: refresh the cached totals (all of them
+    /// while a store read of the shard runs, see the `read` module's invariants), clear the
+    /// in-flight set.
     /// Keys the store rejected (their value is not a count) keep their increments, held in
     /// the shard's quarantine; a held key the store took (its value was repaired) is
     /// released.
     fn acknowledge(&self, shard: ShardId, batch: &Batch, applied: &Applied) {
         let state = &self.shards[shard];
         let mut in_flight = state.in_flight_mut();
+        // Loaded after the store applied the batch: a read counted later asks the store
+        // after that, so it needs no cache entry from here.
+        let cache_all = state.reading.load(std::sync::atomic::Ordering::SeqCst) > 0;
         // Each key's rejection, if any; nothing allocated in the common case of none.
         let mut rejected_at = Vec::new();
         if !applied.rejected.is_empty() {
@@ -337,6 +342,9 @@ impl<S: Store> Inner<S> {
                 freed_bytes += PendingBytes::cost(key.len());
                 keys_written += 1;
                 increments += delta;
+                if !cache_all && !self.cache.contains_key(&**key) {
+                    continue;
+                }
                 self.cache.insert(
                     key.clone(),
                     CacheEntry {

@@ -224,6 +224,10 @@ struct Shard {
     /// When the shard's last batch was acknowledged. Held briefly, never across an
     /// `.await`.
     last_written: Mutex<Option<SystemTime>>,
+    /// Store reads of this shard in progress ([`read::Reading`]): while one runs, an
+    /// acknowledged batch caches the totals of all its keys, not only of those cached
+    /// already (see the `read` module's invariants).
+    reading: std::sync::atomic::AtomicUsize,
 }
 
 impl Shard {
@@ -235,6 +239,7 @@ impl Shard {
             quarantine: Mutex::new(KeyMap::with_hasher(hash)),
             last_error: Mutex::new(None),
             last_written: Mutex::new(None),
+            reading: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

@@ -17,9 +17,20 @@
 //! - A read during which a reset of its shard landed answers (it was concurrent with the
 //!   reset, so either side is right) but caches nothing: its value may be from before the
 //!   reset, and the reset's zero must stay.
+//! - An acknowledged batch refreshes the cached totals of its keys that are cached, so a
+//!   cache entry never misses a batch that is no longer in flight. It caches the keys that
+//!   are not only while a store read of the shard is in progress ([`Reading`]): that read
+//!   may give up on a consistent answer and look for the fresher total. Otherwise a key
+//!   written but never read stays out of the cache (a page visited once and never read,
+//!   or a URL of the request statistics, would otherwise cost a cache insertion and its
+//!   eviction); its next read reads it through. A read that starts after the batch's
+//!   acknowledgement saw the shard's count of reads asks the store after the batch was
+//!   applied, so its answer includes it.
 //! - At most one store read per key is in progress: the first miss reads and the others
 //!   wait for it, then answer from the cache it filled. A failed read fails its waiters
 //!   with its error; a cancelled one lets a waiter read instead.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Result, cause_text};
 use crate::store::{ShardId, Store};
@@ -41,6 +52,23 @@ pub(super) type ReadOutcome = Option<std::result::Result<(), std::sync::Arc<str>
 pub(super) struct CacheEntry {
     pub(super) value: u64,
     pub(super) seq: u64,
+}
+
+/// A store read of a shard in progress: counted in the shard's `reading` from before the
+/// store is asked until the answer is used (or the read is cancelled).
+pub(super) struct Reading<'a>(&'a AtomicUsize);
+
+impl<'a> Reading<'a> {
+    fn start(reading: &'a AtomicUsize) -> Self {
+        reading.fetch_add(1, Ordering::SeqCst);
+        Self(reading)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Takes a finished (or cancelled) shared read out of [`Inner::reads`].
@@ -120,6 +148,7 @@ impl<S: Store> Inner<S> {
         shard: ShardId,
         keys: &[&str],
     ) -> Result<Vec<u64>> {
+        let _reading = Reading::start(&self.shards[shard].reading);
         let mut attempt = 0;
         loop {
             attempt += 1;

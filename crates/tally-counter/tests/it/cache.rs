@@ -127,6 +127,8 @@ async fn cache_entry_expires_after_ttl() {
     };
     let counter = Counter::new(ScriptedStore::new(1), config).unwrap();
     counter.increment("a", 1).unwrap();
+    // Read once, so the flush refreshes a cached entry (it caches no key never read).
+    assert_eq!(counter.get("a").await.unwrap().value, 1);
     let before_caching = std::time::Instant::now();
     counter.flush().await;
     // Another instance's write: a cached answer still says 1, the store says 3.
@@ -162,6 +164,10 @@ async fn cache_capacity_bounds_its_size() {
         counter.increment(&format!("k{i}"), 1).unwrap();
     }
     counter.flush().await;
+    // Each read caches its key.
+    for i in 0..200 {
+        assert_eq!(counter.get(&format!("k{i}")).await.unwrap().value, 1);
+    }
 
     let size = counter.snapshot().cache_size;
 
@@ -176,6 +182,34 @@ async fn cache_capacity_bounds_its_size() {
             "evicted keys read through"
         );
     }
+}
+
+#[tokio::test]
+async fn a_flush_caches_only_keys_already_cached() {
+    // A page visited but never read (the cold page set, every URL of the request
+    // statistics) costs no cache insertion and no eviction; a read one stays fresh.
+    let counter = Counter::new(MemoryStore::new(), manual_config()).unwrap();
+    for i in 0..100 {
+        counter.increment(&format!("k{i}"), 1).unwrap();
+    }
+    assert_eq!(counter.get("k0").await.unwrap().value, 1);
+    counter.increment("k0", 1).unwrap();
+
+    counter.flush().await;
+
+    assert_eq!(
+        counter.snapshot().cache_size,
+        1,
+        "only the key read is cached"
+    );
+    assert_eq!(
+        counter.get_cached("k1"),
+        None,
+        "a key never read is not cached"
+    );
+    let read = counter.get_cached("k0").expect("the key read stays cached");
+    assert_eq!(read.value, 2, "with the flushed total");
+    assert_eq!(counter.get("k1").await.unwrap().value, 1, "read through");
 }
 
 #[tokio::test]
