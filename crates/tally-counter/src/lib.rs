@@ -26,7 +26,7 @@
 //!     assert_eq!(counter.get("page1").await?.value, 3);
 //!     counter.flush().await;
 //!     assert_eq!(counter.store().value("page1"), 3);
-//!     // The flush refreshed the cache with the stored total.
+//!     // The read above cached page1, so the flush refreshed it with the stored total.
 //!     assert_eq!(counter.get("page1").await?.served_via, ServedVia::Cache);
 //!     let report = counter.shutdown(Duration::from_secs(5)).await;
 //!     assert_eq!(report.keys_unwritten, 0);
@@ -73,6 +73,11 @@
 //!   again; a batch it had on the wire goes out again with the same id.
 //! - **Staleness.** Other instances' writes show after at most their `batch_interval` plus
 //!   this instance's `cache_ttl`.
+//! - **Only what is read is cached.** An acknowledged batch refreshes the cached totals of
+//!   its keys that are cached (so a cached count never misses a written batch) and leaves
+//!   the others out, unless a store read of its shard is in progress: a page visited once
+//!   and never read, or a URL of the request statistics, costs no cache insertion and no
+//!   eviction. Its first read reads it through.
 //! - **One store read per miss, not per reader.** Concurrent misses of one key share one
 //!   store read: the first reads, the others wait for it and answer from the cache it
 //!   fills (with their own deltas, as any hit), so an entry expiring under load costs one

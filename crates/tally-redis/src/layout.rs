@@ -269,37 +269,42 @@ local function batch(KEYS, ARGV)
     end
   end
 
+  -- Sub-keys ('{key}\31{sub}': a page's count on a day) are written one SET each: one
+  -- this batch creates expires after ARGV[d + n + 1] seconds, when given (EX, set once),
+  -- and one that exists keeps its expiry (KEEPTTL: MSET, like SET, would drop it, and the
+  -- day would never expire). Every other key goes into one MSET per chunk.
+  local ttl
+  if not zset then ttl = ARGV[d + n + 1] end
   for first = 1, n, CHUNK do
     local last = math.min(first + CHUNK - 1, n)
     local args = {}
     local j = 0
     for i = first, last do
-      -- '%d' writes every integer below 2^53 exactly (tostring would use %.14g).
+      -- A new key's total is its delta, as sent; '%d' writes every other integer below
+      -- 2^53 exactly (tostring would use %.14g).
+      local text
+      if not bad[i] then
+        if current[i] then text = string.format('%d', totals[i]) else text = ARGV[d + i] end
+      end
       if bad[i] then
         -- Left as it is.
       elseif zset then
-        args[j + 1] = string.format('%d', totals[i])
+        args[j + 1] = text
         args[j + 2] = ARGV[4 + i]
         j = j + 2
+      elseif string.find(KEYS[1 + i], '\31', 1, true) then
+        if current[i] then redis.call('SET', KEYS[1 + i], text, 'KEEPTTL')
+        elseif ttl then redis.call('SET', KEYS[1 + i], text, 'EX', ttl)
+        else redis.call('SET', KEYS[1 + i], text) end
       else
         args[j + 1] = KEYS[1 + i]
-        args[j + 2] = string.format('%d', totals[i])
+        args[j + 2] = text
         j = j + 2
       end
     end
     if j > 0 then
       if zset then redis.call('ZADD', KEYS[2], unpack(args))
       else redis.call('MSET', unpack(args)) end
-    end
-  end
-  -- Sub-keys ('{key}\31{sub}': a page's count on a day) that this batch creates expire
-  -- after ARGV[d + n + 1] seconds, when given: set once, when the key is new.
-  local ttl = tonumber(ARGV[d + n + 1])
-  if ttl and not zset then
-    for i = 1, n do
-      if not bad[i] and not current[i] and string.find(KEYS[1 + i], '\31', 1, true) then
-        redis.call('EXPIRE', KEYS[1 + i], ttl)
-      end
     end
   end
   -- The mark carries the node's time of this write, so marks of instances that stopped
@@ -323,7 +328,12 @@ end
 /// totals, and only then writes them (`MSET` / `ZADD`) with the mark: a failure cannot come
 /// half-way, and a key that cannot be counted is left out and reported before the first
 /// write. Four commands per chunk instead of two per key also saves the fixed cost of each
-/// `redis.call`. The script runs atomically, so read-then-write loses no concurrent
+/// `redis.call`; only a page's count on a day (a sub-key) is written with a `SET` of its
+/// own, which sets its expiry when it is new and keeps it otherwise. Why not native
+/// commands (`WATCH` the marks, `MULTI`, `INCRBY` per key, `EXEC`): `INCRBY` would add to a
+/// negative stored value or carry a total past 2^53 rather than leave the key as it is, and
+/// in `cargo run -p tally-benches --release --bin cold-apply` it saved Redis no more CPU per
+/// cold key than this script does (README, *The cold page set*). The script runs atomically, so read-then-write loses no concurrent
 /// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
 /// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).
 pub(crate) const BATCH_SCRIPT: &str = concat!(batch_function!(), "return batch(KEYS, ARGV)\n");

@@ -46,7 +46,11 @@ async fn sub_keys_share_their_keys_node_and_expire_after_the_ttl_set_at_creation
     // A later batch adds to the day without moving its expiry.
     node.query::<()>(redis::cmd("EXPIRE").arg(format!("tally:v:{DAY}")).arg(500))?;
     assert_eq!(store.apply(shard, &batch(1, 2, &[(DAY, 3)])).await?, [5]);
-    assert!(ttl(DAY) <= 500, "set once, when created: {}", ttl(DAY));
+    let later = ttl(DAY);
+    assert!(
+        (490..=500).contains(&later),
+        "set once, when created, and kept by later writes: TTL {later}"
+    );
     Ok(())
 }
 
