@@ -8,7 +8,8 @@
 //! - `cargo xtask ci`: formatting, clippy, cargo-deny, the docs (`cargo doc` with warnings
 //!   as errors), the library crates' packages (`cargo package`, each built from what it
 //!   would publish), the compose file's validity, the same tests, then one `--quick` run
-//!   of the load harness. `.ci/run` calls it.
+//!   of the load harness, the criterion benches once each in test mode, and `cold-apply`
+//!   on five batches. `.ci/run` calls it.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`ARGS` go to `cargo bench`).
 
 mod openapi;
@@ -85,6 +86,19 @@ fn ci() -> Result {
         "load",
         "--",
         "--quick",
+    ])?;
+    // The criterion benches once each in test mode (they still run, nothing is timed), and
+    // the cold-set script comparison on a few batches.
+    cargo(&["test", "-p", "tally-benches", "--benches"])?;
+    cargo(&[
+        "run",
+        "-p",
+        "tally-benches",
+        "--bin",
+        "cold-apply",
+        "--",
+        "--batches",
+        "5",
     ])
 }
 

@@ -330,10 +330,13 @@ end
 /// write. Four commands per chunk instead of two per key also saves the fixed cost of each
 /// `redis.call`; only a page's count on a day (a sub-key) is written with a `SET` of its
 /// own, which sets its expiry when it is new and keeps it otherwise. Why not native
-/// commands (`WATCH` the marks, `MULTI`, `INCRBY` per key, `EXEC`): `INCRBY` would add to a
-/// negative stored value or carry a total past 2^53 rather than leave the key as it is, and
-/// in `cargo run -p tally-benches --release --bin cold-apply` it saved Redis no more CPU per
-/// cold key than this script does (README, *The cold page set*). The script runs atomically, so read-then-write loses no concurrent
+/// commands (`WATCH` the marks, `MULTI`, `INCRBY` per key, `EXEC`), although `cargo run -p
+/// tally-benches --release --bin cold-apply` measures them at about two thirds of this
+/// script's Redis CPU per new counter key: `INCRBY` adds to a negative stored value and
+/// carries a total past 2^53 instead of leaving the key as it is and reporting it, so a
+/// poisoned value would be counted on rather than held apart; checking the values first
+/// would need a `WATCH` of every key, and every concurrent write of a hot key by another
+/// instance would then abort the transaction (README, *The cold page set*). The script runs atomically, so read-then-write loses no concurrent
 /// increment. Commands take at most `CHUNK` keys because Lua's `unpack` has a stack limit
 /// (batches after an outage can hold many thousands of keys). Needs Redis 6.2+ (`ZMSCORE`).
 pub(crate) const BATCH_SCRIPT: &str = concat!(batch_function!(), "return batch(KEYS, ARGV)\n");
