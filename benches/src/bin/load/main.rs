@@ -45,8 +45,17 @@
 //! only). For each
 //! scenario: a warm-up, a closed-loop phase (every connection sends as soon as it has its
 //! answer: the maximum rate), then a paced phase at a fraction (50%) of that rate (open
-//! loop, latency timed from the schedule) for the p99 target. Around the GET count phases
-//! of tally, its own read-cache hits and misses are read.
+//! loop, latency timed from the schedule) for the p99 target. After each tally scenario
+//! but the bulk (with `--quick` only the first tally target's POST visit hot), a fresh
+//! `floor` is sent the same requests paced at the same offered rate: the p99 target is
+//! tally's p99 over the floor's at that rate, since on 2 shared cores no handler's tail is
+//! far below a few ms. Around the GET count phases of tally, its own read-cache hits and
+//! misses are read.
+//!
+//! With `--wrk`, after the rounds, the floor and tally (memory, embedded, Redis: those
+//! selected) are driven closed-loop on POST visit and GET count, hot, by the harness's
+//! client and then by Debian's `wrk` on the same server ([`wrk`]): the tally/floor ratios
+//! of both clients, side by side.
 //!
 //! The latency mode (`--rtt`, by default 0.5 ms and 2 ms; 0.5 ms with `--quick`): every
 //! figure above is on loopback, where a Redis round trip costs tens of microseconds, which
@@ -109,6 +118,7 @@
 //! - [`targets`]: the servers under test;
 //! - [`client`]: the load client;
 //! - [`measure`]: Redis commands, CPU time and tally's cache reads around a phase;
+//! - [`wrk`]: `--wrk`, the client cross-checked against Debian's `wrk`;
 //! - [`nodes`]: the redis-server children (the standalone nodes, the cluster), and killing
 //!   them on every way out.
 
@@ -121,6 +131,7 @@ mod report;
 mod scenario;
 mod stats_scale;
 mod targets;
+mod wrk;
 
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -335,6 +346,11 @@ fn run(options: &Options) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let wrk_checks = if options.wrk {
+        Some(wrk::run(options, &setup)?)
+    } else {
+        None
+    };
     let stats = stats_plan
         .as_ref()
         .map(|plan| stats_scale::run(plan, &setup).context("/stats/ at scale"))
@@ -350,6 +366,11 @@ fn run(options: &Options) -> anyhow::Result<bool> {
         report::render(options, &rows, &load_before, started.elapsed())
     };
     report.extend(comparison.as_ref().map(report::render_client_cost));
+    report.extend(
+        wrk_checks
+            .as_ref()
+            .map(|checks| wrk::render(checks, options.connections)),
+    );
     report.extend(stats.as_ref().map(stats_scale::Report::render));
     print!("{report}");
     if let Some(path) = &options.markdown {

@@ -211,6 +211,27 @@ impl CpuSnapshot {
     }
 }
 
+/// CPU time (user + system, in ticks) of this process's children that have ended and been
+/// waited for (`cutime` + `cstime` of `/proc/self/stat`): a child run to its end between
+/// two reads (`wrk`) is their difference.
+pub fn reaped_children_ticks() -> u64 {
+    fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_ascii_whitespace().skip(13);
+            let user: u64 = fields.next()?.parse().ok()?;
+            let system: u64 = fields.next()?.parse().ok()?;
+            Some(user + system)
+        })
+        .unwrap_or(0)
+}
+
+/// `ticks` of CPU time over `elapsed`, in % of one core.
+pub fn ticks_percent(ticks: u64, elapsed: Duration) -> f64 {
+    ticks as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64().max(1e-9) * 100.0
+}
+
 /// utime + stime of the processes `pids`, summed (those gone count 0).
 fn process_ticks<'a>(pids: impl IntoIterator<Item = &'a u32>) -> u64 {
     pids.into_iter()

@@ -16,6 +16,7 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
             [--server-logs on|off] [--server-metrics on|off] [--quiet-wait SECS]
             [--retries N] [--rounds N] [--paced-fraction F] [--timeline]
             [--stats-urls N] [--stats-stores LIST] [--only stats] [--rtt LIST]
+            [--wrk]
 
   --quick            1 s warm-up, 2 s closed loop, 1 s paced (CI: keeps the harness
                      working; the figures are printed, not checked); the bulk scenario
@@ -64,7 +65,13 @@ usage: load [--quick] [--duration SECS] [--warmup SECS] [--connections N]
                      proxy per node holding each chunk for half the round trip each way
                      (closed loop only); the floor has no Redis and is not repeated
                      (default 0.5ms,2ms; with --quick 0.5ms, POST visit hot on naive and
-                     tally-redis only)";
+                     tally-redis only)
+  --wrk              after the scenarios, cross-check the client: POST visit and GET
+                     count on the hot set, on the floor and on those of tally-memory,
+                     tally-embedded, tally-redis selected, each fresh and driven closed
+                     loop by this harness's client, then by Debian's wrk (-t1, the same
+                     connections) for as long; tally/floor ratios from both, side by
+                     side (needs wrk on the PATH; not in --quick unless asked)";
 
 /// The paced phase offers this fraction of the closed-loop rate (issue 9: p99 at half of
 /// the maximum rate), unless `--paced-fraction` says otherwise.
@@ -113,6 +120,8 @@ pub struct Options {
     pub only_stats: bool,
     /// `--rtt`: the round trips of the latency mode, in run order (none: loopback only).
     pub rtts: Vec<Rtt>,
+    /// `--wrk`: the cross-check of the client against Debian's `wrk`.
+    pub wrk: bool,
 }
 
 impl Options {
@@ -144,6 +153,7 @@ impl Options {
             stats_stores: None,
             only_stats: false,
             rtts: Vec::new(),
+            wrk: false,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -175,6 +185,7 @@ impl Options {
                 "--markdown" => options.markdown = Some(value("--markdown")?.into()),
                 "--compare-clients" => options.compare_clients = true,
                 "--timeline" => options.timeline = true,
+                "--wrk" => options.wrk = true,
                 "--rounds" => options.rounds = count("--rounds", &value("--rounds")?)?,
                 "--paced-fraction" => {
                     let f = value("--paced-fraction")?;
@@ -252,12 +263,12 @@ impl Options {
         });
         options.retries = retries.unwrap_or(options.retries);
         options.quiet_wait = quiet_wait.unwrap_or(options.quiet_wait);
+        options.duration = duration.unwrap_or(options.duration);
         options.paced = if quick && duration.is_none() {
             Duration::from_secs(1)
         } else {
             options.duration
         };
-        options.duration = duration.unwrap_or(options.duration);
         options.warmup = warmup.unwrap_or(options.warmup);
         Ok(options)
     }
@@ -305,9 +316,12 @@ impl Options {
         } else {
             Duration::ZERO
         };
+        // The paced floor after a tally scenario: its warm-up and phase, and their grace.
+        let paced_floor = scenario::FLOOR_WARMUP + self.paced + GRACE * 2;
         let per_scenario = self.warmup
             + self.duration
             + self.paced
+            + paced_floor
             + GRACE * 3
             + self.quiet_wait
             + Duration::from_secs(45);
@@ -316,7 +330,20 @@ impl Options {
                 p.budget() + self.quiet_wait * p.stores.len() as u32
             })
             + cluster_start
+            + self.wrk_budget()
             + Duration::from_secs(30)
+    }
+}
+
+impl Options {
+    /// Longest the `--wrk` cross-check can rightly take: two scenarios on up to four
+    /// targets, each a warm-up and two runs of `duration`.
+    fn wrk_budget(&self) -> Duration {
+        if !self.wrk {
+            return Duration::ZERO;
+        }
+        (self.warmup + self.duration * 2 + GRACE * 2 + self.quiet_wait + Duration::from_secs(30))
+            * 8
     }
 }
 
@@ -590,6 +617,20 @@ mod tests {
         let chosen = parse(&["--rtt", "2ms, 500us,2ms"]).unwrap();
         assert_eq!(chosen.rtts, [rtt("2ms").unwrap(), rtt("0.5ms").unwrap()]);
         assert!(parse(&["--rtt", "2"]).is_err());
+    }
+
+    #[test]
+    fn the_paced_phase_lasts_as_long_as_the_closed_loop_but_one_second_with_quick() {
+        assert_eq!(parse(&[]).unwrap().paced, Duration::from_secs(10));
+        assert_eq!(
+            parse(&["--duration", "3"]).unwrap().paced,
+            Duration::from_secs(3)
+        );
+        assert_eq!(parse(&["--quick"]).unwrap().paced, Duration::from_secs(1));
+        assert_eq!(
+            parse(&["--quick", "--duration", "4"]).unwrap().paced,
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -186,6 +186,9 @@ pub struct Scenario {
     /// The latency mode: the round trip the delay proxies add between the target and its
     /// Redis nodes; `None` on loopback, with no proxy.
     pub rtt: Option<Rtt>,
+    /// Whether the floor is paced after it at the same offered rate as its paced phase
+    /// ([`Row::floor_paced`]), the reference of tally's p99.
+    pub paced_floor: bool,
 }
 
 /// What each target runs again in the latency mode: the visits, where the naive targets
@@ -206,9 +209,17 @@ fn delayed_loads(kind: Kind, quick: bool) -> &'static [Load] {
 /// of `rtts` its [`delayed_loads`] (with `quick` POST visit hot on naive and tally-redis
 /// only: two short scenarios per round trip). [`Load::BulkHot`] runs on every target of
 /// [`BULK_TARGETS`] selected, or with `quick` on the first of them only (it costs the
-/// CI run one scenario: a few seconds).
+/// CI run one scenario: a few seconds). Every loopback scenario of tally but the bulk
+/// (the floor has no bulk route) paces the floor at its own paced rate afterwards; with
+/// `quick` only POST visit hot of the first tally target does (one short phase).
 pub fn scenarios(targets: &[Kind], quick: bool, rtts: &[Rtt]) -> Vec<Scenario> {
     let first_bulk = targets.iter().copied().find(|k| BULK_TARGETS.contains(k));
+    let first_tally = targets.iter().copied().find(|k| k.is_tally());
+    let paced_floor = move |kind: Kind, load: Load| {
+        kind.is_tally()
+            && load != Load::BulkHot
+            && (!quick || (Some(kind) == first_tally && load == Load::VisitHot))
+    };
     let bulk = move |kind: Kind| {
         (BULK_TARGETS.contains(&kind) && (!quick || Some(kind) == first_bulk))
             .then_some((kind, Load::BulkHot))
@@ -245,16 +256,18 @@ pub fn scenarios(targets: &[Kind], quick: bool, rtts: &[Rtt]) -> Vec<Scenario> {
                         kind,
                         load,
                         rtt: Some(rtt),
+                        paced_floor: false,
                     })
             });
             loads
                 .iter()
                 .map(move |&load| (kind, load))
                 .chain(bulk(kind))
-                .map(|(kind, load)| Scenario {
+                .map(move |(kind, load)| Scenario {
                     kind,
                     load,
                     rtt: None,
+                    paced_floor: paced_floor(kind, load),
                 })
                 .chain(delayed)
         })
@@ -302,6 +315,14 @@ pub struct Row {
     pub max: Measured,
     /// The paced phase (none when the closed loop got no 2xx).
     pub paced: Option<Measured>,
+    /// For tally ([`Scenario::paced_floor`]): the floor, fresh, paced right after the
+    /// target's stop at the rate `paced` offered, with the same requests. On 2 shared
+    /// cores no handler's p99 is far below a few ms; the ratio of the two p99s is what
+    /// tally adds to that tail.
+    pub floor_paced: Option<Measured>,
+    /// `paced`'s p99 over `floor_paced`'s in every round, in round order (filled by
+    /// [`median_rows`]; empty without a floor reference).
+    pub p99_vs_floor_by_round: Vec<f64>,
     /// tally-server's counts still to be written when the load ended.
     pub backlog: Option<Backlog>,
     /// How the server stopped after the phases: for tally, the flush of what was still
@@ -312,8 +333,19 @@ pub struct Row {
 impl Row {
     /// CPU other processes used during the scenario's phases (% of a core, the worse).
     fn noise(&self) -> f64 {
-        let paced = self.paced.as_ref().map_or(0.0, |m| m.cpu.other);
-        self.max.cpu.other.max(paced)
+        [self.paced.as_ref(), self.floor_paced.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|m| m.cpu.other)
+            .fold(self.max.cpu.other, f64::max)
+    }
+
+    /// The paced phase's p99 over the floor's at the same offered rate, when both ran.
+    pub fn p99_vs_floor(&self) -> Option<f64> {
+        let p99 = |m: &Measured| m.outcome.latency_ms(0.99);
+        let floor = p99(self.floor_paced.as_ref()?);
+        let paced = p99(self.paced.as_ref()?);
+        (floor > 0.0).then(|| paced / floor)
     }
 }
 
@@ -371,27 +403,51 @@ fn run_quietest(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
 }
 
 /// Per scenario, the round with the median closed-loop rate (the whole row of that round,
-/// so its figures stay consistent with each other).
+/// so its figures stay consistent with each other), with the p99 ratio against the floor
+/// of every round ([`Row::p99_vs_floor_by_round`]).
 pub fn median_rows(rounds: &[Vec<Row>], scenarios: usize) -> Vec<Row> {
     (0..scenarios)
         .map(|i| {
             let mut runs: Vec<&Row> = rounds.iter().map(|round| &round[i]).collect();
+            let by_round: Vec<f64> = runs.iter().filter_map(|r| r.p99_vs_floor()).collect();
             runs.sort_by(|a, b| {
                 a.max
                     .outcome
                     .throughput()
                     .total_cmp(&b.max.outcome.throughput())
             });
-            runs[runs.len() / 2].clone()
+            Row {
+                p99_vs_floor_by_round: by_round,
+                ..runs[runs.len() / 2].clone()
+            }
         })
         .collect()
 }
 
+/// The median of `values` (the mean of the middle two for an even count; `None` when
+/// empty).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 /// One attempt: flushed nodes, in the latency mode a delay proxy in front of them, a
 /// fresh server, the warm-up, the closed loop, then (on loopback) the paced phase when
-/// the closed loop got any 2xx.
+/// the closed loop got any 2xx, and after the server's stop, for
+/// [`Scenario::paced_floor`], the floor paced at the same rate.
 fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> anyhow::Result<Row> {
-    let Scenario { kind, load, rtt } = scenario;
+    let Scenario {
+        kind,
+        load,
+        rtt,
+        paced_floor,
+    } = scenario;
     let redis = setup.redis_of(kind);
     if let Some(redis) = redis {
         redis.servers.flush()?;
@@ -409,6 +465,7 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
     let server = setup
         .server_rt
         .block_on(targets::start(kind, &urls, setup.metrics))?;
+    let server_started = Instant::now();
     let client_rt = setup.client_rt;
     let conns = client_rt
         .block_on(client::connect_all(server.address, options.connections))
@@ -417,6 +474,7 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
     let cache_of = (kind.is_tally() && load.is_count()).then_some(server.address);
 
     let (conns, _) = client_rt.block_on(client::drive(conns, &closed(&workload, options.warmup)));
+    let max_began = server_started.elapsed();
     let (conns, max) = measured_phase(
         client_rt,
         conns,
@@ -426,7 +484,7 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
         proxy.as_mut(),
     )?;
     let rtt_suffix = rtt.map_or(String::new(), |rtt| format!(" (RTT {rtt})"));
-    report_phase(options, kind, load, &max, &rtt_suffix);
+    report_phase(options, kind, load, &max, &rtt_suffix, max_began);
     let mut paced = None;
     // The latency mode compares maximum rates; a paced phase would double its time.
     if max.outcome.ok > 0 && rtt.is_none() {
@@ -437,9 +495,10 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
             duration: options.paced,
             grace: GRACE,
         };
+        let began = server_started.elapsed();
         let (_, mut measured) = measured_phase(client_rt, conns, &phase, redis, cache_of, None)?;
         measured.offered = Some(rate);
-        report_phase(options, kind, load, &measured, " (paced)");
+        report_phase(options, kind, load, &measured, " (paced)", began);
         paced = Some(measured);
     } else {
         drop(conns);
@@ -453,6 +512,15 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
     let stopped = setup.server_rt.block_on(server.stop())?;
     // After the server's stop, whose flush still goes through it.
     drop(proxy);
+    let floor_paced = match (&paced, paced_floor) {
+        (Some(paced), true) => Some(floor_at_rate(
+            options,
+            setup,
+            load,
+            paced.offered.unwrap_or(0.0),
+        )?),
+        _ => None,
+    };
     if stopped.pages_unwritten() > 0 {
         eprintln!(
             "load: {kind} / {}: tally-server could not write {} visits to {} pages within its shutdown deadline ({:.1} s to stop)",
@@ -468,9 +536,59 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
         rtt,
         max,
         paced,
+        floor_paced,
+        p99_vs_floor_by_round: Vec::new(),
         backlog,
         stopped,
     })
+}
+
+/// Warm-up of the floor before its paced reference phase: its connections opened and its
+/// workers busy; the floor has no cache or batch to fill.
+pub const FLOOR_WARMUP: Duration = Duration::from_secs(1);
+
+/// The floor, fresh, sent `load`'s requests at `rate` for the paced phase's length after a
+/// short paced warm-up: the reference of a tally paced phase at the same rate.
+fn floor_at_rate(
+    options: &Options,
+    setup: &Setup<'_>,
+    load: Load,
+    rate: f64,
+) -> anyhow::Result<Measured> {
+    let workload = load.workload();
+    let server = setup
+        .server_rt
+        .block_on(targets::start(Kind::Floor, &[], setup.metrics))?;
+    let server_started = Instant::now();
+    let client_rt = setup.client_rt;
+    let conns = client_rt
+        .block_on(client::connect_all(server.address, options.connections))
+        .context("cannot connect to the floor")?;
+    let paced = |duration| Phase {
+        workload: workload.clone(),
+        pace: Pace::Rate(rate),
+        duration,
+        grace: GRACE,
+    };
+    let (conns, _) = client_rt.block_on(client::drive(conns, &paced(FLOOR_WARMUP)));
+    let began = server_started.elapsed();
+    let (conns, mut measured) =
+        measured_phase(client_rt, conns, &paced(options.paced), None, None, None)?;
+    drop(conns);
+    measured.offered = Some(rate);
+    setup.server_rt.block_on(server.stop())?;
+    let outcome = &measured.outcome;
+    eprintln!(
+        "load: {:<14} {:<26} {:>9.0} req/s  p99 {:.2} ms (paced, the floor at the same rate)",
+        Kind::Floor,
+        load.name(),
+        outcome.throughput(),
+        outcome.latency_ms(0.99)
+    );
+    if options.timeline {
+        print_timeline(outcome, began);
+    }
+    Ok(measured)
 }
 
 /// A closed-loop phase of `workload` lasting `duration`.
@@ -532,7 +650,16 @@ pub fn compare_clients(options: &Options, setup: &Setup<'_>) -> anyhow::Result<C
 
 /// A phase's progress line on stderr (`suffix` tells the paced phase), then its slow
 /// windows with `--timeline`.
-fn report_phase(options: &Options, kind: Kind, load: Load, measured: &Measured, suffix: &str) {
+/// `began`: how long after the server's start the phase began, to set its slow windows
+/// against the server's timers (batches and cache entries every 5 s from its start).
+fn report_phase(
+    options: &Options,
+    kind: Kind,
+    load: Load,
+    measured: &Measured,
+    suffix: &str,
+    began: Duration,
+) {
     let outcome = &measured.outcome;
     let misses = measured.cache.map_or(String::new(), |cache| {
         format!("  cache misses {:.1}%", cache.miss_percent())
@@ -565,12 +692,13 @@ fn report_phase(options: &Options, kind: Kind, load: Load, measured: &Measured, 
         outcome.latency_ms(0.99)
     );
     if options.timeline {
-        print_timeline(outcome);
+        print_timeline(outcome, began);
     }
 }
 
-/// The 100 ms windows of a phase whose slowest answer took over 5 ms, on stderr.
-fn print_timeline(outcome: &Outcome) {
+/// The 100 ms windows of a phase whose slowest answer took over 5 ms, on stderr, the
+/// phase having begun `began` after the server's start.
+fn print_timeline(outcome: &Outcome, began: Duration) {
     let slow: Vec<String> = outcome
         .timeline
         .iter()
@@ -581,13 +709,17 @@ fn print_timeline(outcome: &Outcome) {
             format!("{at:.1}s:{:.0}ms", max as f64 / 1e6)
         })
         .collect();
-    eprintln!("load:   windows over 5 ms: [{}]", slow.join(" "));
+    eprintln!(
+        "load:   windows over 5 ms (phase began {:.2} s after the server's start): [{}]",
+        began.as_secs_f64(),
+        slow.join(" ")
+    );
 }
 
 /// Runs `phase` with the commands and CPU of `redis` (the target's redis-servers) read
 /// before and after, with `cache_of` the read-cache figures of the tally-server there,
 /// and with `proxy` the delay proxy's CPU and how long it held its chunks.
-fn measured_phase(
+pub fn measured_phase(
     client_rt: &tokio::runtime::Runtime,
     conns: Vec<Conn>,
     phase: &Phase,
