@@ -26,11 +26,15 @@
 //!   eviction); its next read reads it through. A read that starts after the batch's
 //!   acknowledgement saw the shard's count of reads asks the store after the batch was
 //!   applied, so its answer includes it.
+//! - A cache entry is never replaced by one including fewer of our batches
+//!   (`cache_unless_newer`), except by a reset's zero.
 //! - At most one store read per key is in progress: the first miss reads and the others
 //!   wait for it, then answer from the cache it filled. A failed read fails its waiters
 //!   with its error; a cancelled one lets a waiter read instead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use moka::ops::compute::Op;
 
 use crate::error::{Result, cause_text};
 use crate::store::{ShardId, Store};
@@ -84,6 +88,21 @@ impl<S> Drop for ReadLeader<'_, S> {
 }
 
 impl<S: Store> Inner<S> {
+    /// Caches `entry` for `key` unless the cache holds an entry including a later batch of
+    /// ours (a higher `seq`). An acknowledgement caches its batch's totals before it takes
+    /// the shard's `in_flight` lock (see `acknowledge`), so a read-through whose store
+    /// answer predates that batch can come to cache after it; the fresher entry stays.
+    /// The check and the write are one step for the key (moka's `and_compute_with`), so
+    /// two writers of one key cannot interleave.
+    pub(super) fn cache_unless_newer(&self, key: std::sync::Arc<str>, entry: CacheEntry) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|cached| match cached {
+                Some(cached) if cached.value().seq > entry.seq => Op::Nop,
+                _ => Op::Put(entry),
+            });
+    }
+
     /// The count from the cache, or `None` on a miss.
     pub(super) fn cached_count(&self, shard: ShardId, key: &str) -> Option<u64> {
         let in_flight = self.shards[shard].in_flight();
@@ -194,7 +213,7 @@ impl<S: Store> Inner<S> {
                 .enumerate()
                 .map(|(i, key)| {
                     if cache {
-                        self.cache.insert(
+                        self.cache_unless_newer(
                             (*key).into(),
                             CacheEntry {
                                 value: stored(i),
