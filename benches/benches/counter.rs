@@ -1,5 +1,6 @@
 //! The counter's hot path: `increment` on a key already pending, against a plain
-//! `Mutex<HashMap<String, u64>>` doing the same job, in one run.
+//! `Mutex<HashMap<String, u64>>` doing the same job, in one run; and the read that adds a
+//! key's pending deltas to its cached value (`get_cached`).
 //!
 //! The flusher is configured not to fire during a sample (an hour's interval, a size limit
 //! above the key count), so this measures the increment itself: stripe lock, map update, no
@@ -66,19 +67,30 @@ fn run(target: &dyn Target, keys: &[String], threads: usize, iters: u64) -> Dura
     start.elapsed()
 }
 
-fn increment(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let _guard = runtime.enter();
-    let config = CounterConfig {
+/// A counter whose flusher does not fire during a sample, and whose cache keeps every key
+/// for the whole run.
+fn quiet_config() -> CounterConfig {
+    CounterConfig {
         batch_interval: Duration::from_secs(3600),
         batch_size_limit: KEYS * 10,
         max_pending_keys: KEYS * 10,
+        cache_ttl: Duration::from_secs(3600),
         ..CounterConfig::default()
-    };
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn increment(c: &mut Criterion) {
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let config = quiet_config();
     let counter = Counter::new(MemoryStore::new(), config).expect("valid config");
     let map = MutexMap(Mutex::new(HashMap::new()));
     let keys = keys();
@@ -107,5 +119,36 @@ fn increment(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, increment);
+/// `get_cached` on keys whose stored value is cached and which have pending deltas,
+/// recorded by two threads besides the reading one (as a server's workers record them), so
+/// a buffer that keeps deltas where they were recorded has them in several places.
+fn read(c: &mut Criterion) {
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let counter = Counter::new(MemoryStore::new(), quiet_config()).expect("valid config");
+    let keys = keys();
+    for key in &keys {
+        counter.add(key);
+    }
+    // Written and acknowledged: every key's stored value is cached from here on.
+    runtime.block_on(counter.flush());
+    run(&counter, &keys, 2, KEYS as u64);
+    for key in &keys {
+        counter.add(key);
+    }
+
+    let mut group = c.benchmark_group("read");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new("get_cached-pending", "1-thread"), |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let count = counter.get_cached(black_box(&keys[i]));
+            i = if i + 1 == KEYS { 0 } else { i + 1 };
+            count.expect("every key is cached")
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, increment, read);
 criterion_main!(benches);
