@@ -2,8 +2,9 @@
 //!
 //! Keys are page ids and URL paths chosen by clients, so the maps keyed by them use a seeded
 //! hash (random per process) to keep collision floods out. SipHash would do that too, but
-//! one-shot xxh3 on the whole key is several times cheaper for short keys, and the increment
-//! path hashes every key twice (stripe choice and map slot).
+//! one-shot xxh3 on the whole key is several times cheaper for short keys, and every
+//! increment hashes its key with it (the slot in the write buffer, and the key's home
+//! stripe, from one hash).
 
 use std::hash::{BuildHasher, Hasher};
 

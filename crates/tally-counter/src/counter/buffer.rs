@@ -1,25 +1,43 @@
 //! The write buffer: this instance's pending deltas, and the bounds on what waits to be
 //! written.
 //!
-//! Increments land in [`STRIPES`] lock stripes, each holding one table per store shard, so
-//! two increments rarely wait on one another and draining a shard never touches another
-//! shard's keys. A key waits from its first increment until its batch is acknowledged (or
-//! the key is reset, or released from its quarantine), and the buffer counts every key
-//! waiting, wherever it is: pending here, in its shard's batch in flight, or held.
+//! Increments land in [`STRIPES`] lock stripes, each holding tables per store shard, so
+//! draining one shard never touches another shard's keys. Each thread records into a
+//! stripe of its own (picked once per thread, round robin), so threads incrementing at once
+//! keep to their own locks and cache lines instead of taking every stripe's line from one
+//! another. A key's pending delta may therefore be spread over several stripes: its *home*
+//! stripe (picked by the key's hash) holds its home entry, which marks it pending, and any
+//! other stripe a thread recorded it in holds an *extra* delta of it. A key waits from its
+//! first increment until its batch is acknowledged (or the key is reset, or released from
+//! its quarantine), and the buffer counts every key waiting, wherever it is: pending here,
+//! in its shard's batch in flight, or held.
 //!
 //! # Invariants
 //!
+//! - A key is pending on a shard exactly when its home stripe's table for that shard holds
+//!   its home entry. Extras of a key exist only while its home entry does, at most one per
+//!   stripe, and the home entry's `extras` mask names exactly the stripes holding one. An
+//!   extra is inserted with both its stripe and the home stripe locked; a drain or a reset
+//!   removes a key's home entry and every extra of it with all stripes locked, so no one
+//!   sees a key half removed, and an extra never outlives its home entry.
+//! - A key's pending delta is its home delta plus its extras. A read sums them under its
+//!   shard's `in_flight` read lock, and drains and resets hold that lock for writing, so
+//!   while a read sums, deltas only grow (an increment racing with the read may or may not
+//!   be seen; one that returned before the read began is).
 //! - A waiting key holds one *place*: one of `max_pending_keys`, one of its shard's share
 //!   of them, and [`PendingBytes::cost`] of its key in bytes, of the shard's share of
 //!   `max_pending_bytes` and of the budget shared with other counters. A place is taken
-//!   when the key enters the buffer (taken back at once if a bound refuses it) and given
-//!   back once, by `forget_keys`, when the key is written, dropped by a reset or released
-//!   from its quarantine; the bytes of a counter dropped with keys waiting go back with it.
-//! - A key already waiting is never refused: pending, it only adds to its delta; in
+//!   when the home entry is inserted (taken back at once if a bound refuses it); extras take
+//!   none (they share the key's text; their table slots, one per thread that recorded the
+//!   key, are not counted). It is given back once, by `forget_keys`, when the key is
+//!   written, dropped by a reset or released from its quarantine; the bytes of a counter
+//!   dropped with keys waiting go back with it.
+//! - A key already waiting is never refused: pending, it only adds to a delta of its; in
 //!   flight, it takes one more place past the bounds.
-//! - A shard's `pending` count changes under the stripe lock of the table it counts (when
-//!   a key is inserted, drained into a batch or dropped by a reset), so it never runs
-//!   below the keys in its tables.
+//! - A shard's `pending` count (its home entries) changes under the lock of the stripe
+//!   holding the entry it counts (when one is inserted, drained into a batch or dropped by a
+//!   reset), so it never runs below the keys in its tables.
+//! - Whoever holds several stripes takes them in index order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,12 +51,69 @@ use crate::sync::lock;
 use super::{Inner, KeyMap};
 
 /// Number of lock stripes of the write buffer. A power of two well above the core count of
-/// the machines tally runs on, so two increments rarely wait on one another.
+/// the machines tally runs on, so threads rarely share one; at most the bits of a [`Mask`].
 const STRIPES: usize = 64;
 
-/// A shard's pending deltas within one stripe. A `HashTable` rather than a `HashMap` so the
-/// hash computed once per increment (which also picked the stripe) is reused for the slot.
-type PendingTable = hashbrown::HashTable<(Arc<str>, u64)>;
+/// A set of stripes, bit `i` for stripe `i`.
+type Mask = u64;
+
+const _: () = assert!(STRIPES <= Mask::BITS as usize);
+
+/// Hands out stripes to threads, round robin, so threads started together get different
+/// ones.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The stripe this thread records its increments in.
+    static THREAD_STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+}
+
+/// The stripe the calling thread records in (stripe 0 while the thread is being torn down).
+fn thread_stripe() -> usize {
+    THREAD_STRIPE.try_with(|stripe| *stripe).unwrap_or(0)
+}
+
+/// A pending key's entry in its home stripe: part of its delta, and where the rest is.
+struct Home {
+    key: Arc<str>,
+    delta: u64,
+    /// The stripes holding an extra delta of the key.
+    extras: Mask,
+}
+
+/// A shard's pending deltas within one stripe: the home entries of keys whose home this
+/// stripe is, and the extra deltas recorded here of keys whose home is elsewhere.
+/// `HashTable`s rather than `HashMap`s so the hash computed once per increment (which also
+/// picks the home stripe) is reused for the slot.
+#[derive(Default)]
+struct Tables {
+    home: hashbrown::HashTable<Home>,
+    extra: hashbrown::HashTable<(Arc<str>, u64)>,
+}
+
+impl Tables {
+    /// The delta of `key` (of hash `hash`) recorded in this stripe, if any: its home delta
+    /// when this is its home stripe (`home`), its extra delta otherwise.
+    fn delta_mut(&mut self, home: bool, hash: u64, key: &str) -> Option<&mut u64> {
+        if home {
+            self.home
+                .find_mut(hash, |entry| &*entry.key == key)
+                .map(|entry| &mut entry.delta)
+        } else {
+            self.extra
+                .find_mut(hash, |(k, _)| &**k == key)
+                .map(|(_, delta)| delta)
+        }
+    }
+
+    /// The home entry of `key`, if this stripe holds it.
+    fn home_mut(&mut self, hash: u64, key: &str) -> Option<&mut Home> {
+        self.home.find_mut(hash, |entry| &*entry.key == key)
+    }
+}
+
+/// A locked stripe: its tables, one per shard.
+type Locked<'a> = MutexGuard<'a, Vec<Tables>>;
 
 /// The pending deltas of every shard, and the counts the bounds are checked against.
 pub(super) struct Buffer {
@@ -56,20 +131,21 @@ pub(super) struct Buffer {
     shard_byte_limit: usize,
 }
 
-/// One lock stripe of the write buffer: a table per store shard, so draining one shard
+/// One lock stripe of the write buffer: tables per store shard, so draining one shard
 /// never touches another's keys.
 ///
-/// A `std::sync::Mutex`, not an async one: it is held for a map operation, never across
-/// an `.await`. Aligned to keep neighbouring stripes off one cache line.
+/// A `std::sync::Mutex`, not an async one: it is held for a few map operations, never
+/// across an `.await`. Aligned to keep neighbouring stripes off one cache line.
 #[repr(align(128))]
 struct Stripe {
-    tables: Mutex<Vec<PendingTable>>,
+    tables: Mutex<Vec<Tables>>,
 }
 
 /// A shard's part of the buffer's counts.
 #[derive(Default)]
 struct ShardCounts {
-    /// Distinct keys pending (not in flight) for this shard: the batch-size trigger.
+    /// Distinct keys pending (not in flight) for this shard, its home entries: the
+    /// batch-size trigger.
     pending: AtomicUsize,
     /// Distinct keys waiting for this shard: checked against `shard_limit`.
     buffered: AtomicUsize,
@@ -83,7 +159,7 @@ impl Buffer {
         Self {
             stripes: (0..STRIPES)
                 .map(|_| Stripe {
-                    tables: Mutex::new((0..shard_count).map(|_| PendingTable::new()).collect()),
+                    tables: Mutex::new((0..shard_count).map(|_| Tables::default()).collect()),
                 })
                 .collect(),
             shards: (0..shard_count).map(|_| ShardCounts::default()).collect(),
@@ -119,41 +195,63 @@ impl Buffer {
     /// Keys pending in every shard, and the sum of their deltas.
     pub(super) fn pending_totals(&self) -> super::Unwritten {
         let mut totals = super::Unwritten::default();
-        for stripe in self.stripes.iter() {
-            for table in lock(&stripe.tables).iter() {
-                for (key, delta) in table.iter() {
-                    totals.add(key, *delta);
-                }
+        let stripes = self.lock_all();
+        for tables in stripes.iter().flat_map(|stripe| stripe.iter()) {
+            for entry in tables.home.iter() {
+                totals.add(&entry.key, entry.delta);
+            }
+            for (key, delta) in tables.extra.iter() {
+                totals.add_delta(key, *delta);
             }
         }
         totals
     }
 
-    fn stripe(&self, hash: u64) -> &Stripe {
-        &self.stripes[stripe_index(hash)]
+    /// Every stripe, locked in index order: for moving or summing a key's deltas wherever
+    /// they are.
+    fn lock_all(&self) -> Vec<Locked<'_>> {
+        self.stripes
+            .iter()
+            .map(|stripe| lock(&stripe.tables))
+            .collect()
+    }
+
+    /// Locks the stripes `indices`, each once, in index order (see the invariants). The
+    /// guards come sorted by stripe index.
+    fn lock_stripes(&self, mut indices: Vec<usize>) -> Vec<(usize, Locked<'_>)> {
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|i| (i, lock(&self.stripes[i].tables)))
+            .collect()
     }
 }
 
-/// The stripe of a key's hash. Middle bits pick it: the tables inside use the low bits
+/// The home stripe of a key's hash. Middle bits pick it: the tables inside use the low bits
 /// (bucket) and the top seven (tag) of the same hash, which must stay varied within a
 /// stripe.
 fn stripe_index(hash: u64) -> usize {
     (hash >> 32) as usize % STRIPES
 }
 
-impl Buffer {
-    /// Locks the stripes of `hashes`, each once, in index order: the only place that holds
-    /// two stripes at once, so the order rules out a deadlock. The guards come sorted by
-    /// stripe index.
-    fn lock_stripes(&self, hashes: &[u64]) -> Vec<(usize, MutexGuard<'_, Vec<PendingTable>>)> {
-        let mut stripes: Vec<usize> = hashes.iter().map(|&hash| stripe_index(hash)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        stripes
-            .into_iter()
-            .map(|i| (i, lock(&self.stripes[i].tables)))
-            .collect()
-    }
+/// The stripes of `mask`, lowest first.
+fn stripes_of(mut mask: Mask) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let stripe = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(stripe)
+    })
+}
+
+/// Where the guard of stripe `index` is in `stripes` (from [`Buffer::lock_stripes`]).
+fn position(stripes: &[(usize, Locked<'_>)], index: usize) -> usize {
+    stripes
+        .binary_search_by_key(&index, |(i, _)| *i)
+        .unwrap_or_default()
 }
 
 impl<S: Store> Inner<S> {
@@ -161,113 +259,174 @@ impl<S: Store> Inner<S> {
     /// and the errors).
     pub(super) fn record(&self, shard: ShardId, key: &str, n: u64) -> Result<()> {
         let hash = self.hash.hash_str(key);
-        let Err(refused) = self.add_pending(shard, hash, key, n, false) else {
-            return Ok(());
-        };
-        if self.is_in_flight(shard, key) {
-            // Already waiting (in the batch on the wire, perhaps to a shard that is
-            // down): it takes its increments past the bounds, one more place at most.
-            return self.add_pending(shard, hash, key, n, true);
+        let own = thread_stripe();
+        {
+            // The common case: the key has a delta in this thread's stripe already.
+            let mut tables = lock(&self.buffer.stripes[own].tables);
+            if let Some(delta) = tables[shard].delta_mut(stripe_index(hash) == own, hash, key) {
+                *delta += n;
+                return Ok(());
+            }
         }
-        self.metrics.increment_refused();
-        Err(refused)
+        self.record_hashed(&[(shard, key, n)], &[hash])
     }
 
     /// Records every `(shard, key, n)` of `entries`, or none of them: when a bound refuses
     /// a key that is not waiting yet, the places taken for the others are given back and
     /// that bound's error is returned, with nothing recorded. The bounds are those of
-    /// [`Inner::record`], key by key (a key pending only adds to its delta; a key in
+    /// [`Inner::record`], key by key (a key pending only adds to a delta of its; a key in
     /// flight takes a place past the bounds).
     ///
-    /// Every stripe the keys fall in stays locked from the check to the last insert, so a
-    /// key found pending is still pending when its delta is added. Which keys are in
-    /// flight is read before (a flusher holds its shard's in-flight lock while it locks
-    /// stripes): a key that leaves the flight meanwhile takes its place past the bounds,
-    /// as if still in it.
     /// Each key should be listed once: a key listed twice takes two places for the check.
     pub(super) fn record_all(&self, entries: &[(ShardId, &str, u64)]) -> Result<()> {
-        let in_flight: Vec<bool> = entries
-            .iter()
-            .map(|(shard, key, _)| self.is_in_flight(*shard, key))
-            .collect();
         let hashes: Vec<u64> = entries
             .iter()
             .map(|(_, key, _)| self.hash.hash_str(key))
             .collect();
-        let mut stripes = self.buffer.lock_stripes(&hashes);
-        let position = |stripes: &[(usize, MutexGuard<'_, Vec<PendingTable>>)], hash: u64| {
-            let index = stripe_index(hash);
-            stripes
-                .binary_search_by_key(&index, |(i, _)| *i)
-                .unwrap_or_default()
+        let own = thread_stripe();
+        {
+            // The common case: every key has a delta in this thread's stripe already. All
+            // are found before any is added to, under the one lock, so it is all or none.
+            let mut tables = lock(&self.buffer.stripes[own].tables);
+            let found = entries
+                .iter()
+                .zip(&hashes)
+                .all(|(&(shard, key, _), &hash)| {
+                    tables[shard]
+                        .delta_mut(stripe_index(hash) == own, hash, key)
+                        .is_some()
+                });
+            if found {
+                for (&(shard, key, n), &hash) in entries.iter().zip(&hashes) {
+                    if let Some(delta) =
+                        tables[shard].delta_mut(stripe_index(hash) == own, hash, key)
+                    {
+                        *delta += n;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.record_hashed(entries, &hashes)
+    }
+
+    /// [`Inner::record_all`] of `entries` whose keys hash to `hashes`.
+    ///
+    /// Tried first as if no key were in flight, which needs no look at the batches in
+    /// flight (their lock is shared by every thread); only when a bound refuses a key are
+    /// the keys in flight looked up, and the entries tried again with those forced past
+    /// the bounds. A key that leaves the flight in between takes its place past the bounds,
+    /// as if still in it.
+    fn record_hashed(&self, entries: &[(ShardId, &str, u64)], hashes: &[u64]) -> Result<()> {
+        let Err(refused) = self.try_record(entries, hashes, None) else {
+            return Ok(());
         };
-        // A place for every key not pending; the first refusal undoes them all.
+        // Read outside the stripe locks: a flusher holds its shard's in-flight lock while
+        // it locks stripes.
+        let in_flight: Vec<bool> = entries
+            .iter()
+            .map(|(shard, key, _)| self.is_in_flight(*shard, key))
+            .collect();
+        let result = if in_flight.contains(&true) {
+            self.try_record(entries, hashes, Some(&in_flight))
+        } else {
+            Err(refused)
+        };
+        if result.is_err() {
+            self.metrics.increment_refused();
+        }
+        result
+    }
+
+    /// One attempt of [`Inner::record_hashed`]: the keys' home stripes and this thread's
+    /// stripe stay locked from the check to the last insert, so a key found pending is
+    /// still pending when its delta is added. `forced` says which keys take their place
+    /// past the bounds (none when `None`).
+    fn try_record(
+        &self,
+        entries: &[(ShardId, &str, u64)],
+        hashes: &[u64],
+        forced: Option<&[bool]>,
+    ) -> Result<()> {
+        let own = thread_stripe();
+        let mut stripes = self.buffer.lock_stripes(
+            hashes
+                .iter()
+                .map(|&hash| stripe_index(hash))
+                .chain([own])
+                .collect(),
+        );
+        let own_at = position(&stripes, own);
+        // A place for every key not pending (no home entry); the first refusal undoes
+        // them all.
         let mut placed = vec![false; entries.len()];
-        for (i, (&(shard, key, _), &hash)) in entries.iter().zip(&hashes).enumerate() {
-            let tables = &stripes[position(&stripes, hash)].1;
-            if tables[shard].find(hash, |(k, _)| &**k == key).is_some() {
+        for (i, (&(shard, key, _), &hash)) in entries.iter().zip(hashes).enumerate() {
+            let home_at = position(&stripes, stripe_index(hash));
+            if stripes[home_at].1[shard].home_mut(hash, key).is_some() {
                 continue;
             }
-            if let Err(refused) = self.take_place(shard, key.len(), in_flight[i]) {
+            let force = forced.is_some_and(|forced| forced[i]);
+            if let Err(refused) = self.take_place(shard, key.len(), force) {
                 for (j, &(shard, key, _)) in entries.iter().enumerate() {
                     if placed[j] {
                         self.give_back(shard, 1, PendingBytes::cost(key.len()));
                     }
                 }
-                self.metrics.increment_refused();
                 return Err(refused);
             }
             placed[i] = true;
         }
         let mut full = Vec::new();
-        for (i, (&(shard, key, n), &hash)) in entries.iter().zip(&hashes).enumerate() {
-            let position = position(&stripes, hash);
-            let table = &mut stripes[position].1[shard];
-            if let Some((_, delta)) = table.find_mut(hash, |(k, _)| &**k == key) {
+        for (i, (&(shard, key, n), &hash)) in entries.iter().zip(hashes).enumerate() {
+            let home = stripe_index(hash);
+            let home_at = position(&stripes, home);
+            if let Some(delta) = stripes[own_at].1[shard].delta_mut(home == own, hash, key) {
                 *delta += n;
-                if placed[i] {
-                    // Listed twice after all (the caller lists each key once): the first
-                    // took the place.
-                    self.give_back(shard, 1, PendingBytes::cost(key.len()));
+            } else if let Some(entry) = stripes[home_at].1[shard].home_mut(hash, key) {
+                // Pending, with no delta in this thread's stripe yet: one goes there, so
+                // the thread's next increments of the key stay in its own stripe.
+                entry.extras |= 1 << own;
+                let key = Arc::clone(&entry.key);
+                stripes[own_at].1[shard]
+                    .extra
+                    .insert_unique(hash, (key, n), |(k, _)| self.hash.hash_str(k));
+            } else {
+                // Not pending: its home entry takes the place taken above. A home entry of
+                // delta 0 with the delta in this thread's stripe, for the same reason.
+                let (delta, extras) = if home == own { (n, 0) } else { (0, 1 << own) };
+                let key: Arc<str> = key.into();
+                if extras != 0 {
+                    stripes[own_at].1[shard].extra.insert_unique(
+                        hash,
+                        (Arc::clone(&key), n),
+                        |(k, _)| self.hash.hash_str(k),
+                    );
+                }
+                stripes[home_at].1[shard].home.insert_unique(
+                    hash,
+                    Home { key, delta, extras },
+                    |entry| self.hash.hash_str(&entry.key),
+                );
+                // Counted under the home entry's stripe lock, like the drain that
+                // subtracts it, so the shard's count never runs below its home entries.
+                let pending = self.buffer.shards[shard]
+                    .pending
+                    .fetch_add(1, Ordering::AcqRel)
+                    + 1;
+                self.metrics.keys_buffered(1);
+                if pending == self.config.batch_size_limit {
+                    full.push(shard);
                 }
                 continue;
             }
-            table.insert_unique(hash, (key.into(), n), |(k, _)| self.hash.hash_str(k));
-            let pending = self.buffer.shards[shard]
-                .pending
-                .fetch_add(1, Ordering::AcqRel)
-                + 1;
-            self.metrics.keys_buffered(1);
-            if pending == self.config.batch_size_limit {
-                full.push(shard);
+            if placed[i] {
+                // Listed twice after all (the caller lists each key once): the first took
+                // the place.
+                self.give_back(shard, 1, PendingBytes::cost(key.len()));
             }
         }
         drop(stripes);
         for shard in full {
-            self.shards[shard].wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Adds `n` to `key`'s pending delta on `shard`; for a key not pending, takes a place
-    /// for it (within the bounds, unless `force`) and inserts it. `hash` is the key's.
-    fn add_pending(&self, shard: ShardId, hash: u64, key: &str, n: u64, force: bool) -> Result<()> {
-        let mut tables = lock(&self.buffer.stripe(hash).tables);
-        if let Some((_, delta)) = tables[shard].find_mut(hash, |(k, _)| &**k == key) {
-            *delta += n;
-            return Ok(());
-        }
-        self.take_place(shard, key.len(), force)?;
-        tables[shard].insert_unique(hash, (key.into(), n), |(k, _)| self.hash.hash_str(k));
-        // Counted under the stripe lock, like the drain that subtracts it, so the shard's
-        // count never runs below the keys actually in its tables.
-        let pending = self.buffer.shards[shard]
-            .pending
-            .fetch_add(1, Ordering::AcqRel)
-            + 1;
-        drop(tables);
-        self.metrics.keys_buffered(1);
-        if pending == self.config.batch_size_limit {
             self.shards[shard].wake.notify_one();
         }
         Ok(())
@@ -334,34 +493,60 @@ impl<S: Store> Inner<S> {
         counts.buffered.fetch_sub(keys, Ordering::AcqRel);
     }
 
-    /// `key`'s pending delta on `shard` (0 when it has none).
+    /// `key`'s pending delta on `shard` (0 when it has none): its home delta plus its
+    /// extras. Called under the shard's `in_flight` read lock (see the invariants).
     pub(super) fn pending_delta(&self, shard: ShardId, key: &str) -> u64 {
         let hash = self.hash.hash_str(key);
-        let tables = lock(&self.buffer.stripe(hash).tables);
-        tables[shard]
-            .find(hash, |(k, _)| &**k == key)
-            .map_or(0, |(_, delta)| *delta)
+        let (mut delta, extras) = {
+            let mut tables = lock(&self.buffer.stripes[stripe_index(hash)].tables);
+            match tables[shard].home_mut(hash, key) {
+                Some(entry) => (entry.delta, entry.extras),
+                None => return 0,
+            }
+        };
+        for stripe in stripes_of(extras) {
+            let mut tables = lock(&self.buffer.stripes[stripe].tables);
+            delta += tables[shard]
+                .delta_mut(false, hash, key)
+                .map_or(0, |delta| *delta);
+        }
+        delta
     }
 
-    /// Drops `key`'s pending delta on `shard`, if it has one, and gives back its place (a
+    /// Drops `key`'s pending deltas on `shard`, if it has any, and gives back its place (a
     /// reset).
     pub(super) fn drop_pending(&self, shard: ShardId, key: &str) {
         let hash = self.hash.hash_str(key);
-        let mut tables = lock(&self.buffer.stripe(hash).tables);
-        if let Ok(entry) = tables[shard].find_entry(hash, |(k, _)| &**k == key) {
-            entry.remove();
-            self.forget_keys(shard, 1, PendingBytes::cost(key.len()));
-            self.buffer.shards[shard]
-                .pending
-                .fetch_sub(1, Ordering::AcqRel);
+        let mut stripes = self.buffer.lock_all();
+        let Ok(entry) = stripes[stripe_index(hash)][shard]
+            .home
+            .find_entry(hash, |entry| &*entry.key == key)
+        else {
+            return;
+        };
+        let (Home { extras, .. }, _) = entry.remove();
+        for stripe in stripes_of(extras) {
+            if let Ok(extra) = stripes[stripe][shard]
+                .extra
+                .find_entry(hash, |(k, _)| &**k == key)
+            {
+                extra.remove();
+            }
         }
+        self.forget_keys(shard, 1, PendingBytes::cost(key.len()));
+        self.buffer.shards[shard]
+            .pending
+            .fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Moves up to `batch_size_limit` keys and `batch_max_bytes` bytes of keys (at least one
-    /// key) of `shard`'s pending deltas out of the buffer, for a batch; their places stay
-    /// taken until it is acknowledged. Stripes are visited from a point that moves with
-    /// `rotation` (the shard's last batch sequence), so under a backlog no key waits behind
-    /// others for long.
+    /// key) of `shard`'s pending deltas out of the buffer, for a batch, each key's deltas
+    /// from every stripe summed; their places stay taken until it is acknowledged. Home
+    /// stripes are visited from a point that moves with `rotation` (the shard's last batch
+    /// sequence), so under a backlog no key waits behind others for long.
+    ///
+    /// Every stripe stays locked while it runs (a key's extras may be in any of them), so
+    /// increments wait for it: it moves tables whole where the batch takes them whole.
     pub(super) fn drain_pending(&self, shard: ShardId, rotation: u64) -> KeyMap<u64> {
         let counts = &self.buffer.shards[shard];
         let pending = counts.pending.load(Ordering::Acquire);
@@ -369,40 +554,68 @@ impl<S: Store> Inner<S> {
         let mut taken = KeyMap::with_capacity_and_hasher(pending.min(max_keys), self.hash);
         let max_bytes = self.config.batch_max_bytes;
         let mut bytes = 0;
+        let mut stripes = self.buffer.lock_all();
+        // Whether every home table was taken whole: then so are the extra tables.
+        let mut whole = true;
         let start = (rotation as usize).wrapping_mul(7) % STRIPES;
         for i in 0..STRIPES {
+            let table = &mut stripes[(start + i) % STRIPES][shard].home;
+            if table.is_empty() {
+                continue;
+            }
             if taken.len() >= max_keys || bytes >= max_bytes {
+                whole = false;
                 break;
             }
-            let mut tables = lock(&self.buffer.stripes[(start + i) % STRIPES].tables);
-            let table = &mut tables[shard];
-            let table_bytes: usize = table.iter().map(|(key, _)| key.len()).sum();
-            let moved = if taken.len() + table.len() <= max_keys && bytes + table_bytes <= max_bytes
-            {
-                // The common case: the whole table fits (and its memory goes with it).
-                bytes += table_bytes;
-                let table = std::mem::take(table);
-                let moved = table.len();
-                taken.extend(table);
-                moved
-            } else {
-                let mut count = taken.len();
-                let part: Vec<(Arc<str>, u64)> = table
-                    .extract_if(|(key, _)| {
-                        let fits =
-                            count < max_keys && (count == 0 || bytes + key.len() <= max_bytes);
-                        if fits {
-                            count += 1;
-                            bytes += key.len();
-                        }
-                        fits
-                    })
-                    .collect();
-                let moved = part.len();
-                taken.extend(part);
-                moved
-            };
-            counts.pending.fetch_sub(moved, Ordering::AcqRel);
+            let table_bytes: usize = table.iter().map(|entry| entry.key.len()).sum();
+            let homes: Vec<Home> =
+                if taken.len() + table.len() <= max_keys && bytes + table_bytes <= max_bytes {
+                    // The common case: the whole table fits (and its memory goes with it).
+                    bytes += table_bytes;
+                    std::mem::take(table).into_iter().collect()
+                } else {
+                    whole = false;
+                    let mut count = taken.len();
+                    table
+                        .extract_if(|entry| {
+                            let len = entry.key.len();
+                            let fits = count < max_keys && (count == 0 || bytes + len <= max_bytes);
+                            if fits {
+                                count += 1;
+                                bytes += len;
+                            }
+                            fits
+                        })
+                        .collect()
+                };
+            counts.pending.fetch_sub(homes.len(), Ordering::AcqRel);
+            taken.extend(homes.into_iter().map(|entry| (entry.key, entry.delta)));
+        }
+        if whole {
+            for tables in stripes.iter_mut() {
+                for (key, delta) in std::mem::take(&mut tables[shard].extra) {
+                    // Every extra's home entry was taken (see the invariants); were one
+                    // not, its delta still goes out, counted once, rather than being lost.
+                    debug_assert!(taken.contains_key(&key), "an extra without its home entry");
+                    *taken.entry(key).or_insert(0) += delta;
+                }
+            }
+            return taken;
+        }
+        // Part of the shard's keys taken: the extras of those only.
+        for tables in stripes.iter_mut() {
+            let extra = &mut tables[shard].extra;
+            if extra.is_empty() {
+                continue;
+            }
+            let moved: Vec<(Arc<str>, u64)> = extra
+                .extract_if(|(key, _)| taken.contains_key(key))
+                .collect();
+            for (key, delta) in moved {
+                if let Some(total) = taken.get_mut(&key) {
+                    *total += delta;
+                }
+            }
         }
         taken
     }
@@ -414,5 +627,169 @@ impl<S: Store> Inner<S> {
             .deltas
             .as_ref()
             .is_some_and(|keys| keys.contains_key(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Counter, CounterConfig, MemoryStore};
+
+    const THREADS: u64 = 4;
+
+    /// Keys spread over both shards of the store.
+    fn keys() -> Vec<String> {
+        (0..40).map(|i| format!("page{i}")).collect()
+    }
+
+    /// A counter over two shards whose flushers wait for `flush`, with batches of at most
+    /// `batch_size_limit` keys.
+    fn counter(batch_size_limit: usize) -> Counter<MemoryStore> {
+        let config = CounterConfig {
+            batch_interval: Duration::from_secs(3600),
+            batch_size_limit,
+            ..CounterConfig::default()
+        };
+        Counter::new(MemoryStore::with_shards(2), config).unwrap()
+    }
+
+    /// `THREADS` threads, each with a stripe of its own, add `t + 1` to every key.
+    fn increment_from_threads(counter: &Counter<MemoryStore>, keys: &[String]) {
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                scope.spawn(move || {
+                    for key in keys {
+                        counter.increment(key, t + 1).unwrap();
+                    }
+                });
+            }
+        });
+    }
+
+    /// The stripes holding a delta of `key` (its home entry or an extra).
+    fn stripes_holding(counter: &Counter<MemoryStore>, key: &str) -> usize {
+        let inner = &*counter.inner;
+        let shard = inner.shard_of(key);
+        let hash = inner.hash.hash_str(key);
+        inner
+            .buffer
+            .stripes
+            .iter()
+            .enumerate()
+            .filter(|(i, stripe)| {
+                lock(&stripe.tables)[shard]
+                    .delta_mut(*i == stripe_index(hash), hash, key)
+                    .is_some()
+            })
+            .count()
+    }
+
+    /// Entries (home or extra) left in the buffer, over every stripe and shard.
+    fn entries_left(counter: &Counter<MemoryStore>) -> usize {
+        counter
+            .inner
+            .buffer
+            .stripes
+            .iter()
+            .map(|stripe| {
+                lock(&stripe.tables)
+                    .iter()
+                    .map(|tables| tables.home.len() + tables.extra.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn deltas_spread_over_stripes_are_read_written_and_reset_whole() {
+        let sum = THREADS * (THREADS + 1) / 2;
+        // Batches of 3 keys drain a shard's keys in parts; batches of 1,000, whole.
+        for batch_size_limit in [3, 1_000] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _guard = runtime.enter();
+            let counter = counter(batch_size_limit);
+            let keys = keys();
+
+            increment_from_threads(&counter, &keys);
+
+            for key in &keys {
+                assert!(
+                    stripes_holding(&counter, key) >= 2,
+                    "{key} was recorded by {THREADS} threads in one stripe"
+                );
+                assert_eq!(runtime.block_on(counter.get(key)).unwrap().value, sum);
+            }
+            assert_eq!(counter.snapshot().write_buffer_size, keys.len());
+
+            runtime.block_on(counter.flush());
+
+            for key in &keys {
+                assert_eq!(counter.store().value(key), sum, "{key} written");
+            }
+            assert_eq!(
+                entries_left(&counter),
+                0,
+                "a delta left behind by the drain"
+            );
+            assert_eq!(counter.snapshot().write_buffer_size, 0);
+            assert_eq!(counter.snapshot().write_buffer_bytes, 0);
+
+            increment_from_threads(&counter, &keys);
+            runtime.block_on(counter.reset(&keys[0])).unwrap();
+
+            assert_eq!(runtime.block_on(counter.get(&keys[0])).unwrap().value, 0);
+            assert_eq!(
+                runtime.block_on(counter.get(&keys[1])).unwrap().value,
+                2 * sum
+            );
+            assert_eq!(counter.snapshot().write_buffer_size, keys.len() - 1);
+            runtime.block_on(counter.flush());
+            assert_eq!(counter.store().value(&keys[0]), 0, "a reset delta written");
+            for key in &keys[1..] {
+                assert_eq!(counter.store().value(key), 2 * sum, "{key} written");
+            }
+            assert_eq!(entries_left(&counter), 0);
+            assert_eq!(counter.snapshot().write_buffer_size, 0);
+        }
+    }
+
+    #[test]
+    fn increment_all_from_several_threads_is_exact_and_takes_one_place_per_key() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let counter = counter(1_000);
+        let keys = keys();
+
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (counter, keys) = (&counter, &keys);
+                scope.spawn(move || {
+                    for pair in keys.chunks(2) {
+                        let all: Vec<(&str, u64)> =
+                            pair.iter().map(|key| (key.as_str(), t + 1)).collect();
+                        // Twice: the second finds both keys in the thread's stripe.
+                        counter.increment_all(&all).unwrap();
+                        counter.increment_all(&all).unwrap();
+                    }
+                });
+            }
+        });
+
+        assert_eq!(counter.snapshot().write_buffer_size, keys.len());
+        runtime.block_on(counter.flush());
+        let sum = THREADS * (THREADS + 1);
+        for key in &keys {
+            assert_eq!(counter.store().value(key), sum, "{key} written");
+        }
+        assert_eq!(entries_left(&counter), 0);
+        assert_eq!(counter.snapshot().write_buffer_size, 0);
     }
 }

@@ -3,7 +3,7 @@
 //! A counter is four parts over one store, each in a module of its own:
 //!
 //! - `buffer`: the write buffer. Increments land in striped tables, one per store shard,
-//!   under the bounds on keys and bytes waiting.
+//!   each thread in a stripe of its own, under the bounds on keys and bytes waiting.
 //! - `read`: the read cache and the read protocol: a stored value plus what of this
 //!   instance's deltas it does not include yet, and one store read per key for all the
 //!   misses of it at once.
@@ -28,10 +28,11 @@
 //!
 //! Moving deltas between the sets (pending → in flight, in flight → acknowledged) happens
 //! under the shard's `in_flight` write lock, and reads combine the sets under its read lock,
-//! so a read never sees a delta in two sets or in none. Increments only touch a stripe lock.
+//! so a read never sees a delta in two sets or in none. Increments only touch stripe locks:
+//! their thread's, and a key's home stripe when the key is new to the thread's stripe.
 //!
 //! Where `std::sync` locks nest, they are taken in one order: `in_flight`, then a shard's
-//! `quarantine`, then a stripe of the buffer; the others are taken alone. Each is held for
+//! `quarantine`, then stripes of the buffer (in index order); the others are taken alone. Each is held for
 //! a few map operations, never across an `.await`. The shard's `outbox` (a tokio mutex) is
 //! held across an `.await`: by whoever sends the shard's batches, for the whole send; so is
 //! the shard's sketch `send` lock, by whoever sends its sketch members, and a reset takes
@@ -699,6 +700,15 @@ impl Unwritten {
             self.subkey_increments += delta;
         } else {
             self.keys += 1;
+            self.increments += delta;
+        }
+    }
+
+    /// Adds `delta` of a key already counted (an extra delta of a pending key).
+    fn add_delta(&mut self, key: &str, delta: u64) {
+        if crate::subkey(key).is_some() {
+            self.subkey_increments += delta;
+        } else {
             self.increments += delta;
         }
     }

@@ -4,10 +4,10 @@
 //! # Invariants
 //!
 //! - A count is a stored value plus what of this instance's deltas that value does not
-//!   include: the pending delta always (no store value has it), the in-flight one only when
-//!   its batch's sequence is above the highest of ours the value includes. Every cache
-//!   entry records that sequence next to its value, and the store reports it with every
-//!   read. The in-flight state is read under the shard's `in_flight` read lock, held until
+//!   include: the pending delta always (no store value has it; summed over the buffer's
+//!   stripes, see `buffer`), the in-flight one only when its batch's sequence is above the
+//!   highest of ours the value includes. Every cache entry records that sequence next to
+//!   its value, and the store reports it with every read. The in-flight state is read under the shard's `in_flight` read lock, held until
 //!   the pending delta is read too, so a delta moving between the sets meanwhile is seen
 //!   once.
 //! - A store answer that misses a batch of ours acknowledged while it was on the wire (the

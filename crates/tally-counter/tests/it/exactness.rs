@@ -182,3 +182,53 @@ async fn two_counters_sharing_a_byte_budget_refuse_new_keys_past_it_and_count_th
     assert_eq!(stats.store().value("s004"), 1);
     assert_eq!(budget.used(), 0);
 }
+
+#[test]
+fn a_key_recorded_by_several_threads_takes_one_place_and_is_never_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let config = CounterConfig {
+        max_pending_keys: 4,
+        ..manual_config()
+    };
+    let counter = Counter::new(MemoryStore::new(), config).unwrap();
+    let keys = ["a", "b", "c", "d"];
+    for key in keys {
+        counter.increment(key, 1).unwrap();
+    }
+
+    // Each thread records in a stripe of its own: the keys' deltas spread over them.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for key in keys {
+                    counter.increment(key, 1).unwrap();
+                    counter.increment_all(&[(key, 2), ("a", 1)]).unwrap();
+                }
+                assert!(matches!(
+                    counter.increment("e", 1),
+                    Err(tally_counter::Error::Overloaded { .. })
+                ));
+                assert!(matches!(
+                    counter.increment_all(&[("a", 1), ("e", 1)]),
+                    Err(tally_counter::Error::Overloaded { .. })
+                ));
+            });
+        }
+    });
+
+    assert_eq!(counter.snapshot().write_buffer_size, 4);
+    let want = |key: &str| 1 + 4 * 3 + if key == "a" { 4 * 4 } else { 0 };
+    for key in keys {
+        assert_eq!(runtime.block_on(counter.get(key)).unwrap().value, want(key));
+    }
+    runtime.block_on(counter.flush());
+    for key in keys {
+        assert_eq!(counter.store().value(key), want(key), "{key} written");
+    }
+    assert_eq!(counter.snapshot().write_buffer_size, 0);
+    assert_eq!(counter.store().value("e"), 0, "a refused increment written");
+}
