@@ -545,64 +545,76 @@ impl<S: Store> Inner<S> {
     /// stripes are visited from a point that moves with `rotation` (the shard's last batch
     /// sequence), so under a backlog no key waits behind others for long.
     ///
-    /// Every stripe stays locked while it runs (a key's extras may be in any of them), so
-    /// increments wait for it: it moves tables whole where the batch takes them whole.
+    /// Every stripe stays locked while the deltas are taken (a key's extras may be in any
+    /// of them), so increments wait for it; when the batch takes the whole shard, tables
+    /// are moved whole and merged after the stripes are let go.
     pub(super) fn drain_pending(&self, shard: ShardId, rotation: u64) -> KeyMap<u64> {
         let counts = &self.buffer.shards[shard];
-        let pending = counts.pending.load(Ordering::Acquire);
         let max_keys = self.config.batch_size_limit;
-        let mut taken = KeyMap::with_capacity_and_hasher(pending.min(max_keys), self.hash);
         let max_bytes = self.config.batch_max_bytes;
-        let mut bytes = 0;
+        let (mut count, mut bytes) = (0, 0);
+        // Home tables taken whole, and home entries taken from tables that did not fit.
+        let mut whole: Vec<hashbrown::HashTable<Home>> = Vec::new();
+        let mut part: Vec<Home> = Vec::new();
         let mut stripes = self.buffer.lock_all();
-        // Whether every home table was taken whole: then so are the extra tables.
-        let mut whole = true;
         let start = (rotation as usize).wrapping_mul(7) % STRIPES;
         for i in 0..STRIPES {
             let table = &mut stripes[(start + i) % STRIPES][shard].home;
             if table.is_empty() {
                 continue;
             }
-            if taken.len() >= max_keys || bytes >= max_bytes {
-                whole = false;
+            if count >= max_keys || bytes >= max_bytes {
                 break;
             }
             let table_bytes: usize = table.iter().map(|entry| entry.key.len()).sum();
-            let homes: Vec<Home> =
-                if taken.len() + table.len() <= max_keys && bytes + table_bytes <= max_bytes {
-                    // The common case: the whole table fits (and its memory goes with it).
-                    bytes += table_bytes;
-                    std::mem::take(table).into_iter().collect()
-                } else {
-                    whole = false;
-                    let mut count = taken.len();
-                    table
-                        .extract_if(|entry| {
-                            let len = entry.key.len();
-                            let fits = count < max_keys && (count == 0 || bytes + len <= max_bytes);
-                            if fits {
-                                count += 1;
-                                bytes += len;
-                            }
-                            fits
-                        })
-                        .collect()
-                };
-            counts.pending.fetch_sub(homes.len(), Ordering::AcqRel);
-            taken.extend(homes.into_iter().map(|entry| (entry.key, entry.delta)));
+            let moved = if count + table.len() <= max_keys && bytes + table_bytes <= max_bytes {
+                // The common case: the whole table fits (and its memory goes with it).
+                count += table.len();
+                bytes += table_bytes;
+                whole.push(std::mem::take(table));
+                whole.last().map_or(0, hashbrown::HashTable::len)
+            } else {
+                let before = part.len();
+                part.extend(table.extract_if(|entry| {
+                    let len = entry.key.len();
+                    let fits = count < max_keys && (count == 0 || bytes + len <= max_bytes);
+                    if fits {
+                        count += 1;
+                        bytes += len;
+                    }
+                    fits
+                }));
+                part.len() - before
+            };
+            counts.pending.fetch_sub(moved, Ordering::AcqRel);
         }
-        if whole {
-            for tables in stripes.iter_mut() {
-                for (key, delta) in std::mem::take(&mut tables[shard].extra) {
-                    // Every extra's home entry was taken (see the invariants); were one
-                    // not, its delta still goes out, counted once, rather than being lost.
-                    debug_assert!(taken.contains_key(&key), "an extra without its home entry");
-                    *taken.entry(key).or_insert(0) += delta;
-                }
+        let homes = whole
+            .into_iter()
+            .flatten()
+            .chain(part)
+            .map(|entry| (entry.key, entry.delta));
+        let mut taken = KeyMap::with_capacity_and_hasher(count, self.hash);
+        if stripes.iter().all(|tables| tables[shard].home.is_empty()) {
+            // Every key of the shard taken: every extra of the shard goes too, and the
+            // stripes are let go before the deltas are merged.
+            let extras: Vec<hashbrown::HashTable<(Arc<str>, u64)>> = stripes
+                .iter_mut()
+                .map(|tables| &mut tables[shard].extra)
+                .filter(|extra| !extra.is_empty())
+                .map(std::mem::take)
+                .collect();
+            drop(stripes);
+            taken.extend(homes);
+            for (key, delta) in extras.into_iter().flatten() {
+                // Every extra's home entry was taken (see the invariants); were one not,
+                // its delta still goes out, counted once, rather than being lost.
+                debug_assert!(taken.contains_key(&key), "an extra without its home entry");
+                *taken.entry(key).or_insert(0) += delta;
             }
             return taken;
         }
         // Part of the shard's keys taken: the extras of those only.
+        taken.extend(homes);
         for tables in stripes.iter_mut() {
             let extra = &mut tables[shard].extra;
             if extra.is_empty() {
