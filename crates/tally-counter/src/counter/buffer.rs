@@ -20,10 +20,12 @@
 //!   extra is inserted with both its stripe and the home stripe locked; a drain or a reset
 //!   removes a key's home entry and every extra of it with all stripes locked, so no one
 //!   sees a key half removed, and an extra never outlives its home entry.
-//! - A key's pending delta is its home delta plus its extras. A read sums them under its
-//!   shard's `in_flight` read lock, and drains and resets hold that lock for writing, so
-//!   while a read sums, deltas only grow (an increment racing with the read may or may not
-//!   be seen; one that returned before the read began is).
+//! - A key's pending delta is its home delta plus its extras. Each extra is a cell written
+//!   only under its stripe's lock, and the home entry holds a handle to each, so a read
+//!   sums them with the home stripe locked alone. It does so under its shard's `in_flight`
+//!   read lock, and drains and resets hold that lock for writing, so while a read sums,
+//!   deltas only grow (an increment racing with the read may or may not be seen; one that
+//!   returned before the read began is).
 //! - A waiting key holds one *place*: one of `max_pending_keys`, one of its shard's share
 //!   of them, and [`PendingBytes::cost`] of its key in bytes, of the shard's share of
 //!   `max_pending_bytes` and of the budget shared with other counters. A place is taken
@@ -40,7 +42,7 @@
 //! - Whoever holds several stripes takes them in index order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::config::{CounterConfig, PendingBytes};
@@ -73,12 +75,18 @@ fn thread_stripe() -> usize {
     THREAD_STRIPE.try_with(|stripe| *stripe).unwrap_or(0)
 }
 
+/// An extra delta: written under the lock of the stripe holding it, read (by a read of
+/// its key) under its home stripe's lock only.
+type Cell = Arc<AtomicU64>;
+
 /// A pending key's entry in its home stripe: part of its delta, and where the rest is.
 struct Home {
     key: Arc<str>,
     delta: u64,
     /// The stripes holding an extra delta of the key.
     extras: Mask,
+    /// Those extra deltas, so a read sums them without locking their stripes.
+    cells: Vec<Cell>,
 }
 
 /// A shard's pending deltas within one stripe: the home entries of keys whose home this
@@ -88,21 +96,36 @@ struct Home {
 #[derive(Default)]
 struct Tables {
     home: hashbrown::HashTable<Home>,
-    extra: hashbrown::HashTable<(Arc<str>, u64)>,
+    extra: hashbrown::HashTable<(Arc<str>, Cell)>,
 }
 
 impl Tables {
-    /// The delta of `key` (of hash `hash`) recorded in this stripe, if any: its home delta
-    /// when this is its home stripe (`home`), its extra delta otherwise.
-    fn delta_mut(&mut self, home: bool, hash: u64, key: &str) -> Option<&mut u64> {
+    /// Adds `n` to the delta of `key` (of hash `hash`) recorded in this stripe, its home
+    /// delta when this is its home stripe (`home`), its extra otherwise; false when it has
+    /// none here.
+    fn add(&mut self, home: bool, hash: u64, key: &str, n: u64) -> bool {
         if home {
-            self.home
-                .find_mut(hash, |entry| &*entry.key == key)
-                .map(|entry| &mut entry.delta)
+            let Some(entry) = self.home_mut(hash, key) else {
+                return false;
+            };
+            entry.delta += n;
         } else {
-            self.extra
-                .find_mut(hash, |(k, _)| &**k == key)
-                .map(|(_, delta)| delta)
+            let Some((_, cell)) = self.extra.find(hash, |(k, _)| &**k == key) else {
+                return false;
+            };
+            // Every writer of a cell holds this stripe's lock, so a load and a store add
+            // without losing one; readers only load.
+            cell.store(cell.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Whether `key` has a delta recorded in this stripe (see [`Tables::add`]).
+    fn holds(&self, home: bool, hash: u64, key: &str) -> bool {
+        if home {
+            self.home.find(hash, |entry| &*entry.key == key).is_some()
+        } else {
+            self.extra.find(hash, |(k, _)| &**k == key).is_some()
         }
     }
 
@@ -200,8 +223,8 @@ impl Buffer {
             for entry in tables.home.iter() {
                 totals.add(&entry.key, entry.delta);
             }
-            for (key, delta) in tables.extra.iter() {
-                totals.add_delta(key, *delta);
+            for (key, cell) in tables.extra.iter() {
+                totals.add_delta(key, cell.load(Ordering::Relaxed));
             }
         }
         totals
@@ -263,8 +286,7 @@ impl<S: Store> Inner<S> {
         {
             // The common case: the key has a delta in this thread's stripe already.
             let mut tables = lock(&self.buffer.stripes[own].tables);
-            if let Some(delta) = tables[shard].delta_mut(stripe_index(hash) == own, hash, key) {
-                *delta += n;
+            if tables[shard].add(stripe_index(hash) == own, hash, key, n) {
                 return Ok(());
             }
         }
@@ -292,17 +314,11 @@ impl<S: Store> Inner<S> {
                 .iter()
                 .zip(&hashes)
                 .all(|(&(shard, key, _), &hash)| {
-                    tables[shard]
-                        .delta_mut(stripe_index(hash) == own, hash, key)
-                        .is_some()
+                    tables[shard].holds(stripe_index(hash) == own, hash, key)
                 });
             if found {
                 for (&(shard, key, n), &hash) in entries.iter().zip(&hashes) {
-                    if let Some(delta) =
-                        tables[shard].delta_mut(stripe_index(hash) == own, hash, key)
-                    {
-                        *delta += n;
-                    }
+                    tables[shard].add(stripe_index(hash) == own, hash, key, n);
                 }
                 return Ok(());
             }
@@ -380,31 +396,41 @@ impl<S: Store> Inner<S> {
         for (i, (&(shard, key, n), &hash)) in entries.iter().zip(hashes).enumerate() {
             let home = stripe_index(hash);
             let home_at = position(&stripes, home);
-            if let Some(delta) = stripes[own_at].1[shard].delta_mut(home == own, hash, key) {
-                *delta += n;
+            if stripes[own_at].1[shard].add(home == own, hash, key, n) {
+                // Recorded in this thread's stripe already.
             } else if let Some(entry) = stripes[home_at].1[shard].home_mut(hash, key) {
                 // Pending, with no delta in this thread's stripe yet: one goes there, so
                 // the thread's next increments of the key stay in its own stripe.
+                let cell = Arc::new(AtomicU64::new(n));
                 entry.extras |= 1 << own;
+                entry.cells.push(Arc::clone(&cell));
                 let key = Arc::clone(&entry.key);
                 stripes[own_at].1[shard]
                     .extra
-                    .insert_unique(hash, (key, n), |(k, _)| self.hash.hash_str(k));
+                    .insert_unique(hash, (key, cell), |(k, _)| self.hash.hash_str(k));
             } else {
                 // Not pending: its home entry takes the place taken above. A home entry of
                 // delta 0 with the delta in this thread's stripe, for the same reason.
                 let (delta, extras) = if home == own { (n, 0) } else { (0, 1 << own) };
                 let key: Arc<str> = key.into();
+                let mut cells = Vec::new();
                 if extras != 0 {
+                    let cell = Arc::new(AtomicU64::new(n));
+                    cells.push(Arc::clone(&cell));
                     stripes[own_at].1[shard].extra.insert_unique(
                         hash,
-                        (Arc::clone(&key), n),
+                        (Arc::clone(&key), cell),
                         |(k, _)| self.hash.hash_str(k),
                     );
                 }
                 stripes[home_at].1[shard].home.insert_unique(
                     hash,
-                    Home { key, delta, extras },
+                    Home {
+                        key,
+                        delta,
+                        extras,
+                        cells,
+                    },
                     |entry| self.hash.hash_str(&entry.key),
                 );
                 // Counted under the home entry's stripe lock, like the drain that
@@ -494,23 +520,19 @@ impl<S: Store> Inner<S> {
     }
 
     /// `key`'s pending delta on `shard` (0 when it has none): its home delta plus its
-    /// extras. Called under the shard's `in_flight` read lock (see the invariants).
+    /// extras, read through the home entry with only its stripe locked. Called under the
+    /// shard's `in_flight` read lock (see the invariants).
     pub(super) fn pending_delta(&self, shard: ShardId, key: &str) -> u64 {
         let hash = self.hash.hash_str(key);
-        let (mut delta, extras) = {
-            let mut tables = lock(&self.buffer.stripes[stripe_index(hash)].tables);
-            match tables[shard].home_mut(hash, key) {
-                Some(entry) => (entry.delta, entry.extras),
-                None => return 0,
-            }
-        };
-        for stripe in stripes_of(extras) {
-            let mut tables = lock(&self.buffer.stripes[stripe].tables);
-            delta += tables[shard]
-                .delta_mut(false, hash, key)
-                .map_or(0, |delta| *delta);
-        }
-        delta
+        let mut tables = lock(&self.buffer.stripes[stripe_index(hash)].tables);
+        tables[shard].home_mut(hash, key).map_or(0, |entry| {
+            entry.delta
+                + entry
+                    .cells
+                    .iter()
+                    .map(|cell| cell.load(Ordering::Relaxed))
+                    .sum::<u64>()
+        })
     }
 
     /// Drops `key`'s pending deltas on `shard`, if it has any, and gives back its place (a
@@ -597,7 +619,7 @@ impl<S: Store> Inner<S> {
         if stripes.iter().all(|tables| tables[shard].home.is_empty()) {
             // Every key of the shard taken: every extra of the shard goes too, and the
             // stripes are let go before the deltas are merged.
-            let extras: Vec<hashbrown::HashTable<(Arc<str>, u64)>> = stripes
+            let extras: Vec<hashbrown::HashTable<(Arc<str>, Cell)>> = stripes
                 .iter_mut()
                 .map(|tables| &mut tables[shard].extra)
                 .filter(|extra| !extra.is_empty())
@@ -605,7 +627,9 @@ impl<S: Store> Inner<S> {
                 .collect();
             drop(stripes);
             taken.extend(homes);
-            for (key, delta) in extras.into_iter().flatten() {
+            for (key, cell) in extras.into_iter().flatten() {
+                // Out of every table, so no increment writes the cell any more.
+                let delta = cell.load(Ordering::Relaxed);
                 // Every extra's home entry was taken (see the invariants); were one not,
                 // its delta still goes out, counted once, rather than being lost.
                 debug_assert!(taken.contains_key(&key), "an extra without its home entry");
@@ -620,12 +644,12 @@ impl<S: Store> Inner<S> {
             if extra.is_empty() {
                 continue;
             }
-            let moved: Vec<(Arc<str>, u64)> = extra
+            let moved: Vec<(Arc<str>, Cell)> = extra
                 .extract_if(|(key, _)| taken.contains_key(key))
                 .collect();
-            for (key, delta) in moved {
+            for (key, cell) in moved {
                 if let Some(total) = taken.get_mut(&key) {
-                    *total += delta;
+                    *total += cell.load(Ordering::Relaxed);
                 }
             }
         }
@@ -691,9 +715,7 @@ mod tests {
             .iter()
             .enumerate()
             .filter(|(i, stripe)| {
-                lock(&stripe.tables)[shard]
-                    .delta_mut(*i == stripe_index(hash), hash, key)
-                    .is_some()
+                lock(&stripe.tables)[shard].holds(*i == stripe_index(hash), hash, key)
             })
             .count()
     }
