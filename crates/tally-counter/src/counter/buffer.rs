@@ -25,13 +25,14 @@
 //!   sums them with the home stripe locked alone. It does so under its shard's `in_flight`
 //!   read lock, and drains and resets hold that lock for writing, so while a read sums,
 //!   deltas only grow (an increment racing with the read may or may not be seen; one that
-//!   returned before the read began is).
+//!   returned before the read began is). An extra out of its table (taken by a drain) is
+//!   found by no increment, so its cell holds its final delta.
 //! - A waiting key holds one *place*: one of `max_pending_keys`, one of its shard's share
 //!   of them, and [`PendingBytes::cost`] of its key in bytes, of the shard's share of
 //!   `max_pending_bytes` and of the budget shared with other counters. A place is taken
 //!   when the home entry is inserted (taken back at once if a bound refuses it); extras take
-//!   none (they share the key's text; their table slots, one per thread that recorded the
-//!   key, are not counted). It is given back once, by `forget_keys`, when the key is
+//!   none (they share the key's text; their table slots and cells, about 50 bytes per
+//!   thread that recorded the key, are not counted). It is given back once, by `forget_keys`, when the key is
 //!   written, dropped by a reset or released from its quarantine; the bytes of a counter
 //!   dropped with keys waiting go back with it.
 //! - A key already waiting is never refused: pending, it only adds to a delta of its; in
