@@ -335,7 +335,7 @@ impl<S: Store> Inner<S> {
     /// the bounds. A key that leaves the flight in between takes its place past the bounds,
     /// as if still in it.
     fn record_hashed(&self, entries: &[(ShardId, &str, u64)], hashes: &[u64]) -> Result<()> {
-        let Err(refused) = self.try_record(entries, hashes, None) else {
+        let Err(_refused) = self.try_record(entries, hashes, None) else {
             return Ok(());
         };
         // Read outside the stripe locks: a flusher holds its shard's in-flight lock while
@@ -344,11 +344,10 @@ impl<S: Store> Inner<S> {
             .iter()
             .map(|(shard, key, _)| self.is_in_flight(*shard, key))
             .collect();
-        let result = if in_flight.contains(&true) {
-            self.try_record(entries, hashes, Some(&in_flight))
-        } else {
-            Err(refused)
-        };
+        // Tried again even when none is in flight now: a key may have left the flight (its
+        // batch acknowledged, its place given back) since the first attempt, and the old
+        // arrangement, which read the flight first, took such a key.
+        let result = self.try_record(entries, hashes, Some(&in_flight));
         if result.is_err() {
             self.metrics.increment_refused();
         }
