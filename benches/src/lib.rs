@@ -4,6 +4,30 @@
 //! ring`. Report binaries live in `src/bin`.
 #![deny(missing_docs)]
 
+pub mod redis_info {
+    //! Figures read from a Redis node's `INFO`, shared by the load harness and `cold-apply`.
+
+    use std::time::Duration;
+
+    /// CPU time of a node's main thread from `INFO cpu` (`used_cpu_user_main_thread` plus
+    /// `used_cpu_sys_main_thread`, in seconds; the whole process's before Redis 6.2).
+    pub fn main_thread_cpu(info: &str) -> Duration {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+        };
+        let seconds = match (
+            field("used_cpu_user_main_thread"),
+            field("used_cpu_sys_main_thread"),
+        ) {
+            (Some(user), Some(sys)) => user + sys,
+            _ => field("used_cpu_user").unwrap_or(0.0) + field("used_cpu_sys").unwrap_or(0.0),
+        };
+        Duration::from_secs_f64(seconds.max(0.0))
+    }
+}
+
 pub mod ring {
     //! The ring implementations compared by the `ring` bench and the `ring-report` binary,
     //! behind one [`Router`] trait so both measure exactly the same code.

@@ -203,15 +203,7 @@ impl Variant {
 /// The node's main-thread CPU seconds (user + system).
 fn main_cpu(node: &RedisNode) -> Result<f64> {
     let info: String = node.query(redis::cmd("INFO").arg("cpu"))?;
-    let field = |name: &str| -> Result<f64> {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .with_context(|| format!("INFO cpu has no {name}"))?
-            .trim()
-            .parse::<f64>()
-            .with_context(|| format!("INFO cpu {name}"))
-    };
-    Ok(field("used_cpu_user_main_thread")? + field("used_cpu_sys_main_thread")?)
+    Ok(tally_benches::redis_info::main_thread_cpu(&info).as_secs_f64())
 }
 
 /// `name calls (usec per call)` of every command the node ran, busiest first.

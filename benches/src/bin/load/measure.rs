@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Deserialize;
+use tally_benches::redis_info::main_thread_cpu;
 use tally_testkit::{ClusterNode, RedisNode};
 
 use crate::nodes::{self, Servers};
@@ -346,24 +347,6 @@ impl NodeWork {
             self.cpu.as_secs_f64() * 1e3 / n as f64
         }
     }
-}
-
-/// CPU time of a node's main thread from `INFO cpu` (`used_cpu_user_main_thread` plus
-/// `used_cpu_sys_main_thread`, in seconds; the whole process's before Redis 6.2).
-fn main_thread_cpu(info: &str) -> Duration {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-    };
-    let seconds = match (
-        field("used_cpu_user_main_thread"),
-        field("used_cpu_sys_main_thread"),
-    ) {
-        (Some(user), Some(sys)) => user + sys,
-        _ => field("used_cpu_user").unwrap_or(0.0) + field("used_cpu_sys").unwrap_or(0.0),
-    };
-    Duration::from_secs_f64(seconds.max(0.0))
 }
 
 /// tally-server's read-cache hits and misses (of visit counts), as its

@@ -7,9 +7,9 @@
 //!   include: the pending delta always (no store value has it; summed over the buffer's
 //!   stripes, see `buffer`), the in-flight one only when its batch's sequence is above the
 //!   highest of ours the value includes. Every cache entry records that sequence next to
-//!   its value, and the store reports it with every read. The in-flight state is read under the shard's `in_flight` read lock, held until
-//!   the pending delta is read too, so a delta moving between the sets meanwhile is seen
-//!   once.
+//!   its value, and the store reports it with every read. The in-flight state is read
+//!   under the shard's `in_flight` read lock, held until the pending delta is read too, so
+//!   a delta moving between the sets meanwhile is seen once.
 //! - A store answer that misses a batch of ours acknowledged while it was on the wire (the
 //!   shard's `acked_seq` is above the answer's `applied_seq`) is not used as it is: the
 //!   store is asked again, up to [`READ_ATTEMPTS`] times, then the read answers with the
