@@ -354,8 +354,9 @@ const EMBEDDED_GROWTH_BOUND: u64 = FLOOD_MOST_PENDING * BYTES_PER_PENDING_URL
     + CACHE_MB * 1024 * 1024
     + ARENAS;
 /// What the last tenth of the flood (100,000 requests more, a third of them new keys in
-/// the file) may add to the resident memory: memory that followed the file's size would
-/// add some 3 MB there (seen: 0.1 and 0.4 MB).
+/// the file) may add to the resident memory's peak over the peak of the tenths before it
+/// from the half-way mark: memory that followed the file's size would add some 3 MB
+/// there.
 const LAST_TENTH_GROWTH: u64 = 2 * 1024 * 1024;
 
 /// A flood of a million distinct `/api/` URLs, each a new key of the request statistics
@@ -454,10 +455,22 @@ async fn slow_a_million_distinct_urls_keep_memory_bounded_on_the_embedded_store(
         mb(peak.saturating_sub(baseline)),
         mb(EMBEDDED_GROWTH_BOUND)
     );
+    // Peaks, not single samples: the resident size swings by several MB as batches are
+    // built and freed (one run's last two samples were 65.3 and 68.5 MB with peaks of 68.4
+    // and 68.6), while memory that kept growing would lift the last tenth's peak too.
+    let peak_of = |from: usize, to: usize| {
+        let n = samples.len() - 1;
+        samples[n * from / 10..=n * to / 10]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    };
+    let (earlier, last) = (peak_of(5, 9), peak_of(9, 10));
     assert!(
-        tenth(10).saturating_sub(tenth(9)) < LAST_TENTH_GROWTH,
-        "VmRSS grew {:.1} MB over the last tenth of the flood",
-        mb(tenth(10).saturating_sub(tenth(9)))
+        last.saturating_sub(earlier) < LAST_TENTH_GROWTH,
+        "the peak VmRSS of the flood's last tenth is {:.1} MB above that of its fifth to ninth tenths",
+        mb(last.saturating_sub(earlier))
     );
     // Each URL was requested once: one increment and one stored URL per 2xx, none for a
     // 503.

@@ -45,7 +45,8 @@
 //! only). For each
 //! scenario: a warm-up, a closed-loop phase (every connection sends as soon as it has its
 //! answer: the maximum rate), then a paced phase at a fraction (50%) of that rate (open
-//! loop, latency timed from the schedule) for the p99 target. After each tally scenario
+//! loop, latency timed from the schedule; after a short paced warm-up at that rate, so the
+//! closed loop's queues are not in it) for the p99 target. After each tally scenario
 //! but the bulk (with `--quick` only the first tally target's POST visit hot), a fresh
 //! `floor` is sent the same requests paced at the same offered rate: the p99 target is
 //! tally's p99 over the floor's at that rate, since on 2 shared cores no handler's tail is

@@ -317,12 +317,13 @@ impl Options {
             Duration::ZERO
         };
         // The paced floor after a tally scenario: its warm-up and phase, and their grace.
-        let paced_floor = scenario::FLOOR_WARMUP + self.paced + GRACE * 2;
+        let paced_floor = scenario::PACED_WARMUP + self.paced + GRACE * 2;
         let per_scenario = self.warmup
             + self.duration
+            + scenario::PACED_WARMUP
             + self.paced
             + paced_floor
-            + GRACE * 3
+            + GRACE * 4
             + self.quiet_wait
             + Duration::from_secs(45);
         per_scenario * scenarios as u32 * (self.retries + 1) * self.rounds as u32

@@ -97,12 +97,13 @@ fn cpu_count() -> usize {
 fn render_settings(out: &mut String, options: &Options) {
     let _ = writeln!(
         out,
-        "- {} build; per scenario a fresh server, {} s warm-up, {} s closed loop, {} s paced at {:.0}% of the closed-loop rate; {} keep-alive connections; client on {} tokio thread(s); servers on actix-web's default workers plus a {}-thread tokio runtime, in the same process",
+        "- {} build; per scenario a fresh server, {} s warm-up, {} s closed loop, {} s paced at {:.0}% of the closed-loop rate (after {} s paced warm-up at that rate); {} keep-alive connections; client on {} tokio thread(s); servers on actix-web's default workers plus a {}-thread tokio runtime, in the same process",
         build_profile(),
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64(),
         options.paced.as_secs_f64(),
         options.paced_fraction * 100.0,
+        scenario::PACED_WARMUP.as_secs_f64(),
         options.connections,
         options.client_threads,
         cpu_count(),
@@ -526,8 +527,8 @@ fn render_p99_vs_floor(out: &mut String, rows: &[Row]) {
     }
     let _ = writeln!(
         out,
-        "\n### p99 against the floor at the same rate (open loop)\n\nAfter each paced phase of tally above, its server stopped, a fresh `floor` is sent the same requests at the same offered rate for the same time (after a {} s paced warm-up): what any handler's tail is at that rate on this machine. `by round`: the ratio in every round, in round order (the targets table takes their median).\n",
-        scenario::FLOOR_WARMUP.as_secs_f64(),
+        "\n### p99 against the floor at the same rate (open loop)\n\nAfter each paced phase of tally above, its server stopped, a fresh `floor` is sent the same requests at the same offered rate for the same time (each paced phase, tally's and the floor's, after a {} s paced warm-up at its rate): what any handler's tail is at that rate on this machine. `by round`: the ratio in every round, in round order (the targets table takes their median).\n",
+        scenario::PACED_WARMUP.as_secs_f64(),
     );
     let _ = writeln!(
         out,

@@ -489,14 +489,24 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
     // The latency mode compares maximum rates; a paced phase would double its time.
     if max.outcome.ok > 0 && rtt.is_none() {
         let rate = max.outcome.throughput() * options.paced_fraction;
-        let phase = Phase {
+        let paced_phase = |duration| Phase {
             workload: workload.clone(),
             pace: Pace::Rate(rate),
-            duration: options.paced,
+            duration,
             grace: GRACE,
         };
+        // The same paced warm-up as the floor's reference gets: the closed loop's queues
+        // drain before the paced measurement starts, on both sides of the p99 ratio.
+        let (conns, _) = client_rt.block_on(client::drive(conns, &paced_phase(PACED_WARMUP)));
         let began = server_started.elapsed();
-        let (_, mut measured) = measured_phase(client_rt, conns, &phase, redis, cache_of, None)?;
+        let (_, mut measured) = measured_phase(
+            client_rt,
+            conns,
+            &paced_phase(options.paced),
+            redis,
+            cache_of,
+            None,
+        )?;
         measured.offered = Some(rate);
         report_phase(options, kind, load, &measured, " (paced)", began);
         paced = Some(measured);
@@ -543,9 +553,10 @@ fn run_scenario(options: &Options, setup: &Setup<'_>, scenario: Scenario) -> any
     })
 }
 
-/// Warm-up of the floor before its paced reference phase: its connections opened and its
-/// workers busy; the floor has no cache or batch to fill.
-pub const FLOOR_WARMUP: Duration = Duration::from_secs(1);
+/// Paced warm-up before every paced phase, at that phase's rate: after a tally closed loop
+/// its queues drain; before the floor's reference its connections are opened and its
+/// workers busy.
+pub const PACED_WARMUP: Duration = Duration::from_secs(1);
 
 /// The floor, fresh, sent `load`'s requests at `rate` for the paced phase's length after a
 /// short paced warm-up: the reference of a tally paced phase at the same rate.
@@ -570,7 +581,7 @@ fn floor_at_rate(
         duration,
         grace: GRACE,
     };
-    let (conns, _) = client_rt.block_on(client::drive(conns, &paced(FLOOR_WARMUP)));
+    let (conns, _) = client_rt.block_on(client::drive(conns, &paced(PACED_WARMUP)));
     let began = server_started.elapsed();
     let (conns, mut measured) =
         measured_phase(client_rt, conns, &paced(options.paced), None, None, None)?;
