@@ -665,8 +665,9 @@ fn rate_targets(rows: &[Row]) -> Vec<Target<'static>> {
         (
             "tally-redis POST visit (cold 1M) / floor",
             div(rate(Kind::TallyRedis, Load::VisitCold), floor_visit),
-            ">= 0.85",
-            |v| v >= 0.85,
+            // Issue 22's target for the cold set (every visit new keys in Redis).
+            ">= 0.70",
+            |v| v >= 0.70,
         ),
         (
             "tally-redis POST visit (hot) / naive",
