@@ -100,19 +100,11 @@ fn report_server_time(node: &RedisNode) {
     let Ok(info) = node.query::<String>(redis::cmd("INFO").arg("commandstats")) else {
         return;
     };
-    for line in info.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let Some((name, fields)) = rest.split_once(':') else {
-            continue;
-        };
-        if let Some(per_call) = fields
-            .split(',')
-            .find_map(|f| f.strip_prefix("usec_per_call="))
-        {
-            eprintln!("redis-server time per {name}: {per_call} us");
-        }
+    for stat in tally_benches::redis_info::commandstats(&info) {
+        eprintln!(
+            "redis-server time per {}: {:.2} us",
+            stat.name, stat.usec_per_call
+        );
     }
 }
 

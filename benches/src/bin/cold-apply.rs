@@ -209,33 +209,14 @@ fn main_cpu(node: &RedisNode) -> Result<f64> {
 /// `name calls (usec per call)` of every command the node ran, busiest first.
 fn commandstats(node: &RedisNode) -> Result<String> {
     let info: String = node.query(redis::cmd("INFO").arg("commandstats"))?;
-    let mut rows: Vec<(f64, String)> = Vec::new();
-    for line in info.lines() {
-        let Some((name, fields)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|rest| rest.split_once(':'))
-        else {
-            continue;
-        };
-        if name == "info" || name == "flushall" || name == "config|resetstat" {
-            continue;
-        }
-        let get = |key: &str| {
-            fields
-                .split(',')
-                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        rows.push((
-            get("usec"),
-            format!("{name} {} ({:.1})", get("calls"), get("usec_per_call")),
-        ));
-    }
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    Ok(rows
+    let mut stats: Vec<_> = tally_benches::redis_info::commandstats(&info)
         .into_iter()
-        .map(|(_, row)| row)
+        .filter(|stat| !matches!(stat.name.as_str(), "info" | "flushall" | "config|resetstat"))
+        .collect();
+    stats.sort_by_key(|stat| std::cmp::Reverse(stat.usec));
+    Ok(stats
+        .iter()
+        .map(|stat| format!("{} {} ({:.1})", stat.name, stat.calls, stat.usec_per_call))
         .collect::<Vec<_>>()
         .join(", "))
 }

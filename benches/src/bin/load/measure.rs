@@ -49,16 +49,8 @@ pub fn cluster_node_commands(node: &ClusterNode) -> anyhow::Result<CommandCounts
 fn calls_by_command(fields: &[(String, String)]) -> CommandCounts {
     fields
         .iter()
-        .filter_map(|(key, value)| {
-            let name = key.strip_prefix("cmdstat_")?;
-            let calls = value
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name.to_ascii_lowercase(), calls))
-        })
+        .filter_map(|(key, value)| tally_benches::redis_info::command_stat(key, value))
+        .map(|stat| (stat.name, stat.calls))
         .collect()
 }
 
