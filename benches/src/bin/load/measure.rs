@@ -142,27 +142,35 @@ impl fmt::Display for CpuUse {
 
 impl CpuSnapshot {
     /// Reads `/proc` now. Threads of this process whose name starts with
-    /// [`CLIENT_THREAD`], and the main thread, are the client; the others the server;
+    /// [`CLIENT_THREAD`], and the main thread, are the client; the rest of the process's
+    /// CPU time, ended threads' included, the server;
     /// `redis_pids` are the redis-servers of the target measured, and the harness's other
     /// redis children count as idle; `proxy_pids` the delay proxies in front of them.
     pub fn take(redis_pids: &[u32], proxy_pids: &[u32]) -> Self {
-        let (mut client, mut server) = (0, 0);
+        let mut client = 0;
         let main = std::process::id().to_string();
         if let Ok(tasks) = fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
                 let dir = task.path();
-                let ticks = fs::read_to_string(dir.join("stat"))
-                    .ok()
-                    .and_then(|stat| ticks(&stat))
-                    .unwrap_or(0);
                 let name = fs::read_to_string(dir.join("comm")).unwrap_or_default();
                 if name.starts_with(CLIENT_THREAD) || task.file_name() == main.as_str() {
-                    client += ticks;
-                } else {
-                    server += ticks;
+                    client += fs::read_to_string(dir.join("stat"))
+                        .ok()
+                        .and_then(|stat| ticks(&stat))
+                        .unwrap_or(0);
                 }
             }
         }
+        // The server is the rest of the process, taken from the process's own total, which
+        // keeps the time of threads that have ended: summing the live server threads lost
+        // the ticks of any that ended during a phase (the blocking pool's threads, idle for
+        // 10 s, do), and a phase in which one ended showed the server at 0% and its time
+        // as "other".
+        let server = fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| ticks(&stat))
+            .unwrap_or(0)
+            .saturating_sub(client);
         let machine = machine_busy().unwrap_or((0, 0));
         let redis = process_ticks(redis_pids);
         let proxy = process_ticks(proxy_pids);
@@ -463,6 +471,34 @@ pub fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_thread_that_ended_during_a_phase_keeps_its_cpu_time() {
+        let before = CpuSnapshot::take(&[], &[]);
+        // A thread named neither as the client nor the main thread: the server's. It
+        // spins until it has used 20 ticks (0.2 s) of CPU by its own count, then ends.
+        std::thread::Builder::new()
+            .name("server-like".into())
+            .spawn(|| {
+                let mut spins = 0u64;
+                while fs::read_to_string("/proc/thread-self/stat")
+                    .ok()
+                    .and_then(|stat| ticks(&stat))
+                    .unwrap_or(0)
+                    < 20
+                {
+                    for _ in 0..100_000 {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                }
+            })
+            .expect("spawn")
+            .join()
+            .expect("the spinning thread");
+        let after = CpuSnapshot::take(&[], &[]);
+        let used = after.server.saturating_sub(before.server);
+        assert!(used >= 20, "server ticks over the phase: {used}");
+    }
 
     #[test]
     fn stat_times_are_read_after_the_name() {
