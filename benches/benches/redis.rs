@@ -100,7 +100,7 @@ fn report_server_time(node: &RedisNode) {
     let Ok(info) = node.query::<String>(redis::cmd("INFO").arg("commandstats")) else {
         return;
     };
-    for stat in tally_benches::redis_info::commandstats(&info) {
+    for stat in tally_testkit::commandstats(&info) {
         eprintln!(
             "redis-server time per {}: {:.2} us",
             stat.name, stat.usec_per_call

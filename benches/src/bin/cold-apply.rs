@@ -209,7 +209,7 @@ fn main_cpu(node: &RedisNode) -> Result<f64> {
 /// `name calls (usec per call)` of every command the node ran, busiest first.
 fn commandstats(node: &RedisNode) -> Result<String> {
     let info: String = node.query(redis::cmd("INFO").arg("commandstats"))?;
-    let mut stats: Vec<_> = tally_benches::redis_info::commandstats(&info)
+    let mut stats: Vec<_> = tally_testkit::commandstats(&info)
         .into_iter()
         .filter(|stat| !matches!(stat.name.as_str(), "info" | "flushall" | "config|resetstat"))
         .collect();

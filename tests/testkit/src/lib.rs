@@ -64,6 +64,7 @@
 #![deny(missing_docs)]
 
 mod cluster;
+mod commandstats;
 mod error;
 mod http;
 mod load;
@@ -78,6 +79,7 @@ pub use cluster::{
     Cluster, ClusterBuilder, ClusterNode, MAX_CLUSTER_PORT, NodeView, REDIS_CLI_ENV, SLOTS,
     parse_cluster_nodes,
 };
+pub use commandstats::{CommandStat, command_stat, commandstats};
 pub use error::{Error, Result};
 pub use http::{HttpConnection, HttpError, HttpResponse, send_once};
 pub use load::{LoadSpec, Score, Scoreboard, miscounted, run_load};

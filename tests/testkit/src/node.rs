@@ -641,19 +641,9 @@ fn log_tail(path: &Path) -> String {
 }
 
 fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
-    // Lines look like `cmdstat_evalsha:calls=3,usec=41,usec_per_call=13.67,...`.
-    info.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("cmdstat_")?;
-            let (name, fields) = rest.split_once(':')?;
-            let calls = fields
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name.to_ascii_lowercase(), calls))
-        })
+    crate::commandstats::commandstats(info)
+        .into_iter()
+        .map(|stat| (stat.name, stat.calls))
         .collect()
 }
 

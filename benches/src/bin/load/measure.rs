@@ -49,7 +49,7 @@ pub fn cluster_node_commands(node: &ClusterNode) -> anyhow::Result<CommandCounts
 fn calls_by_command(fields: &[(String, String)]) -> CommandCounts {
     fields
         .iter()
-        .filter_map(|(key, value)| tally_benches::redis_info::command_stat(key, value))
+        .filter_map(|(key, value)| tally_testkit::command_stat(key, value))
         .map(|stat| (stat.name, stat.calls))
         .collect()
 }
