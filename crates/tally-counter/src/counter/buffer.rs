@@ -335,9 +335,9 @@ impl<S: Store> Inner<S> {
     /// the bounds. A key that leaves the flight in between takes its place past the bounds,
     /// as if still in it.
     fn record_hashed(&self, entries: &[(ShardId, &str, u64)], hashes: &[u64]) -> Result<()> {
-        let Err(_refused) = self.try_record(entries, hashes, None) else {
+        if self.try_record(entries, hashes, None).is_ok() {
             return Ok(());
-        };
+        }
         // Read outside the stripe locks: a flusher holds its shard's in-flight lock while
         // it locks stripes.
         let in_flight: Vec<bool> = entries
